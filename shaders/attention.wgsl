@@ -1,0 +1,116 @@
+// Causal grouped-query attention over the KV cache.
+//   q:  read from qkv [T, (H + 2*KVH) * d] (already rotated), query t at position pos0 + t
+//   k_cache, v_cache: [KVH, ctx, d] f32
+//   out: [T, H * d] f32
+// Query head h reads KV head h / (H / KVH). Keys j <= pos are visible, and with a sliding
+// window W only j > pos - W. One workgroup per (head, token) walks the visible keys in
+// chunks of WG with an online softmax (running max m, sum l, output acc), so any context
+// length fits in fixed workgroup memory. Grid: x = H, y = T.
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    ctx: u32,
+    window: u32,   // 0: no sliding window
+    scale: f32,    // 1 / sqrt(d)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+const MAX_D: u32 = 256u;
+const PER_T: u32 = MAX_D / WG;   // output dims owned per thread
+const NEG_BIG: f32 = -3.0e38;
+
+var<workgroup> qs: array<f32, MAX_D>;
+var<workgroup> ps: array<f32, WG>;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let t = wid.y;
+    let d = p.head_dim;
+    let pos = step.pos0 + t;
+    var lo = 0u;
+    if (p.window > 0u && pos + 1u > p.window) {
+        lo = pos + 1u - p.window;
+    }
+    let kvh = h / (p.heads / p.kv_heads);
+    let qb = t * (p.heads + 2u * p.kv_heads) * d + h * d;
+    for (var i = lid; i < d; i += WG) {
+        qs[i] = qkv[qb + i] * p.scale;
+    }
+    workgroupBarrier();
+
+    var m = NEG_BIG;
+    var l = 0.0;
+    var acc = array<f32, PER_T>(0.0, 0.0, 0.0, 0.0);
+    let cache0 = kvh * p.ctx;
+    for (var c = lo; c <= pos; c += WG) {
+        // Score of key j = c + lid.
+        let j = c + lid;
+        var s = NEG_BIG;
+        if (j <= pos) {
+            let kb = (cache0 + j) * d;
+            var dot_ = 0.0;
+            for (var i = 0u; i < d; i++) {
+                dot_ += qs[i] * k_cache[kb + i];
+            }
+            s = dot_;
+        }
+        red[lid] = s;
+        workgroupBarrier();
+        for (var r = WG / 2u; r > 0u; r >>= 1u) {
+            if (lid < r) {
+                red[lid] = max(red[lid], red[lid + r]);
+            }
+            workgroupBarrier();
+        }
+        let m_new = max(m, red[0]);
+        workgroupBarrier();
+        var e = 0.0;
+        if (j <= pos) {
+            e = exp(s - m_new);
+        }
+        ps[lid] = e;
+        red[lid] = e;
+        workgroupBarrier();
+        for (var r = WG / 2u; r > 0u; r >>= 1u) {
+            if (lid < r) {
+                red[lid] += red[lid + r];
+            }
+            workgroupBarrier();
+        }
+        let rescale = exp(m - m_new);
+        l = l * rescale + red[0];
+        let n = min(WG, pos + 1u - c);
+        for (var i = 0u; i < PER_T; i++) {
+            let di = lid + i * WG;
+            var a = acc[i] * rescale;
+            if (di < d) {
+                for (var jj = 0u; jj < n; jj++) {
+                    a += ps[jj] * v_cache[(cache0 + c + jj) * d + di];
+                }
+            }
+            acc[i] = a;
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    let ob = t * p.heads * d + h * d;
+    for (var i = 0u; i < PER_T; i++) {
+        let di = lid + i * WG;
+        if (di < d) {
+            out[ob + di] = acc[i] / l;
+        }
+    }
+}

@@ -1,0 +1,71 @@
+// Decode matmul (GEMV): y[t, n] (+)= sum_k W[n, k] * x[t, k]
+//   W: [N, K] in WDTYPE (HF Linear layout), x: [T, K] f32, y: [T, N] f32.
+// One workgroup computes ROWS consecutive outputs of one token; its threads split K in
+// chunks of 4 (one vec4 of x reused across the ROWS weight rows), then reduce through
+// workgroup memory. With `accumulate` the result is added into y (fuses the residual add).
+// Grid: x = ceil(N / ROWS) (folded), y = T.
+
+struct Params {
+    n: u32,
+    k: u32,
+    accumulate: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 128u;
+const ROWS: u32 = 4u;
+
+var<workgroup> red: array<vec4<f32>, WG>;
+
+// Weights i..i+3 (i a multiple of 4) as f32.
+fn w4(i: u32) -> vec4<f32> {
+    if (WDTYPE == DT_F32) {
+        return vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
+    }
+    let j = i >> 1u;
+    return vec4<f32>(half2(w[j]), half2(w[j + 1u]));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let row0 = linear_x(wid, nwg) * ROWS;
+    if (row0 >= p.n) {
+        return;
+    }
+    let t = wid.y;
+    let k4 = p.k / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var c = lid; c < k4; c += WG) {
+        let xv = x[t * k4 + c];
+        for (var r = 0u; r < ROWS; r++) {
+            // Rows past N recompute row N-1; their sums are never stored.
+            let row = min(row0 + r, p.n - 1u);
+            acc[r] += dot(w4(row * p.k + c * 4u), xv);
+        }
+    }
+    red[lid] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let row = row0 + lid;
+    if (lid < ROWS && row < p.n) {
+        let o = t * p.n + row;
+        let v = red[0][lid];
+        if (p.accumulate != 0u) {
+            y[o] += v;
+        } else {
+            y[o] = v;
+        }
+    }
+}

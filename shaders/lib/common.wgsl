@@ -1,0 +1,36 @@
+// Shared by every kernel (prepended by src/gpu/kernels.rs).
+//
+// Step: values that change per forward step, written once per step into one uniform
+// buffer that all kernels of the step share.
+struct Step {
+    n_rows: u32,   // tokens in this step (T)
+    pos0: u32,     // position of the first of them
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Storage type of a weight buffer (src/tensor.rs DType::shader_code). Weights are always
+// bound as array<u32>: f32 as bit patterns, f16/bf16 two per word, low half first.
+// No shader-f16 anywhere: halves are widened to f32 in registers.
+const DT_F32: u32 = 0u;
+const DT_F16: u32 = 1u;
+const DT_BF16: u32 = 2u;
+override WDTYPE: u32 = 0u;
+
+// Two 16-bit weights packed in one little-endian word.
+fn half2(u: u32) -> vec2<f32> {
+    if (WDTYPE == DT_BF16) {
+        return vec2<f32>(bitcast<f32>(u << 16u), bitcast<f32>(u & 0xffff0000u));
+    }
+    return unpack2x16float(u);
+}
+
+// Large grids are folded into x and z (65535 workgroups per dimension); this is the
+// unfolded x index.
+fn linear_x(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.z * nwg.x;
+}
+
+fn silu(x: f32) -> f32 {
+    return x / (1.0 + exp(-x));
+}

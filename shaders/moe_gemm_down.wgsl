@@ -1,0 +1,107 @@
+// MoE expert down-projection for prefill, grouped by expert (after moe_gemm_gate_up.wgsl):
+//   y[q, n] = W2[e, n] . act[q]   for q in expert e's segment of the sorted order.
+//   w2: [E, D, F] in WDTYPE, act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
+// Tiling and worst-case grid as moe_gemm_gate_up.wgsl; moe_combine.wgsl then adds the
+// router-weighted rows into the residual stream.
+// Grid: x = ceil(D / 32) (folded), y = ceil(T*K / 32) + E.
+
+struct Params {
+    dim: u32,      // D
+    ff: u32,       // F
+    k: u32,        // K
+    experts: u32,  // E
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w2: array<u32>;
+@group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> starts: array<u32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+const TILE: u32 = 32u;
+const BK: u32 = 32u;
+
+var<workgroup> as_: array<array<f32, 33>, TILE>;
+var<workgroup> ws: array<array<f32, 33>, TILE>;
+var<workgroup> job: vec3<u32>;
+
+fn w2_4(i: u32) -> vec4<f32> {
+    if (WDTYPE == DT_F32) {
+        return vec4<f32>(bitcast<f32>(w2[i]), bitcast<f32>(w2[i + 1u]), bitcast<f32>(w2[i + 2u]), bitcast<f32>(w2[i + 3u]));
+    }
+    let j = i >> 1u;
+    return vec4<f32>(half2(w2[j]), half2(w2[j + 1u]));
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let n0 = linear_x(wid, nwg) * TILE;
+    if (n0 >= p.dim) {
+        return;
+    }
+    if (lid == 0u) {
+        var tile = wid.y;
+        var found = vec3<u32>(p.experts, 0u, 0u);
+        for (var e = 0u; e < p.experts; e++) {
+            let s = starts[e];
+            let n_tiles = (starts[e + 1u] - s + TILE - 1u) / TILE;
+            if (tile < n_tiles) {
+                found = vec3<u32>(e, s + tile * TILE, min(s + (tile + 1u) * TILE, starts[e + 1u]));
+                break;
+            }
+            tile -= n_tiles;
+        }
+        job = found;
+    }
+    let my = workgroupUniformLoad(&job);
+    if (my.x >= p.experts) {
+        return;
+    }
+    let e = my.x;
+    let q0 = my.y;
+    let rows = my.z - my.y;
+    let f4 = p.ff / 4u;
+    let wbase = e * p.dim * p.ff;
+    let lr = lid / 8u;
+    let lq = lid % 8u;
+    let tx = lid3.x;
+    let ty = lid3.y;
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var kb = 0u; kb < p.ff; kb += BK) {
+        let kq = kb / 4u + lq;
+        var av = vec4<f32>(0.0);
+        if (lr < rows && kq < f4) {
+            av = act[(q0 + lr) * f4 + kq];
+        }
+        var wv = vec4<f32>(0.0);
+        if (n0 + lr < p.dim && kq < f4) {
+            wv = w2_4(wbase + (n0 + lr) * p.ff + kq * 4u);
+        }
+        for (var i = 0u; i < 4u; i++) {
+            as_[lr][lq * 4u + i] = av[i];
+            ws[lr][lq * 4u + i] = wv[i];
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = as_[ty][kk];
+            let a1 = as_[ty + 16u][kk];
+            let b0 = ws[tx][kk];
+            let b1 = ws[tx + 16u][kk];
+            acc[0] += a0 * b0;
+            acc[1] += a0 * b1;
+            acc[2] += a1 * b0;
+            acc[3] += a1 * b1;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = ty + (i / 2u) * 16u;
+        let n = n0 + tx + (i % 2u) * 16u;
+        if (r < rows && n < p.dim) {
+            y[(q0 + r) * p.dim + n] = acc[i];
+        }
+    }
+}

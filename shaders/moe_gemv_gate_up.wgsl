@@ -1,0 +1,81 @@
+// MoE expert up-projection for decode: for each (token t, slot s) with expert e = ids[t*K+s]
+// read on the GPU, act[t*K+s, f] = silu(W1[e, f] . x[t]) * (W3[e, f] . x[t]).
+//   w1, w3: [E, F, D] in WDTYPE (experts stacked), x: [T, D] f32 (normed hidden),
+//   ids: [T*K] u32 from the router, act: [T*K, F] f32.
+// Same structure as gemv.wgsl (ROWS outputs per workgroup, threads split D), with the gate
+// and up rows computed together so x is read once for both. Grid: x = ceil(F/ROWS), y = T*K.
+
+struct Params {
+    dim: u32,   // D
+    ff: u32,    // F
+    k: u32,     // K
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w1: array<u32>;
+@group(0) @binding(2) var<storage, read> w3: array<u32>;
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> ids: array<u32>;
+@group(0) @binding(5) var<storage, read_write> act: array<f32>;
+
+const WG: u32 = 128u;
+const ROWS: u32 = 4u;
+
+var<workgroup> red_g: array<vec4<f32>, WG>;
+var<workgroup> red_u: array<vec4<f32>, WG>;
+
+fn w1_4(i: u32) -> vec4<f32> {
+    if (WDTYPE == DT_F32) {
+        return vec4<f32>(bitcast<f32>(w1[i]), bitcast<f32>(w1[i + 1u]), bitcast<f32>(w1[i + 2u]), bitcast<f32>(w1[i + 3u]));
+    }
+    let j = i >> 1u;
+    return vec4<f32>(half2(w1[j]), half2(w1[j + 1u]));
+}
+
+fn w3_4(i: u32) -> vec4<f32> {
+    if (WDTYPE == DT_F32) {
+        return vec4<f32>(bitcast<f32>(w3[i]), bitcast<f32>(w3[i + 1u]), bitcast<f32>(w3[i + 2u]), bitcast<f32>(w3[i + 3u]));
+    }
+    let j = i >> 1u;
+    return vec4<f32>(half2(w3[j]), half2(w3[j + 1u]));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let f0 = linear_x(wid, nwg) * ROWS;
+    if (f0 >= p.ff) {
+        return;
+    }
+    let a = wid.y;              // assignment = t * K + s
+    let t = a / p.k;
+    let e = ids[a];
+    let d4 = p.dim / 4u;
+    let base = e * p.ff * p.dim;
+    var g = vec4<f32>(0.0);
+    var u = vec4<f32>(0.0);
+    for (var c = lid; c < d4; c += WG) {
+        let xv = x[t * d4 + c];
+        for (var r = 0u; r < ROWS; r++) {
+            let off = base + min(f0 + r, p.ff - 1u) * p.dim + c * 4u;
+            g[r] += dot(w1_4(off), xv);
+            u[r] += dot(w3_4(off), xv);
+        }
+    }
+    red_g[lid] = g;
+    red_u[lid] = u;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red_g[lid] += red_g[lid + s];
+            red_u[lid] += red_u[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let f = f0 + lid;
+    if (lid < ROWS && f < p.ff) {
+        act[a * p.ff + f] = silu(red_g[0][lid]) * red_u[0][lid];
+    }
+}

@@ -1,0 +1,50 @@
+// RMSNorm: y[r, i] = x[r', i] / sqrt(mean_i(x[r', i]^2) + eps) * g[i]
+//   x: [T, D] f32, g: [D] f32, y: [T, D] f32 (or [1, D] with last_only).
+// One workgroup per row. With last_only, only the step's last row is normalised and
+// written as row 0 (generation needs logits for the last position only).
+// Grid: y = T (or 1).
+
+struct Params {
+    dim: u32,
+    last_only: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> g: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 128u;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var src = wid.y;
+    var dst = wid.y;
+    if (p.last_only != 0u) {
+        src = step.n_rows - 1u;
+        dst = 0u;
+    }
+    let xb = src * p.dim;
+    var ss = 0.0;
+    for (var i = lid; i < p.dim; i += WG) {
+        let v = x[xb + i];
+        ss += v * v;
+    }
+    red[lid] = ss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = inverseSqrt(red[0] / f32(p.dim) + p.eps);
+    let yb = dst * p.dim;
+    for (var i = lid; i < p.dim; i += WG) {
+        y[yb + i] = x[xb + i] * r * g[i];
+    }
+}

@@ -1,0 +1,85 @@
+// Fused MoE router: logits = Wg x, softmax over experts, top-k, optional renormalisation,
+// all in one kernel; the chosen expert ids and weights stay on the GPU for the expert
+// kernels to read (no host round trip).
+//   wg: [E, D] f32, x: [T, D] f32 (normed hidden), ids: [T, K] u32, weights: [T, K] f32.
+// One workgroup per token: threads split D for each expert's dot product; thread 0 then
+// does the O(E*K) selection. Ties go to the lower expert index (as the CPU reference).
+// Grid: y = T.
+
+struct Params {
+    dim: u32,
+    experts: u32,
+    k: u32,
+    norm: u32,     // 1: chosen weights renormalised to sum to 1 (Mixtral)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> wg: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> weights: array<f32>;
+
+const WG: u32 = 64u;
+const MAX_E: u32 = 256u;
+
+var<workgroup> red: array<f32, WG>;
+var<workgroup> logits: array<f32, MAX_E>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = wid.y;
+    let xb = t * p.dim;
+    for (var e = 0u; e < p.experts; e++) {
+        var s = 0.0;
+        for (var i = lid; i < p.dim; i += WG) {
+            s += wg[e * p.dim + i] * x[xb + i];
+        }
+        red[lid] = s;
+        workgroupBarrier();
+        for (var r = WG / 2u; r > 0u; r >>= 1u) {
+            if (lid < r) {
+                red[lid] += red[lid + r];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            logits[e] = red[0];
+        }
+        workgroupBarrier();
+    }
+    if (lid != 0u) {
+        return;
+    }
+    // Softmax over all experts (numerically stable), then pick the k largest.
+    var mx = logits[0];
+    for (var e = 1u; e < p.experts; e++) {
+        mx = max(mx, logits[e]);
+    }
+    var sum = 0.0;
+    for (var e = 0u; e < p.experts; e++) {
+        let v = exp(logits[e] - mx);
+        logits[e] = v;
+        sum += v;
+    }
+    var chosen_sum = 0.0;
+    for (var s = 0u; s < p.k; s++) {
+        var best = 0u;
+        var best_v = -1.0;
+        for (var e = 0u; e < p.experts; e++) {
+            if (logits[e] > best_v) {
+                best_v = logits[e];
+                best = e;
+            }
+        }
+        logits[best] = -2.0;   // taken (probabilities are >= 0)
+        let prob = best_v / sum;
+        ids[t * p.k + s] = best;
+        weights[t * p.k + s] = prob;
+        chosen_sum += prob;
+    }
+    if (p.norm != 0u) {
+        for (var s = 0u; s < p.k; s++) {
+            weights[t * p.k + s] = weights[t * p.k + s] / chosen_sum;
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! One error type for the whole crate. Every variant says *what* was wrong and *where*
+//! (file, tensor, limit), so a user can act on the message without a debugger.
+
+use std::fmt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or fetched at all.
+    #[error("{file}: {reason}")]
+    Io { file: String, reason: String },
+
+    /// A file was read but its contents are malformed (truncated, lying header, bad JSON...).
+    #[error("{file}: {reason}")]
+    Format { file: String, reason: String },
+
+    /// A tensor is missing, has the wrong shape or an unsupported dtype.
+    #[error("{file}: tensor '{tensor}': {reason}")]
+    Tensor { file: String, tensor: String, reason: String },
+
+    /// config.json describes something we do not run (unknown architecture, bad sizes...).
+    #[error("config.json: {0}")]
+    Config(String),
+
+    /// A request that does not fit the model or the engine (prompt too long, bad token id...).
+    #[error("{0}")]
+    Input(String),
+
+    /// Something the GPU or its limits do not allow (no adapter, a tensor larger than a binding...).
+    #[error("GPU: {0}")]
+    Gpu(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(file: impl fmt::Display, reason: impl fmt::Display) -> Self {
+        Error::Io { file: file.to_string(), reason: reason.to_string() }
+    }
+    pub fn format(file: impl fmt::Display, reason: impl fmt::Display) -> Self {
+        Error::Format { file: file.to_string(), reason: reason.to_string() }
+    }
+    pub fn tensor(file: impl fmt::Display, tensor: impl fmt::Display, reason: impl fmt::Display) -> Self {
+        Error::Tensor { file: file.to_string(), tensor: tensor.to_string(), reason: reason.to_string() }
+    }
+    pub fn config(reason: impl fmt::Display) -> Self {
+        Error::Config(reason.to_string())
+    }
+    pub fn input(reason: impl fmt::Display) -> Self {
+        Error::Input(reason.to_string())
+    }
+    pub fn gpu(reason: impl fmt::Display) -> Self {
+        Error::Gpu(reason.to_string())
+    }
+}

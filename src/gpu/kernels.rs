@@ -1,0 +1,318 @@
+//! The WGSL kernels (one file each under `shaders/`), their pipelines, and one constructor
+//! per kernel that binds buffers and returns a ready-to-encode `Dispatch`. Every kernel has
+//! a reference test against `crate::cpu` in tests/kernels.rs.
+//!
+//! Binding convention: binding 0 is the kernel's own `Params` uniform, bindings 1.. are the
+//! buffers in the order the constructor takes them (as declared in the .wgsl file).
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+const COMMON: &str = include_str!("../../shaders/lib/common.wgsl");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Embed,
+    RmsNorm,
+    Gemv,
+    Gemm,
+    RopeKv,
+    Attention,
+    Router,
+    MoeGemvGateUp,
+    MoeGemvDown,
+    MoeGroup,
+    MoeGemmGateUp,
+    MoeGemmDown,
+    MoeCombine,
+    Argmax,
+}
+
+impl Shader {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shader::Embed => "embed",
+            Shader::RmsNorm => "rmsnorm",
+            Shader::Gemv => "gemv",
+            Shader::Gemm => "gemm",
+            Shader::RopeKv => "rope_kv",
+            Shader::Attention => "attention",
+            Shader::Router => "router",
+            Shader::MoeGemvGateUp => "moe_gemv_gate_up",
+            Shader::MoeGemvDown => "moe_gemv_down",
+            Shader::MoeGroup => "moe_group",
+            Shader::MoeGemmGateUp => "moe_gemm_gate_up",
+            Shader::MoeGemmDown => "moe_gemm_down",
+            Shader::MoeCombine => "moe_combine",
+            Shader::Argmax => "argmax",
+        }
+    }
+
+    /// The kernel's own WGSL (without the shared prelude).
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Embed => include_str!("../../shaders/embed.wgsl"),
+            Shader::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
+            Shader::Gemv => include_str!("../../shaders/gemv.wgsl"),
+            Shader::Gemm => include_str!("../../shaders/gemm.wgsl"),
+            Shader::RopeKv => include_str!("../../shaders/rope_kv.wgsl"),
+            Shader::Attention => include_str!("../../shaders/attention.wgsl"),
+            Shader::Router => include_str!("../../shaders/router.wgsl"),
+            Shader::MoeGemvGateUp => include_str!("../../shaders/moe_gemv_gate_up.wgsl"),
+            Shader::MoeGemvDown => include_str!("../../shaders/moe_gemv_down.wgsl"),
+            Shader::MoeGroup => include_str!("../../shaders/moe_group.wgsl"),
+            Shader::MoeGemmGateUp => include_str!("../../shaders/moe_gemm_gate_up.wgsl"),
+            Shader::MoeGemmDown => include_str!("../../shaders/moe_gemm_down.wgsl"),
+            Shader::MoeCombine => include_str!("../../shaders/moe_combine.wgsl"),
+            Shader::Argmax => include_str!("../../shaders/argmax.wgsl"),
+        }
+    }
+}
+
+/// How many workgroups along y, given the step's token count T:
+/// `Fixed(n)`, or `ceil(T * mul / div) + add`.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows {
+    Fixed(u32),
+    Tokens { mul: u32, div: u32, add: u32 },
+}
+
+impl Rows {
+    pub const PER_TOKEN: Rows = Rows::Tokens { mul: 1, div: 1, add: 0 };
+    pub fn count(self, n_rows: u32) -> u32 {
+        match self {
+            Rows::Fixed(n) => n,
+            Rows::Tokens { mul, div, add } => (n_rows * mul).div_ceil(div) + add,
+        }
+    }
+}
+
+/// Workgroups: `x` in total (folded into x and z past the per-dimension limit) by `y` rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    pub x: u32,
+    pub y: Rows,
+}
+
+/// A kernel with its buffers bound: everything needed to record it into a compute pass.
+pub struct Dispatch {
+    pub shader: Shader,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    pub grid: Grid,
+}
+
+impl Dispatch {
+    pub fn workgroups(&self, n_rows: u32, max_dim: u32) -> [u32; 3] {
+        let y = self.grid.y.count(n_rows);
+        let x = self.grid.x;
+        if x <= max_dim {
+            [x, y, 1]
+        } else {
+            [max_dim, y, x.div_ceil(max_dim)]
+        }
+    }
+
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_rows: u32, max_dim: u32) {
+        let [x, y, z] = self.workgroups(n_rows, max_dim);
+        if x == 0 || y == 0 || z == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// The same kernel with its grid replaced (tests use it to break a kernel on purpose).
+    pub fn with_grid(mut self, grid: Grid) -> Self {
+        self.grid = grid;
+        self
+    }
+}
+
+impl Gpu {
+    /// The compute pipeline for `shader` specialised to weight type `dtype`, compiled once.
+    pub fn pipeline(&self, shader: Shader, dtype: DType) -> Result<wgpu::ComputePipeline> {
+        self.pipeline_from_source(shader, dtype, shader.source())
+    }
+
+    /// As `pipeline`, from a given kernel source (tests compile deliberately broken variants).
+    pub fn pipeline_from_source(&self, shader: Shader, dtype: DType, source: &str) -> Result<wgpu::ComputePipeline> {
+        let code = dtype.shader_code();
+        if code == u32::MAX {
+            return Err(Error::gpu(format!("{}: weight dtype {} has no kernel", shader.name(), dtype.name())));
+        }
+        let custom = source != shader.source();
+        let key = (shader, code);
+        if !custom {
+            if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+                return Ok(p);
+            }
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name()),
+            source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
+        });
+        let constants = [("WDTYPE", code as f64)];
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(shader.name()),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, zero_initialize_workgroup_memory: false },
+            cache: None,
+        });
+        self.check_errors()?;
+        if !custom {
+            if let Ok(mut m) = self.pipelines.lock() {
+                m.insert(key, pipeline.clone());
+            }
+        }
+        Ok(pipeline)
+    }
+
+    /// Binds `params` (binding 0) and `buffers` (bindings 1..) for `pipeline`.
+    pub fn bind(&self, shader: Shader, pipeline: wgpu::ComputePipeline, params: &[u32], buffers: &[&wgpu::Buffer], grid: Grid) -> Dispatch {
+        let uniform = self.uniform(shader.name(), params);
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(shader.name()),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch { shader, pipeline, bind_group, grid }
+    }
+
+    fn make(&self, shader: Shader, dtype: DType, params: &[u32], buffers: &[&wgpu::Buffer], grid: Grid) -> Result<Dispatch> {
+        let pipeline = self.pipeline(shader, dtype)?;
+        Ok(self.bind(shader, pipeline, params, buffers, grid))
+    }
+}
+
+fn mult4(what: &str, n: usize) -> Result<u32> {
+    if n % 4 != 0 {
+        return Err(Error::gpu(format!("{what}: inner dimension {n} is not a multiple of 4, which the matmul kernels need")));
+    }
+    u32_of(what, n)
+}
+
+fn u32_of(what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::gpu(format!("{what}: size {n} exceeds 32-bit indexing")))
+}
+
+const GEMV_ROWS: u32 = 4;
+const TILE: u32 = 32;
+
+/// Kernel constructors. Shapes follow the .wgsl headers; `name` is the tensor named in errors.
+pub mod ops {
+    use super::*;
+    use wgpu::Buffer;
+
+    pub fn embed(g: &Gpu, dtype: DType, table: &Buffer, tokens: &Buffer, x: &Buffer, dim: usize, vocab: usize) -> Result<Dispatch> {
+        let d = u32_of("embedding", dim)?;
+        g.make(Shader::Embed, dtype, &[d, u32_of("vocab", vocab)?], &[table, tokens, x], Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN })
+    }
+
+    pub fn rms_norm(g: &Gpu, step: &Buffer, w: &Buffer, x: &Buffer, y: &Buffer, dim: usize, eps: f32, last_only: bool) -> Result<Dispatch> {
+        let rows = if last_only { Rows::Fixed(1) } else { Rows::PER_TOKEN };
+        g.make(Shader::RmsNorm, DType::F32, &[u32_of("norm", dim)?, last_only as u32, eps.to_bits()], &[step, w, x, y], Grid { x: 1, y: rows })
+    }
+
+    /// y[T, n] (+)= x[T, k] · W[n, k]^T, one token per grid row (decode).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv(g: &Gpu, name: &str, dtype: DType, w: &Buffer, x: &Buffer, y: &Buffer, n: usize, k: usize, accumulate: bool) -> Result<Dispatch> {
+        let n = u32_of(name, n)?;
+        g.make(Shader::Gemv, dtype, &[n, mult4(name, k)?, accumulate as u32], &[w, x, y], Grid { x: n.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN })
+    }
+
+    /// Tiled Y[T, n] (+)= X[T, k] · W[n, k]^T (prefill).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(g: &Gpu, name: &str, dtype: DType, step: &Buffer, w: &Buffer, x: &Buffer, y: &Buffer, n: usize, k: usize, accumulate: bool) -> Result<Dispatch> {
+        let n = u32_of(name, n)?;
+        g.make(Shader::Gemm, dtype, &[n, mult4(name, k)?, accumulate as u32], &[step, w, x, y], Grid {
+            x: n.div_ceil(TILE),
+            y: Rows::Tokens { mul: 1, div: TILE, add: 0 },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv(g: &Gpu, step: &Buffer, table: &Buffer, qkv: &Buffer, k_cache: &Buffer, v_cache: &Buffer, heads: usize, kv_heads: usize, head_dim: usize, ctx: usize) -> Result<Dispatch> {
+        let (h, kvh) = (u32_of("heads", heads)?, u32_of("kv heads", kv_heads)?);
+        g.make(Shader::RopeKv, DType::F32, &[h, kvh, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?], &[step, table, qkv, k_cache, v_cache], Grid {
+            x: h + kvh,
+            y: Rows::PER_TOKEN,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(g: &Gpu, step: &Buffer, qkv: &Buffer, k_cache: &Buffer, v_cache: &Buffer, out: &Buffer, heads: usize, kv_heads: usize, head_dim: usize, ctx: usize, window: Option<usize>) -> Result<Dispatch> {
+        let h = u32_of("heads", heads)?;
+        let window = window.map_or(Ok(0), |w| u32_of("sliding window", w))?;
+        let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
+        g.make(Shader::Attention, DType::F32, &[h, u32_of("kv heads", kv_heads)?, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, window, scale], &[step, qkv, k_cache, v_cache, out], Grid {
+            x: h,
+            y: Rows::PER_TOKEN,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn router(g: &Gpu, wg: &Buffer, x: &Buffer, ids: &Buffer, weights: &Buffer, dim: usize, experts: usize, k: usize, norm: bool) -> Result<Dispatch> {
+        g.make(Shader::Router, DType::F32, &[u32_of("router", dim)?, u32_of("experts", experts)?, u32_of("top-k", k)?, norm as u32], &[wg, x, ids, weights], Grid { x: 1, y: Rows::PER_TOKEN })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_gemv_gate_up(g: &Gpu, dtype: DType, w1: &Buffer, w3: &Buffer, x: &Buffer, ids: &Buffer, act: &Buffer, dim: usize, ff: usize, k: usize) -> Result<Dispatch> {
+        let (ff, k) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?);
+        g.make(Shader::MoeGemvGateUp, dtype, &[mult4("experts' w1/w3", dim)?, ff, k], &[w1, w3, x, ids, act], Grid {
+            x: ff.div_ceil(GEMV_ROWS),
+            y: Rows::Tokens { mul: k, div: 1, add: 0 },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_gemv_down(g: &Gpu, dtype: DType, w2: &Buffer, act: &Buffer, ids: &Buffer, weights: &Buffer, x: &Buffer, dim: usize, ff: usize, k: usize) -> Result<Dispatch> {
+        let d = u32_of("hidden", dim)?;
+        g.make(Shader::MoeGemvDown, dtype, &[d, mult4("experts' w2", ff)?, u32_of("top-k", k)?], &[w2, act, ids, weights, x], Grid {
+            x: d.div_ceil(GEMV_ROWS),
+            y: Rows::PER_TOKEN,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_group(g: &Gpu, step: &Buffer, ids: &Buffer, sorted: &Buffer, pos_of: &Buffer, starts: &Buffer, experts: usize, k: usize) -> Result<Dispatch> {
+        g.make(Shader::MoeGroup, DType::F32, &[u32_of("experts", experts)?, u32_of("top-k", k)?], &[step, ids, sorted, pos_of, starts], Grid { x: 1, y: Rows::Fixed(1) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_gemm_gate_up(g: &Gpu, dtype: DType, w1: &Buffer, w3: &Buffer, x: &Buffer, sorted: &Buffer, starts: &Buffer, act: &Buffer, dim: usize, ff: usize, k: usize, experts: usize) -> Result<Dispatch> {
+        let (ff, k, e) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
+        g.make(Shader::MoeGemmGateUp, dtype, &[mult4("experts' w1/w3", dim)?, ff, k, e], &[w1, w3, x, sorted, starts, act], Grid {
+            x: ff.div_ceil(TILE),
+            y: Rows::Tokens { mul: k, div: TILE, add: e },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_gemm_down(g: &Gpu, dtype: DType, w2: &Buffer, act: &Buffer, starts: &Buffer, y: &Buffer, dim: usize, ff: usize, k: usize, experts: usize) -> Result<Dispatch> {
+        let (d, k, e) = (u32_of("hidden", dim)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
+        g.make(Shader::MoeGemmDown, dtype, &[d, mult4("experts' w2", ff)?, k, e], &[w2, act, starts, y], Grid {
+            x: d.div_ceil(TILE),
+            y: Rows::Tokens { mul: k, div: TILE, add: e },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_combine(g: &Gpu, y: &Buffer, pos_of: &Buffer, weights: &Buffer, x: &Buffer, dim: usize, k: usize) -> Result<Dispatch> {
+        let d = u32_of("hidden", dim)?;
+        g.make(Shader::MoeCombine, DType::F32, &[d, u32_of("top-k", k)?], &[y, pos_of, weights, x], Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN })
+    }
+
+    /// Row-wise argmax of `logits` [rows, n] into `out`; `rows` grid rows (Fixed) or per token.
+    pub fn argmax(g: &Gpu, logits: &Buffer, out: &Buffer, n: usize, rows: Rows) -> Result<Dispatch> {
+        g.make(Shader::Argmax, DType::F32, &[u32_of("vocab", n)?], &[logits, out], Grid { x: 1, y: rows })
+    }
+}

@@ -1,0 +1,193 @@
+//! The GPU side: device setup with the adapter's own limits, buffers that say which tensor
+//! did not fit, read-back, and the WGSL kernels (`kernels`) composed into a model (`model`).
+
+pub mod kernels;
+pub mod model;
+
+use crate::error::{Error, Result};
+use crate::platform;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+pub use kernels::{Dispatch, Grid, Rows, Shader};
+
+/// A wgpu device plus what we learned about its adapter.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+    pub info: wgpu::AdapterInfo,
+    /// Errors wgpu reported outside an error scope (it would panic otherwise).
+    errors: Arc<Mutex<Vec<String>>>,
+    pipelines: Mutex<HashMap<(Shader, u32), wgpu::ComputePipeline>>,
+}
+
+impl Gpu {
+    /// Opens the default adapter and requests everything it offers in limits (WebGPU's
+    /// defaults, 128 MiB per binding, are far below what most adapters allow). No optional
+    /// features are required: every kernel runs without shader-f16 or subgroups.
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(platform::instance_descriptor());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::gpu(format!("no GPU adapter available ({e}); natively, install a Vulkan driver (Mesa's lavapipe works on a CPU); in a browser, WebGPU must be enabled")))?;
+        let limits = adapter.limits();
+        let info = adapter.get_info();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webmoe"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::gpu(format!("could not open the device on '{}': {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        Ok(Gpu { device, queue, limits, info, errors, pipelines: Mutex::new(HashMap::new()) })
+    }
+
+    /// A short description of the adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// Fails with the first error wgpu reported asynchronously, if any.
+    pub fn check_errors(&self) -> Result<()> {
+        let mut v = self.errors.lock().map_err(|_| Error::gpu("error log poisoned"))?;
+        if let Some(first) = v.first().cloned() {
+            let n = v.len();
+            v.clear();
+            return Err(Error::gpu(if n > 1 { format!("{first} (and {} more)", n - 1) } else { first }));
+        }
+        Ok(())
+    }
+
+    fn check_fits(&self, name: &str, size: u64) -> Result<()> {
+        let bind = self.limits.max_storage_buffer_binding_size as u64;
+        let buf = self.limits.max_buffer_size;
+        if size > bind {
+            return Err(Error::gpu(format!(
+                "tensor '{name}' needs {size} bytes but this adapter binds at most {bind} bytes per storage buffer (max_storage_buffer_binding_size)"
+            )));
+        }
+        if size > buf {
+            return Err(Error::gpu(format!(
+                "tensor '{name}' needs {size} bytes but this adapter's largest buffer is {buf} bytes (max_buffer_size)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// An uninitialised storage buffer of `size` bytes (rounded up to 4, at least 16).
+    pub fn storage(&self, name: &str, size: u64) -> Result<wgpu::Buffer> {
+        let size = size.max(16).next_multiple_of(4);
+        self.check_fits(name, size)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(name),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `bytes` (zero-padded to a multiple of 4).
+    pub fn storage_init(&self, name: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let buf = self.storage(name, bytes.len() as u64)?;
+        self.write(&buf, 0, bytes);
+        Ok(buf)
+    }
+
+    /// Writes `bytes` at `offset`, padding the tail to the 4-byte granularity wgpu needs.
+    pub fn write(&self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if bytes.len() % 4 == 0 {
+            self.queue.write_buffer(buf, offset, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(buf, offset, &padded);
+        }
+    }
+
+    pub fn uniform(&self, name: &str, words: &[u32]) -> wgpu::Buffer {
+        let mut w = words.to_vec();
+        w.resize(words.len().next_multiple_of(4).max(4), 0);
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(name),
+            contents: bytemuck::cast_slice(&w),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// A buffer the host can map to read results back.
+    pub fn staging(&self, name: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(name),
+            size: size.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Maps `staging` (already filled by a submitted copy) and returns its first `size` bytes.
+    pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(..size.max(4).next_multiple_of(4));
+        let (tx, rx) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        platform::poll_wait(&self.device)?;
+        rx.await
+            .map_err(|_| Error::gpu("the device was lost while reading results back"))?
+            .map_err(|e| Error::gpu(format!("mapping results failed: {e}")))?;
+        let out = {
+            let view = slice.get_mapped_range().map_err(|e| Error::gpu(format!("mapped range: {e}")))?;
+            view[..size as usize].to_vec()
+        };
+        staging.unmap();
+        self.check_errors()?;
+        Ok(out)
+    }
+
+    /// Copies `size` bytes at `offset` of `buf` back to the host (allocates a staging
+    /// buffer: for tests and one-off reads; the model keeps its own).
+    pub async fn read(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.staging("read-back", size);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, offset, &staging, 0, size.next_multiple_of(4));
+        self.queue.submit([enc.finish()]);
+        self.map_read(&staging, size).await
+    }
+
+    pub async fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_slice(&self.read(buf, 0, n as u64 * 4).await?).to_vec())
+    }
+
+    pub async fn read_u32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<u32>> {
+        Ok(bytemuck::cast_slice(&self.read(buf, 0, n as u64 * 4).await?).to_vec())
+    }
+
+    /// Records `dispatches` into one compute pass and submits it.
+    pub fn run(&self, dispatches: &[&Dispatch], n_rows: u32) {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.encode(&mut pass, n_rows, self.limits.max_compute_workgroups_per_dimension);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+    }
+}

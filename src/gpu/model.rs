@@ -1,0 +1,383 @@
+//! A model resident on the GPU: weights uploaded once, activations and KV cache allocated
+//! once, and every dispatch of a forward step bound once at load. A step is then: write the
+//! step uniform (T, pos0), record the prepared dispatches into one compute pass, submit.
+//! Routing decisions never leave the GPU; the host reads back logits or one token id.
+//!
+//! Per layer (T tokens, D hidden, H/KVH heads of d, E experts, K chosen, F expert width):
+//!   xn   = rmsnorm(x)                       [T, D]
+//!   qkv  = xn · Wqkv^T                      [T, (H + 2 KVH) d]   (q, k, v fused at load)
+//!   rope(q), rope(k) -> cache, v -> cache   caches [KVH, ctx, d]
+//!   attn = attention(q, cache)              [T, H d]
+//!   x   += attn · Wo^T                      (residual fused into the matmul)
+//!   xn   = rmsnorm(x)
+//!   ids, w = router(xn)                     [T, K]   (dense: fixed ids 0, weights 1)
+//!   x   += sum_k w_k · W2[e_k] (silu(W1[e_k] xn) ⊙ W3[e_k] xn)
+//! Prefill (T > 1) uses tiled GEMMs with tokens grouped per expert; decode uses GEMVs.
+
+use super::kernels::{ops, Dispatch, Rows};
+use super::Gpu;
+use crate::config::{rope_inv_freq, rope_table, ModelConfig};
+use crate::error::{Error, Result};
+use crate::model::{ModelFiles, TensorRef};
+use crate::tensor::{from_f32, DType};
+use std::sync::Arc;
+use wgpu::Buffer;
+
+/// Prefill chunk limit: bounds activation memory whatever the prompt length.
+pub const MAX_CHUNK: usize = 256;
+
+struct Programs {
+    /// Embedding + all layers, prefill (GEMM) kernels.
+    body_prefill: Vec<Dispatch>,
+    /// Embedding + all layers, decode (GEMV) kernels.
+    body_decode: Vec<Dispatch>,
+    /// Final norm + LM head for every row, GEMM / GEMV.
+    head_all_prefill: Vec<Dispatch>,
+    head_all_decode: Vec<Dispatch>,
+    /// Final norm of the last row + LM head + argmax into the token buffer.
+    head_last: Vec<Dispatch>,
+}
+
+pub struct GpuModel {
+    pub gpu: Arc<Gpu>,
+    pub cfg: ModelConfig,
+    /// KV cache length in positions.
+    pub ctx: usize,
+    /// Most tokens one step takes.
+    pub max_rows: usize,
+    /// Tokens already in the KV cache.
+    pub pos: usize,
+    step: Buffer,
+    tokens: Buffer,
+    logits: Buffer,
+    staging: Buffer,
+    programs: Programs,
+    /// Keeps weights, activations and caches alive (bind groups reference them).
+    _buffers: Vec<Buffer>,
+    /// Bytes of weights uploaded.
+    pub weight_bytes: u64,
+}
+
+/// How the step's matmuls are run: GEMM tiles for prompts, GEMV rows for single tokens.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Path {
+    Prefill,
+    Decode,
+}
+
+struct Uploader<'a> {
+    gpu: &'a Gpu,
+    buffers: Vec<Buffer>,
+    bytes: u64,
+}
+
+impl Uploader<'_> {
+    /// Uploads tensors concatenated along their first dimension, in their own dtype when
+    /// they agree, else widened to f32. Returns the buffer and the dtype it holds.
+    fn concat(&mut self, label: &str, parts: &[TensorRef<'_>], force_f32: bool) -> Result<(Buffer, DType)> {
+        let first = parts.first().map(|p| p.dtype).unwrap_or(DType::F32);
+        let dtype = if !force_f32 && parts.iter().all(|p| p.dtype == first) { first } else { DType::F32 };
+        let bytes: Vec<u8> = if parts.iter().all(|p| p.dtype == dtype) {
+            parts.iter().flat_map(|p| p.data.iter().copied()).collect()
+        } else {
+            parts.iter().flat_map(|p| from_f32(DType::F32, &p.to_f32())).collect()
+        };
+        let buf = self.gpu.storage_init(label, &bytes)?;
+        self.bytes += bytes.len() as u64;
+        self.buffers.push(buf.clone());
+        Ok((buf, dtype))
+    }
+
+    fn one(&mut self, t: TensorRef<'_>) -> Result<(Buffer, DType)> {
+        self.concat(t.name, &[t], false)
+    }
+
+    /// Small tensors (norms, router) are used as f32 whatever their storage type.
+    fn f32(&mut self, t: TensorRef<'_>) -> Result<Buffer> {
+        let buf = self.gpu.storage_init(t.name, &from_f32(DType::F32, &t.to_f32()))?;
+        self.bytes += t.data.len() as u64;
+        self.buffers.push(buf.clone());
+        Ok(buf)
+    }
+
+    fn scratch(&mut self, label: &str, bytes: usize) -> Result<Buffer> {
+        let b = self.gpu.storage(label, bytes as u64)?;
+        self.buffers.push(b.clone());
+        Ok(b)
+    }
+}
+
+impl GpuModel {
+    /// Uploads the model and prepares every dispatch. `ctx` is the KV cache length.
+    pub async fn new(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize) -> Result<Self> {
+        let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let built = Self::build(gpu.clone(), files, ctx);
+        let oom_err = oom.pop().await;
+        let val_err = validation.pop().await;
+        let model = built?;
+        if let Some(e) = oom_err {
+            return Err(Error::gpu(format!("out of GPU memory while loading the model: {e}")));
+        }
+        if let Some(e) = val_err {
+            return Err(Error::gpu(format!("loading the model failed: {e}")));
+        }
+        Ok(model)
+    }
+
+    fn build(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize) -> Result<Self> {
+        let c = files.config.clone();
+        let n = &files.names;
+        if ctx == 0 {
+            return Err(Error::input("context length must be at least 1"));
+        }
+        let g: &Gpu = &gpu;
+        let mut up = Uploader { gpu: g, buffers: Vec::new(), bytes: 0 };
+        let (d, hd, k, e, ff) = (c.hidden, c.head_dim, c.top_k, c.experts, c.ff);
+        let qkv_w = c.q_dim() + 2 * c.kv_dim();
+
+        // Largest step that keeps every activation buffer within one binding.
+        let max_bind = g.limits.max_storage_buffer_binding_size as usize;
+        let per_row = [c.vocab * 4, k * ff * 4, k * d * 4, qkv_w * 4];
+        let max_rows = per_row.iter().fold(MAX_CHUNK.min(ctx), |m, &b| m.min(max_bind / b.max(1))).max(1);
+
+        let step = g.uniform("step", &[0, 0, 0, 0]);
+        let tokens = up.scratch("tokens", max_rows * 4)?;
+        let x = up.scratch("hidden", max_rows * d * 4)?;
+        let xn = up.scratch("normed hidden", max_rows * d * 4)?;
+        let qkv = up.scratch("qkv", max_rows * qkv_w * 4)?;
+        let attn = up.scratch("attention out", max_rows * c.q_dim() * 4)?;
+        let ids = up.scratch("router ids", max_rows * k * 4)?;
+        let weights = up.scratch("router weights", max_rows * k * 4)?;
+        let act = up.scratch("expert activations", max_rows * k * ff * 4)?;
+        let ybuf = up.scratch("expert outputs", max_rows * k * d * 4)?;
+        let sorted = up.scratch("expert order", max_rows * k * 4)?;
+        let pos_of = up.scratch("expert positions", max_rows * k * 4)?;
+        let starts = up.scratch("expert starts", (e + 1) * 4)?;
+        let logits = up.scratch("logits", max_rows * c.vocab * 4)?;
+        let staging = g.staging("logits read-back", (max_rows * c.vocab * 4) as u64);
+        let table = {
+            let t = rope_table(&rope_inv_freq(&c), ctx);
+            g.storage_init("rope table", bytemuck::cast_slice(&t))?
+        };
+        up.buffers.push(table.clone());
+        if !c.is_moe() {
+            // A dense FFN is expert 0 with weight 1 for every token.
+            g.write(&ids, 0, bytemuck::cast_slice(&vec![0u32; max_rows]));
+            g.write(&weights, 0, bytemuck::cast_slice(&vec![1.0f32; max_rows]));
+        }
+
+        let (embed, embed_dt) = up.one(files.expect(&n.embed, &[c.vocab, d])?)?;
+        let mut pre = vec![ops::embed(g, embed_dt, &embed, &tokens, &x, d, c.vocab)?];
+        let mut dec = vec![ops::embed(g, embed_dt, &embed, &tokens, &x, d, c.vocab)?];
+
+        for (li, l) in n.layers.iter().enumerate() {
+            let attn_norm = up.f32(files.expect(&l.attn_norm, &[d])?)?;
+            let ffn_norm = up.f32(files.expect(&l.ffn_norm, &[d])?)?;
+            let (wqkv, qkv_dt) = up.concat(
+                &format!("model.layers.{li}.self_attn.{{q,k,v}}_proj.weight"),
+                &[files.expect(&l.wq, &[c.q_dim(), d])?, files.expect(&l.wk, &[c.kv_dim(), d])?, files.expect(&l.wv, &[c.kv_dim(), d])?],
+                false,
+            )?;
+            let (wo, wo_dt) = up.one(files.expect(&l.wo, &[d, c.q_dim()])?)?;
+            // Experts stacked: w1/w3 [E, F, D], w2 [E, D, F]. Gate and up share one kernel,
+            // so they share a dtype (widened to f32 in the rare case they differ).
+            let stack = |get: fn(&crate::model::ExpertNames) -> &String, shape: [usize; 2]| -> Result<Vec<TensorRef<'_>>> {
+                l.experts.iter().map(|x| files.expect(get(x), &shape)).collect()
+            };
+            let (w1p, w3p) = (stack(|x| &x.w1, [ff, d])?, stack(|x| &x.w3, [ff, d])?);
+            let mixed = w1p.iter().chain(&w3p).any(|p| p.dtype != w1p[0].dtype);
+            let (w1, gu_dt) = up.concat(&format!("layer {li} experts' w1 (gate)"), &w1p, mixed)?;
+            let (w3, _) = up.concat(&format!("layer {li} experts' w3 (up)"), &w3p, mixed)?;
+            let (w2, w2_dt) = up.concat(&format!("layer {li} experts' w2 (down)"), &stack(|x| &x.w2, [d, ff])?, false)?;
+            let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
+            let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
+            let router = match &l.router {
+                Some(r) => Some(up.f32(files.expect(r, &[e, d])?)?),
+                None => None,
+            };
+
+            for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
+                prog.push(ops::rms_norm(g, &step, &attn_norm, &x, &xn, d, c.eps, false)?);
+                prog.push(match path {
+                    Path::Prefill => ops::gemm(g, "q/k/v projection", qkv_dt, &step, &wqkv, &xn, &qkv, qkv_w, d, false)?,
+                    Path::Decode => ops::gemv(g, "q/k/v projection", qkv_dt, &wqkv, &xn, &qkv, qkv_w, d, false)?,
+                });
+                prog.push(ops::rope_kv(g, &step, &table, &qkv, &kc, &vc, c.heads, c.kv_heads, hd, ctx)?);
+                prog.push(ops::attention(g, &step, &qkv, &kc, &vc, &attn, c.heads, c.kv_heads, hd, ctx, c.sliding_window)?);
+                prog.push(match path {
+                    Path::Prefill => ops::gemm(g, &l.wo, wo_dt, &step, &wo, &attn, &x, d, c.q_dim(), true)?,
+                    Path::Decode => ops::gemv(g, &l.wo, wo_dt, &wo, &attn, &x, d, c.q_dim(), true)?,
+                });
+                prog.push(ops::rms_norm(g, &step, &ffn_norm, &x, &xn, d, c.eps, false)?);
+                if let Some(r) = &router {
+                    prog.push(ops::router(g, r, &xn, &ids, &weights, d, e, k, c.norm_topk)?);
+                }
+                match path {
+                    Path::Prefill => {
+                        prog.push(ops::moe_group(g, &step, &ids, &sorted, &pos_of, &starts, e, k)?);
+                        prog.push(ops::moe_gemm_gate_up(g, gu_dt, &w1, &w3, &xn, &sorted, &starts, &act, d, ff, k, e)?);
+                        prog.push(ops::moe_gemm_down(g, w2_dt, &w2, &act, &starts, &ybuf, d, ff, k, e)?);
+                        prog.push(ops::moe_combine(g, &ybuf, &pos_of, &weights, &x, d, k)?);
+                    }
+                    Path::Decode => {
+                        prog.push(ops::moe_gemv_gate_up(g, gu_dt, &w1, &w3, &xn, &ids, &act, d, ff, k)?);
+                        prog.push(ops::moe_gemv_down(g, w2_dt, &w2, &act, &ids, &weights, &x, d, ff, k)?);
+                    }
+                }
+            }
+        }
+
+        let final_norm = up.f32(files.expect(&n.final_norm, &[d])?)?;
+        let (lm_head, lm_dt) = if n.lm_head == n.embed { (embed.clone(), embed_dt) } else { up.one(files.expect(&n.lm_head, &[c.vocab, d])?)? };
+        let head_all_prefill = vec![
+            ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
+            ops::gemm(g, &n.lm_head, lm_dt, &step, &lm_head, &xn, &logits, c.vocab, d, false)?,
+        ];
+        let head_all_decode = vec![
+            ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
+            ops::gemv(g, &n.lm_head, lm_dt, &lm_head, &xn, &logits, c.vocab, d, false)?,
+        ];
+        let head_last = vec![
+            ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?,
+            ops::gemv(g, &n.lm_head, lm_dt, &lm_head, &xn, &logits, c.vocab, d, false)?.with_grid(super::Grid { x: (c.vocab as u32).div_ceil(4), y: Rows::Fixed(1) }),
+            ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?,
+        ];
+        let weight_bytes = up.bytes;
+        Ok(GpuModel {
+            cfg: c,
+            ctx,
+            max_rows,
+            pos: 0,
+            step,
+            tokens,
+            logits,
+            staging,
+            programs: Programs { body_prefill: pre, body_decode: dec, head_all_prefill, head_all_decode, head_last },
+            _buffers: up.buffers,
+            weight_bytes,
+            gpu,
+        })
+    }
+
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::input("no tokens given"));
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(Error::input(format!("token id {t} is outside the vocabulary of {}", self.cfg.vocab)));
+        }
+        if self.pos + tokens.len() > self.ctx {
+            return Err(Error::input(format!(
+                "{} tokens after {} already cached exceed the context length {}",
+                tokens.len(),
+                self.pos,
+                self.ctx
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records and submits one step of `n` rows: the body for `path`, then `head`, then a
+    /// copy of `read_bytes` of `read_from` into the staging buffer. `tokens`, if given,
+    /// are uploaded first; otherwise the token buffer already holds the previous argmax.
+    fn submit_step(&self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head, read_bytes: u64) {
+        let g = &self.gpu;
+        if let Some(t) = tokens {
+            g.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(t));
+        }
+        g.queue.write_buffer(&self.step, 0, bytemuck::cast_slice(&[n as u32, self.pos as u32, 0, 0]));
+        let p = &self.programs;
+        let body = match path {
+            Path::Prefill => &p.body_prefill,
+            Path::Decode => &p.body_decode,
+        };
+        let (head, src): (&[Dispatch], _) = match (head, path) {
+            (Head::None, _) => (&[], &self.tokens),
+            (Head::AllLogits, Path::Prefill) => (&p.head_all_prefill, &self.logits),
+            (Head::AllLogits, Path::Decode) => (&p.head_all_decode, &self.logits),
+            (Head::NextToken, _) => (&p.head_last, &self.tokens),
+        };
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let max = g.limits.max_compute_workgroups_per_dimension;
+            for d in body.iter().chain(head) {
+                d.encode(&mut pass, n as u32, max);
+            }
+        }
+        if read_bytes > 0 {
+            enc.copy_buffer_to_buffer(src, 0, &self.staging, 0, read_bytes.next_multiple_of(4));
+        }
+        g.queue.submit([enc.finish()]);
+    }
+
+    /// Logits [T, vocab] for `tokens` appended at the current position. Prompts longer
+    /// than `chunk` (at most `max_rows`) run as several steps; a chunk of 1 uses the
+    /// decode kernels throughout.
+    pub async fn logits(&mut self, tokens: &[u32], chunk: usize) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let chunk = chunk.clamp(1, self.max_rows);
+        let vocab = self.cfg.vocab;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for part in tokens.chunks(chunk) {
+            let path = if part.len() == 1 { Path::Decode } else { Path::Prefill };
+            let bytes = (part.len() * vocab * 4) as u64;
+            self.submit_step(Some(part), part.len(), path, Head::AllLogits, bytes);
+            self.pos += part.len();
+            let raw = self.gpu.map_read(&self.staging, bytes).await?;
+            out.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&raw));
+        }
+        Ok(out)
+    }
+
+    /// Greedy generation: prefills `prompt`, then decodes up to `max_new` tokens, feeding
+    /// each argmax back on the GPU. `on_token` sees each id as it is read back and may
+    /// return false to stop.
+    pub async fn generate(&mut self, prompt: &[u32], max_new: usize, chunk: usize, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+        self.check_tokens(prompt)?;
+        if self.pos + prompt.len() + max_new.saturating_sub(1) > self.ctx {
+            return Err(Error::input(format!(
+                "prompt of {} tokens plus {} new exceeds the context length {}",
+                prompt.len(),
+                max_new,
+                self.ctx
+            )));
+        }
+        let mut out = Vec::with_capacity(max_new);
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let chunk = chunk.clamp(1, self.max_rows);
+        let parts: Vec<&[u32]> = prompt.chunks(chunk).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let path = if part.len() == 1 { Path::Decode } else { Path::Prefill };
+            let (head, read) = if i + 1 == parts.len() { (Head::NextToken, 4) } else { (Head::None, 0) };
+            self.submit_step(Some(part), part.len(), path, head, read);
+            self.pos += part.len();
+        }
+        loop {
+            let raw = self.gpu.map_read(&self.staging, 4).await?;
+            let id = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            out.push(id);
+            if !on_token(id) || out.len() >= max_new {
+                return Ok(out);
+            }
+            // The argmax already sits in the token buffer: nothing to upload.
+            self.submit_step(None, 1, Path::Decode, Head::NextToken, 4);
+            self.pos += 1;
+        }
+    }
+}
+
+/// What follows the layers in a step.
+#[derive(Clone, Copy)]
+enum Head {
+    None,
+    AllLogits,
+    NextToken,
+}

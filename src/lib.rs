@@ -1,0 +1,23 @@
+//! webmoe: sparse Mixture-of-Experts LLM inference whose WGSL kernels run through wgpu,
+//! natively (Vulkan/Metal/DX12) and in the browser (WebGPU), from one crate.
+//!
+//! - `config`, `safetensors`, `model`: reading a Hugging Face model directory, checked.
+//! - `cpu`: the plain-Rust reference forward pass every kernel is tested against.
+//! - `gpu`: device setup, the kernels (`shaders/*.wgsl`) and the GPU-resident model.
+//! - `engine`: the user-facing API shared by the CLI and the browser bindings.
+//! - `platform`: the only place native and wasm differ.
+
+pub mod config;
+pub mod cpu;
+pub mod engine;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod platform;
+pub mod safetensors;
+pub mod tensor;
+
+#[cfg(target_arch = "wasm32")]
+mod web;
+
+pub use error::{Error, Result};

@@ -1,0 +1,24 @@
+//! Everything that differs between native and the browser, in one place: how model files
+//! are read, how the GPU is polled, and which wgpu backends are asked for. The rest of the
+//! crate is written once against these functions.
+
+use crate::error::Result;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::*;
+
+#[cfg(target_arch = "wasm32")]
+mod web;
+#[cfg(target_arch = "wasm32")]
+pub use web::*;
+
+/// Where model files come from: a directory on disk natively, an HTTP base URL in the
+/// browser. `read` returns `Ok(None)` when the file does not exist (an optional index).
+#[allow(async_fn_in_trait)]
+pub trait ModelSource {
+    async fn read(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// The full path or URL of `name`, for error messages.
+    fn describe(&self, name: &str) -> String;
+}
