@@ -128,13 +128,39 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// One expert's SwiGLU FFN: w2 · (silu(w1 · x) ⊙ (w3 · x)).  x: [hidden] -> [hidden]
-pub fn swiglu(x: &[f32], w1: &[f32], w2: &[f32], w3: &[f32], ff: usize) -> Vec<f32> {
+/// The SwiGLU activation of one expert: silu(w1 · x) ⊙ (w3 · x).  x: [hidden] -> [ff]
+pub fn swiglu_act(x: &[f32], w1: &[f32], w3: &[f32], ff: usize) -> Vec<f32> {
     let hidden = x.len();
     let g = matmul(x, 1, hidden, w1, ff);
     let u = matmul(x, 1, hidden, w3, ff);
-    let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect();
-    matmul(&a, 1, ff, w2, hidden)
+    g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect()
+}
+
+/// One expert's SwiGLU FFN: w2 · (silu(w1 · x) ⊙ (w3 · x)).  x: [hidden] -> [hidden]
+pub fn swiglu(x: &[f32], w1: &[f32], w2: &[f32], w3: &[f32], ff: usize) -> Vec<f32> {
+    matmul(&swiglu_act(x, w1, w3, ff), 1, ff, w2, x.len())
+}
+
+/// Assignments a = t*K + s grouped by expert, in order of a within each expert (the
+/// reference for `moe_group.wgsl`). Returns (sorted [T*K], pos_of [T*K], starts [E+1]).
+pub fn group_by_expert(ids: &[u32], experts: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; experts + 1];
+    for &e in ids {
+        starts[e as usize + 1] += 1;
+    }
+    for e in 0..experts {
+        starts[e + 1] += starts[e];
+    }
+    let mut next = starts.clone();
+    let mut sorted = vec![0u32; ids.len()];
+    let mut pos_of = vec![0u32; ids.len()];
+    for (a, &e) in ids.iter().enumerate() {
+        let q = next[e as usize];
+        sorted[q as usize] = a as u32;
+        pos_of[a] = q;
+        next[e as usize] += 1;
+    }
+    (sorted, pos_of, starts)
 }
 
 /// Index of the largest value, the first one on ties (as torch.argmax).

@@ -124,7 +124,7 @@ impl Dispatch {
         pass.dispatch_workgroups(x, y, z);
     }
 
-    /// The same kernel with its grid replaced (tests use it to break a kernel on purpose).
+    /// The same kernel with its grid replaced.
     pub fn with_grid(mut self, grid: Grid) -> Self {
         self.grid = grid;
         self
@@ -134,22 +134,16 @@ impl Dispatch {
 impl Gpu {
     /// The compute pipeline for `shader` specialised to weight type `dtype`, compiled once.
     pub fn pipeline(&self, shader: Shader, dtype: DType) -> Result<wgpu::ComputePipeline> {
-        self.pipeline_from_source(shader, dtype, shader.source())
-    }
-
-    /// As `pipeline`, from a given kernel source (tests compile deliberately broken variants).
-    pub fn pipeline_from_source(&self, shader: Shader, dtype: DType, source: &str) -> Result<wgpu::ComputePipeline> {
         let code = dtype.shader_code();
         if code == u32::MAX {
             return Err(Error::gpu(format!("{}: weight dtype {} has no kernel", shader.name(), dtype.name())));
         }
-        let custom = source != shader.source();
         let key = (shader, code);
-        if !custom {
-            if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
-                return Ok(p);
-            }
+        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(p);
         }
+        let replaced = self.sources.lock().ok().and_then(|m| m.get(&shader).cloned());
+        let source = replaced.as_deref().unwrap_or(shader.source());
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name()),
             source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
@@ -164,12 +158,21 @@ impl Gpu {
             cache: None,
         });
         self.check_errors()?;
-        if !custom {
-            if let Ok(mut m) = self.pipelines.lock() {
-                m.insert(key, pipeline.clone());
-            }
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(key, pipeline.clone());
         }
         Ok(pipeline)
+    }
+
+    /// Compiles `shader` from `source` from now on. Tests use it to prove that a broken
+    /// kernel fails its reference test; nothing else should.
+    pub fn replace_kernel_source(&self, shader: Shader, source: String) {
+        if let Ok(mut m) = self.sources.lock() {
+            m.insert(shader, source);
+        }
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.retain(|(s, _), _| *s != shader);
+        }
     }
 
     /// Binds `params` (binding 0) and `buffers` (bindings 1..) for `pipeline`.

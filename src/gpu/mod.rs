@@ -21,6 +21,8 @@ pub struct Gpu {
     /// Errors wgpu reported outside an error scope (it would panic otherwise).
     errors: Arc<Mutex<Vec<String>>>,
     pipelines: Mutex<HashMap<(Shader, u32), wgpu::ComputePipeline>>,
+    /// Kernel sources replaced at run time (tests build deliberately broken kernels).
+    sources: Mutex<HashMap<Shader, String>>,
 }
 
 impl Gpu {
@@ -56,7 +58,7 @@ impl Gpu {
                 v.push(e.to_string());
             }
         }));
-        Ok(Gpu { device, queue, limits, info, errors, pipelines: Mutex::new(HashMap::new()) })
+        Ok(Gpu { device, queue, limits, info, errors, pipelines: Mutex::new(HashMap::new()), sources: Mutex::new(HashMap::new()) })
     }
 
     /// A short description of the adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".

@@ -1,0 +1,148 @@
+//! Helpers shared by the integration tests: a GPU, random inputs, NaN-poisoned outputs,
+//! comparisons that report where they failed, and the transformers fixtures.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use webmoe::gpu::Gpu;
+use webmoe::platform::block_on;
+use webmoe::tensor::{from_f32, to_f32, DType};
+
+/// One GPU for the whole test binary. No adapter is a failure, not a skip: CI installs
+/// lavapipe so the kernels are always exercised.
+pub fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| Arc::new(fresh_gpu())).clone()
+}
+
+/// A GPU of its own (for tests that replace kernel sources).
+pub fn fresh_gpu() -> Gpu {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Silences the Vulkan loader's warning on headless machines.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+    block_on(Gpu::new()).unwrap_or_else(|e| panic!("GPU tests need an adapter (install mesa-vulkan-drivers for lavapipe): {e}"))
+}
+
+/// xorshift64*: deterministic per seed, different per test.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-scale, scale).
+    pub fn f32(&mut self, scale: f32) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32(scale)).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Random weights stored as `dtype`: the bytes to upload and the exact f32 values they hold.
+pub fn weights(rng: &mut Rng, n: usize, scale: f32, dtype: DType) -> (Vec<u8>, Vec<f32>) {
+    let bytes = from_f32(dtype, &rng.vec(n, scale));
+    let vals = to_f32(dtype, &bytes);
+    (bytes, vals)
+}
+
+pub fn upload_f32(g: &Gpu, name: &str, v: &[f32]) -> wgpu::Buffer {
+    g.storage_init(name, bytemuck::cast_slice(v)).expect("upload")
+}
+
+pub fn upload_u32(g: &Gpu, name: &str, v: &[u32]) -> wgpu::Buffer {
+    g.storage_init(name, bytemuck::cast_slice(v)).expect("upload")
+}
+
+/// An output buffer of `n` f32 filled with NaN, so any element a kernel fails to write
+/// shows up in the comparison.
+pub fn poisoned(g: &Gpu, name: &str, n: usize) -> wgpu::Buffer {
+    upload_f32(g, name, &vec![f32::NAN; n])
+}
+
+/// An output buffer of `n` u32 filled with 0xFFFFFFFF.
+pub fn poisoned_u32(g: &Gpu, name: &str, n: usize) -> wgpu::Buffer {
+    upload_u32(g, name, &vec![u32::MAX; n])
+}
+
+pub fn read_f32(g: &Gpu, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    block_on(g.read_f32(b, n)).expect("read back")
+}
+
+pub fn read_u32(g: &Gpu, b: &wgpu::Buffer, n: usize) -> Vec<u32> {
+    block_on(g.read_u32(b, n)).expect("read back")
+}
+
+/// Ok when every |got - want| <= atol + rtol * |want| (NaN never passes); otherwise says
+/// where the first and the worst mismatch are.
+pub fn close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<f32, String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: {} values, expected {}", got.len(), want.len()));
+    }
+    let mut worst = 0.0f32;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        if !(d <= atol + rtol * w.abs()) {
+            return Err(format!("{what}: element {i} is {g}, expected {w} (|diff| {d})"));
+        }
+        worst = worst.max(d);
+    }
+    Ok(worst)
+}
+
+pub fn same_u32(what: &str, got: &[u32], want: &[u32]) -> Result<(), String> {
+    match got.iter().zip(want).position(|(a, b)| a != b) {
+        None if got.len() == want.len() => Ok(()),
+        None => Err(format!("{what}: {} values, expected {}", got.len(), want.len())),
+        Some(i) => Err(format!("{what}: element {i} is {}, expected {}", got[i], want[i])),
+    }
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every fixture model directory (those with a reference.json).
+pub fn fixtures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.json").exists())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 6, "expected the fixture models in tests/fixtures, found {}", v.len());
+    v
+}
+
+pub struct Reference {
+    pub tokens: Vec<u32>,
+    pub logits: Vec<Vec<f32>>,
+    pub greedy_prompt: Vec<u32>,
+    pub greedy_tokens: Vec<u32>,
+}
+
+pub fn reference(dir: &Path) -> Reference {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).expect("reference.json")).expect("json");
+    let u32s = |v: &serde_json::Value| -> Vec<u32> { v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as u32).collect() };
+    Reference {
+        tokens: u32s(&v["tokens"]),
+        logits: v["logits"]
+            .as_array()
+            .expect("logits")
+            .iter()
+            .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("float") as f32).collect())
+            .collect(),
+        greedy_prompt: u32s(&v["greedy"]["prompt"]),
+        greedy_tokens: u32s(&v["greedy"]["tokens"]),
+    }
+}

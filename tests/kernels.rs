@@ -1,0 +1,460 @@
+//! Every WGSL kernel against its plain-Rust reference in `webmoe::cpu`, on fresh random
+//! inputs, with outputs poisoned (NaN / 0xFFFFFFFF) beforehand so an unwritten element
+//! fails. `broken_kernels_fail` then breaks each kernel on purpose (for example, skipping
+//! its last output row) and requires its check to fail: the checks can catch real bugs.
+
+mod common;
+
+use common::*;
+use webmoe::cpu;
+use webmoe::gpu::kernels::ops;
+use webmoe::gpu::{Gpu, Rows, Shader};
+use webmoe::tensor::DType;
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn step(g: &Gpu, n_rows: usize, pos0: usize) -> wgpu::Buffer {
+    g.uniform("step", &[n_rows as u32, pos0 as u32, 0, 0])
+}
+
+type Check = fn(&Gpu, u64) -> Result<(), String>;
+
+fn check_embed(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (vocab, dim, t) = (50, 36, 5);
+    for dt in DTYPES {
+        let (eb, e) = weights(&mut rng, vocab * dim, 1.0, dt);
+        let toks: Vec<u32> = (0..t).map(|_| rng.below(vocab) as u32).collect();
+        let (eb_, tb, xb) = (g.storage_init("e", &eb).unwrap(), upload_u32(g, "tok", &toks), poisoned(g, "x", t * dim));
+        let d = ops::embed(g, dt, &eb_, &tb, &xb, dim, vocab).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        let want: Vec<f32> = toks.iter().flat_map(|&k| e[k as usize * dim..(k as usize + 1) * dim].to_vec()).collect();
+        close(&format!("embed {dt:?}"), &read_f32(g, &xb, t * dim), &want, 0.0, 0.0)?;
+    }
+    Ok(())
+}
+
+fn check_rmsnorm(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, dim, eps) = (4, 300, 1e-5);
+    let x = rng.vec(t * dim, 2.0);
+    let w = rng.vec(dim, 1.5);
+    let want = cpu::rms_norm(&x, &w, eps);
+    for last_only in [false, true] {
+        let rows = if last_only { 1 } else { t };
+        let (xb, wb, yb, s) = (upload_f32(g, "x", &x), upload_f32(g, "w", &w), poisoned(g, "y", rows * dim), step(g, t, 0));
+        let d = ops::rms_norm(g, &s, &wb, &xb, &yb, dim, eps, last_only).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        let want = if last_only { &want[(t - 1) * dim..] } else { &want[..] };
+        close(&format!("rmsnorm last_only={last_only}"), &read_f32(g, &yb, rows * dim), want, 1e-5, 1e-5)?;
+    }
+    Ok(())
+}
+
+/// y (+)= x · W^T through `make`, for every dtype and both accumulate modes.
+fn check_matmul(g: &Gpu, seed: u64, prefill: bool, t: usize, n: usize, k: usize) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    for dt in DTYPES {
+        for accumulate in [false, true] {
+            let (wb, w) = weights(&mut rng, n * k, 0.5, dt);
+            let x = rng.vec(t * k, 1.0);
+            let y0 = rng.vec(t * n, 1.0);
+            let mut want = cpu::matmul(&x, t, k, &w, n);
+            let yb = if accumulate {
+                want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
+                upload_f32(g, "y", &y0)
+            } else {
+                poisoned(g, "y", t * n)
+            };
+            let (wbuf, xb, s) = (g.storage_init("w", &wb).unwrap(), upload_f32(g, "x", &x), step(g, t, 0));
+            let d = if prefill {
+                ops::gemm(g, "w", dt, &s, &wbuf, &xb, &yb, n, k, accumulate)
+            } else {
+                ops::gemv(g, "w", dt, &wbuf, &xb, &yb, n, k, accumulate)
+            }
+            .map_err(|e| e.to_string())?;
+            g.run(&[&d], t as u32);
+            let name = format!("{} {dt:?} accumulate={accumulate} [{t}x{k}]·[{n}x{k}]^T", if prefill { "gemm" } else { "gemv" });
+            close(&name, &read_f32(g, &yb, t * n), &want, 1e-4, 1e-4)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_gemv(g: &Gpu, seed: u64) -> Result<(), String> {
+    check_matmul(g, seed, false, 3, 37, 68)
+}
+
+fn check_gemm(g: &Gpu, seed: u64) -> Result<(), String> {
+    check_matmul(g, seed, true, 45, 70, 100)
+}
+
+fn check_rope_kv(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (heads, kvh, hd, ctx, t, pos0) = (4, 2, 24, 20, 5, 7);
+    let stride = (heads + 2 * kvh) * hd;
+    let qkv = rng.vec(t * stride, 1.0);
+    let inv = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect::<Vec<_>>();
+    let table = webmoe::config::rope_table(&inv, ctx);
+    // Reference: split, rotate q and k, place k and v at positions pos0..pos0+t.
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for row in qkv.chunks(stride) {
+        q.extend_from_slice(&row[..heads * hd]);
+        k.extend_from_slice(&row[heads * hd..(heads + kvh) * hd]);
+        v.extend_from_slice(&row[(heads + kvh) * hd..]);
+    }
+    cpu::rope(&mut q, heads, hd, pos0, &table);
+    cpu::rope(&mut k, kvh, hd, pos0, &table);
+    let (qb, tb, kc, vc, s) = (upload_f32(g, "qkv", &qkv), upload_f32(g, "table", &table), poisoned(g, "kc", kvh * ctx * hd), poisoned(g, "vc", kvh * ctx * hd), step(g, t, pos0));
+    let d = ops::rope_kv(g, &s, &tb, &qb, &kc, &vc, heads, kvh, hd, ctx).map_err(|e| e.to_string())?;
+    g.run(&[&d], t as u32);
+    let got = read_f32(g, &qb, t * stride);
+    let got_q: Vec<f32> = got.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
+    close("rope q", &got_q, &q, 1e-5, 1e-5)?;
+    let (gk, gv) = (read_f32(g, &kc, kvh * ctx * hd), read_f32(g, &vc, kvh * ctx * hd));
+    for tt in 0..t {
+        for h in 0..kvh {
+            let c = (h * ctx + pos0 + tt) * hd;
+            let r = (tt * kvh + h) * hd;
+            close(&format!("rope k cache t={tt} head={h}"), &gk[c..c + hd], &k[r..r + hd], 1e-5, 1e-5)?;
+            close(&format!("v cache t={tt} head={h}"), &gv[c..c + hd], &v[r..r + hd], 0.0, 0.0)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_attention(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    // head_dim 24 (not a power of two), 74 visible keys (more than one 64-key chunk).
+    let (heads, kvh, hd, ctx, t, pos0) = (8, 2, 24, 200, 4, 70);
+    for window in [None, Some(50)] {
+        let stride = (heads + 2 * kvh) * hd;
+        let qkv = rng.vec(t * stride, 1.0);
+        let kc = rng.vec(kvh * ctx * hd, 1.0);
+        let vc = rng.vec(kvh * ctx * hd, 1.0);
+        let q: Vec<f32> = qkv.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
+        let want = cpu::attention(&q, &kc, &vc, ctx, pos0, heads, kvh, hd, window);
+        let (qb, kb, vb, ob, s) = (upload_f32(g, "qkv", &qkv), upload_f32(g, "k", &kc), upload_f32(g, "v", &vc), poisoned(g, "out", t * heads * hd), step(g, t, pos0));
+        let d = ops::attention(g, &s, &qb, &kb, &vb, &ob, heads, kvh, hd, ctx, window).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("attention window={window:?}"), &read_f32(g, &ob, t * heads * hd), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+fn check_router(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, dim, e, k) = (6, 40, 16, 4);
+    for norm in [true, false] {
+        let (x, wg) = (rng.vec(t * dim, 1.0), rng.vec(e * dim, 0.5));
+        let (ids, ws) = cpu::route(&x, dim, &wg, e, k, norm);
+        let (xb, wb, ib, wsb) = (upload_f32(g, "x", &x), upload_f32(g, "wg", &wg), poisoned_u32(g, "ids", t * k), poisoned(g, "w", t * k));
+        let d = ops::router(g, &wb, &xb, &ib, &wsb, dim, e, k, norm).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        same_u32(&format!("router ids norm={norm}"), &read_u32(g, &ib, t * k), &ids)?;
+        close(&format!("router weights norm={norm}"), &read_f32(g, &wsb, t * k), &ws, 1e-6, 1e-5)?;
+    }
+    Ok(())
+}
+
+/// Random routing: k distinct experts per token, weights summing to 1.
+fn routing(rng: &mut Rng, t: usize, e: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut ids = Vec::new();
+    let mut ws = Vec::new();
+    for _ in 0..t {
+        let mut chosen: Vec<u32> = Vec::new();
+        while chosen.len() < k {
+            let c = rng.below(e) as u32;
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        let w: Vec<f32> = (0..k).map(|_| rng.f32(0.5) + 0.6).collect();
+        let s: f32 = w.iter().sum();
+        ids.extend(chosen);
+        ws.extend(w.iter().map(|x| x / s));
+    }
+    (ids, ws)
+}
+
+struct Experts {
+    w1: Vec<f32>,
+    w3: Vec<f32>,
+    w2: Vec<f32>,
+    b1: wgpu::Buffer,
+    b3: wgpu::Buffer,
+    b2: wgpu::Buffer,
+}
+
+fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DType) -> Experts {
+    let (r1, w1) = weights(rng, e * ff * dim, 0.3, dt);
+    let (r3, w3) = weights(rng, e * ff * dim, 0.3, dt);
+    let (r2, w2) = weights(rng, e * dim * ff, 0.3, dt);
+    Experts { b1: g.storage_init("w1", &r1).unwrap(), b3: g.storage_init("w3", &r3).unwrap(), b2: g.storage_init("w2", &r2).unwrap(), w1, w3, w2 }
+}
+
+/// Reference activation of assignment (token t, expert id).
+fn act_ref(x: &[f32], t: usize, id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
+    let e = id as usize;
+    let m = ff * dim;
+    cpu::swiglu_act(&x[t * dim..(t + 1) * dim], &ex.w1[e * m..(e + 1) * m], &ex.w3[e * m..(e + 1) * m], ff)
+}
+
+fn down_ref(a: &[f32], id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
+    let e = id as usize;
+    cpu::matmul(a, 1, ff, &ex.w2[e * dim * ff..(e + 1) * dim * ff], dim)
+}
+
+fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k, dim, ff) = (3, 6, 2, 40, 52);
+    for dt in DTYPES {
+        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let x = rng.vec(t * dim, 1.0);
+        let (ids, _) = routing(&mut rng, t, e, k);
+        let want: Vec<f32> = (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, dim, ff)).collect();
+        let (xb, ib, ab) = (upload_f32(g, "x", &x), upload_u32(g, "ids", &ids), poisoned(g, "act", t * k * ff));
+        let d = ops::moe_gemv_gate_up(g, dt, &ex.b1, &ex.b3, &xb, &ib, &ab, dim, ff, k).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemv_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k, dim, ff) = (3, 6, 2, 40, 52);
+    for dt in DTYPES {
+        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let act = rng.vec(t * k * ff, 1.0);
+        let x0 = rng.vec(t * dim, 1.0);
+        let (ids, ws) = routing(&mut rng, t, e, k);
+        let mut want = x0.clone();
+        for a in 0..t * k {
+            let y = down_ref(&act[a * ff..(a + 1) * ff], ids[a], &ex, dim, ff);
+            let tt = a / k;
+            want[tt * dim..(tt + 1) * dim].iter_mut().zip(&y).for_each(|(w, y)| *w += ws[a] * y);
+        }
+        let (ab, ib, wb, xb) = (upload_f32(g, "act", &act), upload_u32(g, "ids", &ids), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
+        let d = ops::moe_gemv_down(g, dt, &ex.b2, &ab, &ib, &wb, &xb, dim, ff, k).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemv_down {dt:?}"), &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+fn check_moe_group(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k) = (37, 8, 3);
+    let (mut ids, _) = routing(&mut rng, t, e, k);
+    // Leave one expert unused to cover empty groups.
+    ids.iter_mut().for_each(|i| {
+        if *i == 5 {
+            *i = 6
+        }
+    });
+    let (sorted, pos_of, starts) = cpu::group_by_expert(&ids, e);
+    let (ib, sb, pb, stb, s) = (upload_u32(g, "ids", &ids), poisoned_u32(g, "sorted", t * k), poisoned_u32(g, "pos", t * k), poisoned_u32(g, "starts", e + 1), step(g, t, 0));
+    let d = ops::moe_group(g, &s, &ib, &sb, &pb, &stb, e, k).map_err(|e| e.to_string())?;
+    g.run(&[&d], t as u32);
+    same_u32("moe_group sorted", &read_u32(g, &sb, t * k), &sorted)?;
+    same_u32("moe_group pos_of", &read_u32(g, &pb, t * k), &pos_of)?;
+    same_u32("moe_group starts", &read_u32(g, &stb, e + 1), &starts)
+}
+
+fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    // 37 tokens x 2 = 74 assignments over 5 experts: several experts span 2-3 row tiles.
+    let (t, e, k, dim, ff) = (37, 5, 2, 40, 52);
+    for dt in DTYPES {
+        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let x = rng.vec(t * dim, 1.0);
+        let (ids, _) = routing(&mut rng, t, e, k);
+        let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
+        let want: Vec<f32> = sorted.iter().flat_map(|&a| act_ref(&x, a as usize / k, ids[a as usize], &ex, dim, ff)).collect();
+        let (xb, sb, stb, ab) = (upload_f32(g, "x", &x), upload_u32(g, "sorted", &sorted), upload_u32(g, "starts", &starts), poisoned(g, "act", t * k * ff));
+        let d = ops::moe_gemm_gate_up(g, dt, &ex.b1, &ex.b3, &xb, &sb, &stb, &ab, dim, ff, k, e).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemm_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k, dim, ff) = (37, 5, 2, 40, 52);
+    for dt in DTYPES {
+        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let (ids, _) = routing(&mut rng, t, e, k);
+        let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
+        let act = rng.vec(t * k * ff, 1.0); // rows in sorted order
+        let want: Vec<f32> = (0..t * k).flat_map(|q| down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff)).collect();
+        let (ab, stb, yb) = (upload_f32(g, "act", &act), upload_u32(g, "starts", &starts), poisoned(g, "y", t * k * dim));
+        let d = ops::moe_gemm_down(g, dt, &ex.b2, &ab, &stb, &yb, dim, ff, k, e).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemm_down {dt:?}"), &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+fn check_moe_combine(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k, dim) = (9, 4, 2, 300);
+    let (ids, ws) = routing(&mut rng, t, e, k);
+    let (_, pos_of, _) = cpu::group_by_expert(&ids, e);
+    let y = rng.vec(t * k * dim, 1.0);
+    let x0 = rng.vec(t * dim, 1.0);
+    let mut want = x0.clone();
+    for a in 0..t * k {
+        let q = pos_of[a] as usize;
+        for n in 0..dim {
+            want[(a / k) * dim + n] += ws[a] * y[q * dim + n];
+        }
+    }
+    let (yb, pb, wb, xb) = (upload_f32(g, "y", &y), upload_u32(g, "pos", &pos_of), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
+    let d = ops::moe_combine(g, &yb, &pb, &wb, &xb, dim, k).map_err(|e| e.to_string())?;
+    g.run(&[&d], t as u32);
+    close("moe_combine", &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-5).map(|_| ())
+}
+
+fn check_argmax(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (rows, n) = (3, 1000);
+    let mut l = rng.vec(rows * n, 5.0);
+    // Row 1: a tie between 613 and 900, which must resolve to the first.
+    l[n + 613] = 9.0;
+    l[n + 900] = 9.0;
+    let want: Vec<u32> = l.chunks(n).map(cpu::argmax).collect();
+    let (lb, ob) = (upload_f32(g, "logits", &l), poisoned_u32(g, "out", rows));
+    let d = ops::argmax(g, &lb, &ob, n, Rows::PER_TOKEN).map_err(|e| e.to_string())?;
+    g.run(&[&d], rows as u32);
+    same_u32("argmax", &read_u32(g, &ob, rows), &want)
+}
+
+/// Every kernel, its check, and a deliberate break: (text in its .wgsl, replacement).
+const KERNELS: &[(Shader, Check, &str, &str)] = &[
+    (Shader::Embed, check_embed, "if (i >= p.dim) {", "if (i + 1u >= p.dim) {"),
+    (Shader::RmsNorm, check_rmsnorm, "for (var i = lid; i < p.dim; i += WG) {\n        y[", "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y["),
+    (Shader::Gemv, check_gemv, "if (lid < ROWS && row < p.n) {", "if (lid < ROWS && row + 1u < p.n) {"),
+    (Shader::Gemm, check_gemm, "if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
+    (Shader::RopeKv, check_rope_kv, "k_cache[cb + i + half] =", "k_cache[cb + i] ="),
+    (Shader::Attention, check_attention, "if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"),
+    (Shader::Router, check_router, "weights[t * p.k + s] = prob;", "weights[t * p.k + s] = best_v;"),
+    (Shader::MoeGemvGateUp, check_moe_gemv_gate_up, "let e = ids[a];", "let e = ids[t * p.k];"),
+    (Shader::MoeGemvDown, check_moe_gemv_down, "let wt = weights[a];", "let wt = weights[t * p.k];"),
+    (Shader::MoeGroup, check_moe_group, "starts[p.experts] = acc;", "starts[p.experts] = acc - 1u;"),
+    (Shader::MoeGemmGateUp, check_moe_gemm_gate_up, "if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
+    (Shader::MoeGemmDown, check_moe_gemm_down, "let n_tiles = (starts[e + 1u] - s + TILE - 1u) / TILE;", "let n_tiles = (starts[e + 1u] - s) / TILE;"),
+    (Shader::MoeCombine, check_moe_combine, "for (var s = 0u; s < p.k; s++) {", "for (var s = 1u; s < p.k; s++) {"),
+    (Shader::Argmax, check_argmax, "(ov == best_v[lid] && oi < mine)", "(ov == best_v[lid] && oi > mine)"),
+];
+
+fn seed() -> u64 {
+    // Fresh inputs each run unless WEBMOE_TEST_SEED pins them (printed on failure).
+    std::env::var("WEBMOE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    })
+}
+
+fn run_check(shader: Shader) {
+    let (_, check, _, _) = KERNELS.iter().find(|k| k.0 == shader).expect("kernel listed");
+    let s = seed();
+    if let Err(e) = check(&gpu(), s) {
+        panic!("{e} (WEBMOE_TEST_SEED={s})");
+    }
+}
+
+#[test]
+fn embed() {
+    run_check(Shader::Embed)
+}
+#[test]
+fn rmsnorm() {
+    run_check(Shader::RmsNorm)
+}
+#[test]
+fn gemv() {
+    run_check(Shader::Gemv)
+}
+#[test]
+fn gemm() {
+    run_check(Shader::Gemm)
+}
+#[test]
+fn rope_kv() {
+    run_check(Shader::RopeKv)
+}
+#[test]
+fn attention() {
+    run_check(Shader::Attention)
+}
+#[test]
+fn router() {
+    run_check(Shader::Router)
+}
+#[test]
+fn moe_gemv_gate_up() {
+    run_check(Shader::MoeGemvGateUp)
+}
+#[test]
+fn moe_gemv_down() {
+    run_check(Shader::MoeGemvDown)
+}
+#[test]
+fn moe_group() {
+    run_check(Shader::MoeGroup)
+}
+#[test]
+fn moe_gemm_gate_up() {
+    run_check(Shader::MoeGemmGateUp)
+}
+#[test]
+fn moe_gemm_down() {
+    run_check(Shader::MoeGemmDown)
+}
+#[test]
+fn moe_combine() {
+    run_check(Shader::MoeCombine)
+}
+#[test]
+fn argmax() {
+    run_check(Shader::Argmax)
+}
+
+/// A grid wider than 65535 workgroups is folded into z; the last rows must still be written.
+#[test]
+fn gemv_folded_grid() {
+    let s = seed();
+    if let Err(e) = check_matmul(&gpu(), s, false, 1, 65536 * 4 + 9, 8) {
+        panic!("{e} (WEBMOE_TEST_SEED={s})");
+    }
+}
+
+#[test]
+fn every_kernel_has_a_check() {
+    use std::collections::HashSet;
+    let listed: HashSet<&str> = KERNELS.iter().map(|k| k.0.name()).collect();
+    let files: HashSet<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".wgsl")).map(str::to_owned))
+        .collect();
+    for f in &files {
+        assert!(listed.contains(f.as_str()), "shaders/{f}.wgsl has no reference check in tests/kernels.rs");
+    }
+}
+
+#[test]
+fn broken_kernels_fail() {
+    let g = fresh_gpu();
+    let s = seed();
+    for (shader, check, from, to) in KERNELS {
+        let src = shader.source();
+        assert!(src.contains(from), "{}: mutation anchor {from:?} not found", shader.name());
+        g.replace_kernel_source(*shader, src.replacen(from, to, 1));
+        let r = check(&g, s);
+        g.replace_kernel_source(*shader, src.to_string());
+        assert!(r.is_err(), "{}: a deliberately broken kernel passed its check (seed {s})", shader.name());
+        println!("{} broken as intended -> {}", shader.name(), r.unwrap_err());
+    }
+}
