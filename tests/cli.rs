@@ -1,0 +1,68 @@
+//! The command line as users (and acceptance checks) call it: `webmoe logits` prints one
+//! JSON object, `webmoe generate` prints token ids, errors are one line on stderr.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Output};
+
+fn webmoe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("run webmoe")
+}
+
+fn csv(t: &[u32]) -> String {
+    t.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn logits_prints_one_json_object_matching_transformers() {
+    for dir in fixtures() {
+        let r = reference(&dir);
+        for device in ["gpu", "cpu"] {
+            let out = webmoe(&["logits", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.tokens), "--device", device]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+            let rows = v["logits"].as_array().expect("logits");
+            assert_eq!(rows.len(), r.tokens.len());
+            for (row, want) in rows.iter().zip(&r.logits) {
+                let row: Vec<f32> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                close(&format!("{} {device}", dir.display()), &row, want, 1e-3, 0.0).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn generate_prints_greedy_token_ids() {
+    let dir = &fixtures()[1];
+    let r = reference(dir);
+    let n = r.greedy_tokens.len().to_string();
+    let out = webmoe(&["generate", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.greedy_prompt), "--max-tokens", &n]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got, r.greedy_tokens);
+}
+
+#[test]
+fn errors_are_one_line_and_exit_nonzero() {
+    let dir = fixtures()[0].to_str().unwrap().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["logits", "--model", "/nonexistent/model", "--tokens", "1"], "/nonexistent/model"),
+        (&["logits", "--model", &dir, "--tokens", "1,x,3"], "'x' is not a token id"),
+        (&["logits", "--model", &dir, "--tokens", "1,99999"], "token id 99999"),
+        (&["logits", "--model", &dir, "--tokens", "1,2,3,4,5", "--context", "4"], "exceed the context length 4"),
+        (&["generate", "--model", &dir, "--tokens", "", "--max-tokens", "3"], "no token ids"),
+    ];
+    for (args, want) in cases {
+        let out = webmoe(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: stderr is not one line: {err}");
+        assert!(err.starts_with("webmoe: error: ") && err.contains(want), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: printed to stdout");
+    }
+}

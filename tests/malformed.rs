@@ -1,0 +1,195 @@
+//! Malformed model directories: each must give a clear error naming the file, the tensor
+//! and the problem, never a panic, and never an allocation sized by an unchecked number.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use webmoe::model::ModelFiles;
+use webmoe::platform::{block_on, DirSource};
+
+const MODEL: &str = "mixtral-e4-top1-mha";
+
+/// A copy of a fixture model in a fresh temporary directory.
+fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dst = tmp.path().join(name);
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(fixtures_dir().join(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    (tmp, dst)
+}
+
+fn load_err(dir: &Path) -> String {
+    match block_on(ModelFiles::load(&DirSource::new(dir))) {
+        Ok(_) => panic!("{} loaded but should not have", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Splits a safetensors file into (header JSON, data).
+fn split(bytes: &[u8]) -> (Value, Vec<u8>) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
+}
+
+fn join(header: &Value, data: &[u8]) -> Vec<u8> {
+    let h = serde_json::to_vec(header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+fn edit_safetensors(dir: &Path, f: impl FnOnce(&mut Value, &mut Vec<u8>)) {
+    let p = dir.join("model.safetensors");
+    let (mut h, mut d) = split(&std::fs::read(&p).unwrap());
+    f(&mut h, &mut d);
+    std::fs::write(&p, join(&h, &d)).unwrap();
+}
+
+fn assert_has(err: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(err.contains(p), "error {err:?} should mention {p:?}");
+    }
+}
+
+#[test]
+fn truncated_file() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(&dir);
+    assert_has(&err, &["model.safetensors", "past the end"]);
+    // Cut inside the header and inside the length prefix.
+    std::fs::write(&p, &bytes[..100]).unwrap();
+    assert_has(&load_err(&dir), &["model.safetensors", "truncated"]);
+    std::fs::write(&p, &bytes[..5]).unwrap();
+    assert_has(&load_err(&dir), &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn header_length_of_2_pow_60_is_refused_without_allocating() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let p = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    assert_has(&load_err(&dir), &["model.safetensors", "header length"]);
+}
+
+#[test]
+fn header_offsets_past_the_end() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let name = "model.layers.1.self_attn.o_proj.weight";
+    edit_safetensors(&dir, |h, d| {
+        let end = d.len() as u64;
+        h[name]["data_offsets"] = json!([end - 100, end + 16284]);
+    });
+    assert_has(&load_err(&dir), &["model.safetensors", name, "past the end"]);
+}
+
+#[test]
+fn offsets_that_disagree_with_the_shape() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let name = "model.norm.weight";
+    edit_safetensors(&dir, |h, _| {
+        let b = h[name]["data_offsets"][0].as_u64().unwrap();
+        h[name]["data_offsets"] = json!([b, b + 8]);
+    });
+    assert_has(&load_err(&dir), &["model.safetensors", name, "needs 256 bytes"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let name = "model.layers.1.block_sparse_moe.experts.3.w2.weight";
+    edit_safetensors(&dir, |h, _| {
+        h.as_object_mut().unwrap().remove(name);
+    });
+    assert_has(&load_err(&dir), &["model.safetensors", name, "missing"]);
+}
+
+#[test]
+fn wrong_shape() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let name = "model.layers.0.self_attn.q_proj.weight";
+    // Same byte size, different shape: [64, 64] stored as [32, 128].
+    edit_safetensors(&dir, |h, _| h[name]["shape"] = json!([32, 128]));
+    assert_has(&load_err(&dir), &["model.safetensors", name, "[32, 128]", "[64, 64]"]);
+}
+
+#[test]
+fn config_that_disagrees_with_the_weights() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let p = dir.join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    c["num_local_experts"] = json!(5);
+    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    assert_has(&load_err(&dir), &["block_sparse_moe.gate.weight", "[4, 64]", "[5, 64]"]);
+    c["num_local_experts"] = json!(4);
+    c["intermediate_size"] = json!(40);
+    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    assert_has(&load_err(&dir), &["w1.weight", "shape", "[40, 64]"]);
+}
+
+#[test]
+fn unsupported_dtype() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let name = "model.norm.weight";
+    edit_safetensors(&dir, |h, _| h[name]["dtype"] = json!("I32"));
+    assert_has(&load_err(&dir), &[name, "I32", "not supported"]);
+}
+
+#[test]
+fn bad_configs() {
+    let (_t, dir) = copy_fixture(MODEL);
+    let p = dir.join("config.json");
+    let orig: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (Box::new(|c| c["architectures"] = json!(["GPT2LMHeadModel"])), "unknown architecture 'GPT2LMHeadModel'"),
+        (Box::new(|c| c["num_key_value_heads"] = json!(3)), "not a multiple of num_key_value_heads 3"),
+        (Box::new(|c| c["hidden_size"] = json!(-1)), "'hidden_size' must be a non-negative integer"),
+        (Box::new(|c| c["vocab_size"] = json!(1u64 << 40)), "'vocab_size' = 1099511627776 is out of range"),
+        (Box::new(|c| c["num_experts_per_tok"] = json!(9)), "num_experts_per_tok 9 exceeds num_local_experts 4"),
+        (Box::new(|c| c["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 10000.0})), "rope type 'yarn'"),
+        (Box::new(|c| { c.as_object_mut().unwrap().remove("num_hidden_layers"); }), "missing 'num_hidden_layers'"),
+    ];
+    for (edit, want) in cases {
+        let mut c = orig.clone();
+        edit(&mut c);
+        std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_has(&load_err(&dir), &["config.json", want]);
+    }
+    std::fs::write(&p, b"{ not json").unwrap();
+    assert_has(&load_err(&dir), &["config.json", "not valid JSON"]);
+}
+
+#[test]
+fn missing_files() {
+    let (_t, dir) = copy_fixture(MODEL);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    assert_has(&load_err(&dir), &["model.safetensors", "not found"]);
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    assert_has(&load_err(&dir), &["config.json", "not found"]);
+    assert_has(&load_err(&dir.join("nope")), &["nope", "not a directory"]);
+}
+
+#[test]
+fn sharded_index_problems() {
+    let name = "mixtral-e8-top2-gqa2-bf16-sharded";
+    let (_t, dir) = copy_fixture(name);
+    let idx = dir.join("model.safetensors.index.json");
+    let orig: Value = serde_json::from_slice(&std::fs::read(&idx).unwrap()).unwrap();
+    let shard = orig["weight_map"]["model.norm.weight"].as_str().unwrap().to_string();
+    std::fs::remove_file(dir.join(&shard)).unwrap();
+    assert_has(&load_err(&dir), &[&shard, "not found"]);
+    let mut bad = orig.clone();
+    bad["weight_map"]["model.norm.weight"] = json!("../../etc/passwd");
+    std::fs::write(&idx, serde_json::to_vec(&bad).unwrap()).unwrap();
+    assert_has(&load_err(&dir), &["model.safetensors.index.json", "not a plain .safetensors file name"]);
+}
