@@ -62,8 +62,12 @@ impl Gpu {
     }
 
     /// A short description of the adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
+    /// Browsers often withhold the name; then the driver fields, or just the backend.
     pub fn adapter_name(&self) -> String {
-        format!("{} ({:?})", self.info.name, self.info.backend)
+        let i = &self.info;
+        let parts: Vec<&str> = [i.name.as_str(), i.driver.as_str(), i.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
+        let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(", ") };
+        format!("{name} ({:?})", i.backend)
     }
 
     /// Fails with the first error wgpu reported asynchronously, if any.

@@ -1,0 +1,67 @@
+// A small static file server for the browser tests and the demo: serves the repository
+// root on 127.0.0.1 with the right MIME types (application/wasm included) and the
+// cross-origin isolation headers threads will need. Counts requests per path.
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.png': 'image/png',
+  '.svg': 'image/svg+xml',
+};
+
+export function serve(root, { port = 0, log = false } = {}) {
+  const counts = new Map();
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://localhost');
+    const rel = decodeURIComponent(url.pathname);
+    counts.set(rel, (counts.get(rel) ?? 0) + 1);
+    const file = path.normalize(path.join(root, rel));
+    const headers = {
+      'Cross-Origin-Opener-Policy': 'same-origin',
+      'Cross-Origin-Embedder-Policy': 'require-corp',
+      'Cache-Control': 'no-store',
+    };
+    if (!file.startsWith(path.resolve(root))) {
+      res.writeHead(403, headers).end('forbidden');
+      return;
+    }
+    fs.stat(file, (err, st) => {
+      let target = file;
+      if (!err && st.isDirectory()) target = path.join(file, 'index.html');
+      fs.stat(target, (err2, st2) => {
+        if (err2 || !st2.isFile()) {
+          if (log) console.log(`404 ${rel}`);
+          res.writeHead(404, headers).end('not found');
+          return;
+        }
+        res.writeHead(200, {
+          ...headers,
+          'Content-Type': TYPES[path.extname(target)] ?? 'application/octet-stream',
+          'Content-Length': st2.size,
+        });
+        fs.createReadStream(target).pipe(res);
+      });
+    });
+  });
+  return new Promise((resolve) => {
+    server.listen(port, '127.0.0.1', () => {
+      const { port: p } = server.address();
+      resolve({ server, url: `http://127.0.0.1:${p}`, counts, close: () => new Promise((r) => server.close(r)) });
+    });
+  });
+}
+
+// `node scripts/serve.mjs [port]`: serves the repository root and prints the demo URL.
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+  const port = Number(process.argv[2] ?? 8080);
+  const s = await serve(root, { port });
+  console.log(`webmoe demo: ${s.url}/web/  (Ctrl-C to stop)`);
+}

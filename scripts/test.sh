@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every test: kernels against the CPU reference, fixture models against transformers on
+# the GPU (natively through Vulkan; lavapipe where there is no GPU) and on the CPU
+# reference, malformed input, the CLI, then the npm package in headless Chromium.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+scripts/setup.sh
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+
+echo "== native: cargo test --release" >&2
+cargo test --release
+
+echo "== browser: build pkg/ and run it in headless Chromium" >&2
+scripts/build-wasm.sh
+node tests/browser/run.mjs
+node tests/browser/demo.mjs
+echo "== all tests passed" >&2

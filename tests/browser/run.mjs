@@ -1,0 +1,85 @@
+// Browser acceptance test: pkg/ (the npm package) in headless Chromium over WebGPU must
+// give the same logits as transformers (tests/fixtures/*/reference.json) within 1e-3,
+// through both the prefill and the decode kernels, and report load progress.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serve } from '../../scripts/serve.mjs';
+import { launch, forwardLogs } from './chromium.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const TOL = 1e-3;
+
+const fixtures = fs.readdirSync(path.join(ROOT, 'tests/fixtures'))
+  .filter((d) => fs.existsSync(path.join(ROOT, 'tests/fixtures', d, 'reference.json')))
+  .sort();
+if (!fs.existsSync(path.join(ROOT, 'pkg/wasm/webmoe_bg.wasm'))) {
+  console.error('pkg/wasm/ is missing: run scripts/build-wasm.sh first');
+  process.exit(1);
+}
+
+const srv = await serve(ROOT);
+const browser = await launch();
+let failed = false;
+try {
+  const page = await browser.newPage();
+  forwardLogs(page);
+  await page.goto(`${srv.url}/tests/browser/blank.html`);
+  const results = await page.evaluate(async (fixtures) => {
+    const { createEngine } = await import('/pkg/webmoe.js');
+    const out = [];
+    for (const prefillChunk of [256, 1]) {
+      const engine = await createEngine({ prefillChunk });
+      for (const name of fixtures) {
+        const base = `/tests/fixtures/${name}/`;
+        const ref = await (await fetch(base + 'reference.json')).json();
+        const progress = [];
+        await engine.load(base, { onProgress: (p) => progress.push(p) });
+        const logits = await engine.logits(ref.tokens);
+        const vocab = engine.vocabSize;
+        let maxDiff = 0;
+        for (let t = 0; t < ref.tokens.length; t++) {
+          for (let i = 0; i < vocab; i++) {
+            const d = Math.abs(logits[t * vocab + i] - ref.logits[t][i]);
+            maxDiff = Math.max(maxDiff, Number.isNaN(d) ? Infinity : d);
+          }
+        }
+        const done = progress.filter((p) => p.total > 0 && p.loaded === p.total).map((p) => p.file);
+        out.push({
+          name, prefillChunk, maxDiff, adapter: engine.adapter,
+          length: logits.length, expected: ref.tokens.length * ref.logits[0].length,
+          progressEvents: progress.length, filesCompleted: [...new Set(done)],
+        });
+      }
+    }
+    // Errors cross the JS boundary as rejected promises, not panics.
+    const engine = await createEngine();
+    const errors = {};
+    try { await engine.logits([1, 2]); } catch (e) { errors.beforeLoad = String(e.message ?? e); }
+    try { await engine.load('/tests/fixtures/does-not-exist/'); } catch (e) { errors.missingModel = String(e.message ?? e); }
+    await engine.load(`/tests/fixtures/${fixtures[0]}/`);
+    try { await engine.logits([1, 999999]); } catch (e) { errors.badToken = String(e.message ?? e); }
+    const still = await engine.logits([1, 2]);
+    errors.usableAfter = still.length;
+    return { out, errors };
+  }, fixtures);
+
+  console.log(`adapter: ${results.out[0]?.adapter}`);
+  for (const r of results.out) {
+    const ok = r.maxDiff <= TOL && r.length === r.expected && r.filesCompleted.length > 0;
+    if (!ok) failed = true;
+    console.log(`${ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(36)} chunk ${String(r.prefillChunk).padStart(3)}  max|Δ| ${r.maxDiff.toExponential(2)}  ` +
+      `progress events ${r.progressEvents}, files ${r.filesCompleted.join(' ')}`);
+  }
+  const e = results.errors;
+  const expect = (cond, what) => { if (!cond) { failed = true; console.log(`FAIL ${what}`); } else console.log(`ok   ${what}`); };
+  expect(/no model loaded/.test(e.beforeLoad ?? ''), `logits before load rejects: ${e.beforeLoad}`);
+  expect(/config\.json.*not found/.test(e.missingModel ?? ''), `missing model rejects: ${e.missingModel}`);
+  expect(/token id 999999/.test(e.badToken ?? ''), `bad token rejects: ${e.badToken}`);
+  expect(e.usableAfter > 0, 'engine usable after errors');
+  if (results.out.length !== fixtures.length * 2) { failed = true; console.log('FAIL not every fixture ran'); }
+} finally {
+  await browser.close();
+  await srv.close();
+}
+process.exit(failed ? 1 : 0);
