@@ -110,3 +110,17 @@ fn bad_requests_are_errors() {
     let err = block_on(Engine::from_files(&files, opts, Some(gpu()))).err().expect("too long").to_string();
     assert!(err.contains("max_position_embeddings"), "{err}");
 }
+
+/// A tensor larger than the adapter allows per binding is refused by name, not by a
+/// validation panic deep inside wgpu.
+#[test]
+fn a_tensor_that_does_not_fit_is_named() {
+    let dir = fixtures_dir().join("mixtral-e4-top1-mha");
+    let files = block_on(ModelFiles::load(&DirSource::new(&dir))).expect("load");
+    let mut g = fresh_gpu();
+    // Pretend the adapter binds at most 32 KiB: the 64 KiB embedding table cannot fit.
+    g.limits.max_storage_buffer_binding_size = 32 << 10;
+    let opts = EngineOptions { device: Device::Gpu, context: None, prefill_chunk: 256 };
+    let err = block_on(Engine::from_files(&files, opts, Some(std::sync::Arc::new(g)))).err().expect("must not fit").to_string();
+    assert!(err.contains("model.embed_tokens.weight") && err.contains("65536 bytes") && err.contains("max_storage_buffer_binding_size"), "{err}");
+}
