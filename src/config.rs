@@ -19,9 +19,16 @@ pub enum Arch {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (transformers "linear").
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.x frequency-dependent scaling (transformers "llama3").
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_pos: f32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_pos: f32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -64,8 +71,8 @@ pub const MAX_TOP_K: usize = 16;
 
 impl ModelConfig {
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::format("config.json", format!("not valid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| Error::format("config.json", format!("not valid JSON: {e}")))?;
         Self::from_json(&v)
     }
 
@@ -86,7 +93,7 @@ impl ModelConfig {
             other => {
                 return Err(Error::config(format!(
                     "unknown architecture '{other}' (supported: MixtralForCausalLM, LlamaForCausalLM, MistralForCausalLM)"
-                )))
+                )));
             }
         };
 
@@ -148,10 +155,10 @@ impl ModelConfig {
                 return Err(Error::config(format!("'{key}: true' is not supported yet")));
             }
         }
-        if let Some(act) = obj.get("hidden_act").and_then(|v| v.as_str()) {
-            if act != "silu" {
-                return Err(Error::config(format!("hidden_act '{act}' is not supported (only silu)")));
-            }
+        if let Some(act) = obj.get("hidden_act").and_then(|v| v.as_str())
+            && act != "silu"
+        {
+            return Err(Error::config(format!("hidden_act '{act}' is not supported (only silu)")));
         }
 
         Ok(ModelConfig {
@@ -228,9 +235,8 @@ fn opt_usize(obj: &serde_json::Map<String, Value>, key: &str, max: usize) -> Res
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => {
-            let n = v
-                .as_u64()
-                .ok_or_else(|| Error::config(format!("'{key}' must be a non-negative integer, got {v}")))?;
+            let n =
+                v.as_u64().ok_or_else(|| Error::config(format!("'{key}' must be a non-negative integer, got {v}")))?;
             if n == 0 || n > max as u64 {
                 return Err(Error::config(format!("'{key}' = {n} is out of range (1..={max})")));
             }
@@ -254,9 +260,7 @@ fn opt_f64(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<f64
 /// adjusted by the configured scaling. Computed like transformers (f32 base powers).
 pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     let d = cfg.head_dim;
-    let base: Vec<f32> = (0..d / 2)
-        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / d as f32))
-        .collect();
+    let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
     match cfg.rope_scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
@@ -271,7 +275,8 @@ pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (original_max_pos / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth =
+                            (original_max_pos / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })

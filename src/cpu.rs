@@ -2,7 +2,7 @@
 //! the oracle every WGSL kernel is tested against, and `--device cpu` runs it.
 //! Shapes are given as [rows, cols], row-major; `T` is tokens in this step.
 
-use crate::config::{rope_inv_freq, rope_table, ModelConfig};
+use crate::config::{ModelConfig, rope_inv_freq, rope_table};
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
 
@@ -56,8 +56,15 @@ pub fn rope(x: &mut [f32], heads: usize, d: usize, pos0: usize, table: &[f32]) {
 /// j <= pos0+t (and j > pos0+t-window with a sliding window). Returns [T, heads*d].
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    q: &[f32], k_cache: &[f32], v_cache: &[f32], ctx: usize, pos0: usize,
-    heads: usize, kv_heads: usize, d: usize, window: Option<usize>,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    ctx: usize,
+    pos0: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let t_len = q.len() / (heads * d);
     let group = heads / kv_heads;
@@ -286,7 +293,17 @@ impl CpuModel {
                     layer.v_cache[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
                 }
             }
-            let a = attention(&q, &layer.k_cache, &layer.v_cache, self.ctx, pos0, c.heads, c.kv_heads, hd, c.sliding_window);
+            let a = attention(
+                &q,
+                &layer.k_cache,
+                &layer.v_cache,
+                self.ctx,
+                pos0,
+                c.heads,
+                c.kv_heads,
+                hd,
+                c.sliding_window,
+            );
             let o = matmul(&a, t_len, c.q_dim(), &layer.wo, h);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
 

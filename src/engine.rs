@@ -2,10 +2,10 @@
 //! source onto a device (the GPU kernels, or the CPU reference), then ask for logits or a
 //! greedy continuation. Each call starts a fresh sequence.
 
-use crate::cpu::{argmax, CpuModel};
+use crate::cpu::{CpuModel, argmax};
 use crate::error::{Error, Result};
-use crate::gpu::model::{GpuModel, MAX_CHUNK};
 use crate::gpu::Gpu;
+use crate::gpu::model::{GpuModel, MAX_CHUNK};
 use crate::model::ModelFiles;
 use crate::platform::ModelSource;
 use std::sync::Arc;
@@ -57,7 +57,9 @@ impl Engine {
         let max_pos = files.config.max_positions;
         let context = match opts.context {
             Some(c) if c == 0 || c > max_pos => {
-                return Err(Error::input(format!("context {c} must be between 1 and the model's max_position_embeddings {max_pos}")))
+                return Err(Error::input(format!(
+                    "context {c} must be between 1 and the model's max_position_embeddings {max_pos}"
+                )));
             }
             Some(c) => c,
             None => max_pos.min(DEFAULT_CONTEXT),
@@ -95,7 +97,12 @@ impl Engine {
 
     /// Greedy continuation of `prompt` (a new sequence) by up to `max_new` tokens.
     /// `on_token` sees each token as it is produced and may return false to stop.
-    pub async fn generate(&mut self, prompt: &[u32], max_new: usize, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
         match &mut self.backend {
             Backend::Gpu(m) => {
                 m.reset();

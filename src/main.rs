@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::process::ExitCode;
 use webmoe::engine::{Device, Engine, EngineOptions};
-use webmoe::platform::{block_on, DirSource};
+use webmoe::platform::{DirSource, block_on};
 use webmoe::{Error, Result};
 
 #[derive(Parser)]

@@ -37,12 +37,18 @@ impl SafeTensors {
         n.copy_from_slice(&bytes[..8]);
         let header_len = u64::from_le_bytes(n);
         if header_len > MAX_HEADER_BYTES {
-            return Err(Error::format(file, format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
+            return Err(Error::format(
+                file,
+                format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"),
+            ));
         }
         if 8 + header_len > len {
             return Err(Error::format(
                 file,
-                format!("truncated: header claims {header_len} bytes but the file has only {} after the length", len - 8),
+                format!(
+                    "truncated: header claims {header_len} bytes but the file has only {} after the length",
+                    len - 8
+                ),
             ));
         }
         let data_start = 8 + header_len as usize;
@@ -116,17 +122,18 @@ pub fn parse_index(bytes: &[u8]) -> Result<(Vec<String>, BTreeMap<String, String
     const FILE: &str = "model.safetensors.index.json";
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| Error::format(FILE, format!("not valid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::format(FILE, "no 'weight_map' object"))?;
+    let map =
+        v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(FILE, "no 'weight_map' object"))?;
     let mut files: Vec<String> = Vec::new();
     let mut out = BTreeMap::new();
     for (tensor, f) in map {
         let f = f.as_str().ok_or_else(|| Error::format(FILE, format!("weight_map['{tensor}'] is not a string")))?;
         // Shard names are plain file names next to the index; refuse paths.
         if f.contains('/') || f.contains('\\') || f.starts_with('.') || !f.ends_with(".safetensors") {
-            return Err(Error::format(FILE, format!("shard name '{f}' for '{tensor}' is not a plain .safetensors file name")));
+            return Err(Error::format(
+                FILE,
+                format!("shard name '{f}' for '{tensor}' is not a plain .safetensors file name"),
+            ));
         }
         if !files.iter().any(|x| x == f) {
             files.push(f.to_string());

@@ -122,7 +122,9 @@ impl WebEngine {
             let mut engine = take_engine(&state)?;
             let result = engine
                 .generate(&tokens, max_tokens, |id| match &on_token {
-                    Some(f) => f.call1(&JsValue::NULL, &JsValue::from(id)).map(|r| r.as_bool() != Some(false)).unwrap_or(false),
+                    Some(f) => {
+                        f.call1(&JsValue::NULL, &JsValue::from(id)).map(|r| r.as_bool() != Some(false)).unwrap_or(false)
+                    }
                     None => true,
                 })
                 .await;

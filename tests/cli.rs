@@ -23,7 +23,8 @@ fn logits_prints_one_json_object_matching_transformers() {
     for dir in fixtures() {
         let r = reference(&dir);
         for device in ["gpu", "cpu"] {
-            let out = webmoe(&["logits", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.tokens), "--device", device]);
+            let out =
+                webmoe(&["logits", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.tokens), "--device", device]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
             let rows = v["logits"].as_array().expect("logits");
@@ -41,7 +42,8 @@ fn generate_prints_greedy_token_ids() {
     let dir = &fixtures()[1];
     let r = reference(dir);
     let n = r.greedy_tokens.len().to_string();
-    let out = webmoe(&["generate", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.greedy_prompt), "--max-tokens", &n]);
+    let out =
+        webmoe(&["generate", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.greedy_prompt), "--max-tokens", &n]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(got, r.greedy_tokens);

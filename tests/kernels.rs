@@ -42,7 +42,8 @@ fn check_rmsnorm(g: &Gpu, seed: u64) -> Result<(), String> {
     let want = cpu::rms_norm(&x, &w, eps);
     for last_only in [false, true] {
         let rows = if last_only { 1 } else { t };
-        let (xb, wb, yb, s) = (upload_f32(g, "x", &x), upload_f32(g, "w", &w), poisoned(g, "y", rows * dim), step(g, t, 0));
+        let (xb, wb, yb, s) =
+            (upload_f32(g, "x", &x), upload_f32(g, "w", &w), poisoned(g, "y", rows * dim), step(g, t, 0));
         let d = ops::rms_norm(g, &s, &wb, &xb, &yb, dim, eps, last_only).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         let want = if last_only { &want[(t - 1) * dim..] } else { &want[..] };
@@ -74,7 +75,10 @@ fn check_matmul(g: &Gpu, seed: u64, prefill: bool, t: usize, n: usize, k: usize)
             }
             .map_err(|e| e.to_string())?;
             g.run(&[&d], t as u32);
-            let name = format!("{} {dt:?} accumulate={accumulate} [{t}x{k}]·[{n}x{k}]^T", if prefill { "gemm" } else { "gemv" });
+            let name = format!(
+                "{} {dt:?} accumulate={accumulate} [{t}x{k}]·[{n}x{k}]^T",
+                if prefill { "gemm" } else { "gemv" }
+            );
             close(&name, &read_f32(g, &yb, t * n), &want, 1e-4, 1e-4)?;
         }
     }
@@ -105,7 +109,13 @@ fn check_rope_kv(g: &Gpu, seed: u64) -> Result<(), String> {
     }
     cpu::rope(&mut q, heads, hd, pos0, &table);
     cpu::rope(&mut k, kvh, hd, pos0, &table);
-    let (qb, tb, kc, vc, s) = (upload_f32(g, "qkv", &qkv), upload_f32(g, "table", &table), poisoned(g, "kc", kvh * ctx * hd), poisoned(g, "vc", kvh * ctx * hd), step(g, t, pos0));
+    let (qb, tb, kc, vc, s) = (
+        upload_f32(g, "qkv", &qkv),
+        upload_f32(g, "table", &table),
+        poisoned(g, "kc", kvh * ctx * hd),
+        poisoned(g, "vc", kvh * ctx * hd),
+        step(g, t, pos0),
+    );
     let d = ops::rope_kv(g, &s, &tb, &qb, &kc, &vc, heads, kvh, hd, ctx).map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     let got = read_f32(g, &qb, t * stride);
@@ -134,7 +144,13 @@ fn check_attention(g: &Gpu, seed: u64) -> Result<(), String> {
         let vc = rng.vec(kvh * ctx * hd, 1.0);
         let q: Vec<f32> = qkv.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
         let want = cpu::attention(&q, &kc, &vc, ctx, pos0, heads, kvh, hd, window);
-        let (qb, kb, vb, ob, s) = (upload_f32(g, "qkv", &qkv), upload_f32(g, "k", &kc), upload_f32(g, "v", &vc), poisoned(g, "out", t * heads * hd), step(g, t, pos0));
+        let (qb, kb, vb, ob, s) = (
+            upload_f32(g, "qkv", &qkv),
+            upload_f32(g, "k", &kc),
+            upload_f32(g, "v", &vc),
+            poisoned(g, "out", t * heads * hd),
+            step(g, t, pos0),
+        );
         let d = ops::attention(g, &s, &qb, &kb, &vb, &ob, heads, kvh, hd, ctx, window).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("attention window={window:?}"), &read_f32(g, &ob, t * heads * hd), &want, 1e-5, 1e-4)?;
@@ -148,7 +164,8 @@ fn check_router(g: &Gpu, seed: u64) -> Result<(), String> {
     for norm in [true, false] {
         let (x, wg) = (rng.vec(t * dim, 1.0), rng.vec(e * dim, 0.5));
         let (ids, ws) = cpu::route(&x, dim, &wg, e, k, norm);
-        let (xb, wb, ib, wsb) = (upload_f32(g, "x", &x), upload_f32(g, "wg", &wg), poisoned_u32(g, "ids", t * k), poisoned(g, "w", t * k));
+        let (xb, wb, ib, wsb) =
+            (upload_f32(g, "x", &x), upload_f32(g, "wg", &wg), poisoned_u32(g, "ids", t * k), poisoned(g, "w", t * k));
         let d = ops::router(g, &wb, &xb, &ib, &wsb, dim, e, k, norm).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         same_u32(&format!("router ids norm={norm}"), &read_u32(g, &ib, t * k), &ids)?;
@@ -190,7 +207,14 @@ fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DType) -
     let (r1, w1) = weights(rng, e * ff * dim, 0.3, dt);
     let (r3, w3) = weights(rng, e * ff * dim, 0.3, dt);
     let (r2, w2) = weights(rng, e * dim * ff, 0.3, dt);
-    Experts { b1: g.storage_init("w1", &r1).unwrap(), b3: g.storage_init("w3", &r3).unwrap(), b2: g.storage_init("w2", &r2).unwrap(), w1, w3, w2 }
+    Experts {
+        b1: g.storage_init("w1", &r1).unwrap(),
+        b3: g.storage_init("w3", &r3).unwrap(),
+        b2: g.storage_init("w2", &r2).unwrap(),
+        w1,
+        w3,
+        w2,
+    }
 }
 
 /// Reference activation of assignment (token t, expert id).
@@ -235,7 +259,8 @@ fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
             let tt = a / k;
             want[tt * dim..(tt + 1) * dim].iter_mut().zip(&y).for_each(|(w, y)| *w += ws[a] * y);
         }
-        let (ab, ib, wb, xb) = (upload_f32(g, "act", &act), upload_u32(g, "ids", &ids), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
+        let (ab, ib, wb, xb) =
+            (upload_f32(g, "act", &act), upload_u32(g, "ids", &ids), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
         let d = ops::moe_gemv_down(g, dt, &ex.b2, &ab, &ib, &wb, &xb, dim, ff, k).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("moe_gemv_down {dt:?}"), &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-4)?;
@@ -254,7 +279,13 @@ fn check_moe_group(g: &Gpu, seed: u64) -> Result<(), String> {
         }
     });
     let (sorted, pos_of, starts) = cpu::group_by_expert(&ids, e);
-    let (ib, sb, pb, stb, s) = (upload_u32(g, "ids", &ids), poisoned_u32(g, "sorted", t * k), poisoned_u32(g, "pos", t * k), poisoned_u32(g, "starts", e + 1), step(g, t, 0));
+    let (ib, sb, pb, stb, s) = (
+        upload_u32(g, "ids", &ids),
+        poisoned_u32(g, "sorted", t * k),
+        poisoned_u32(g, "pos", t * k),
+        poisoned_u32(g, "starts", e + 1),
+        step(g, t, 0),
+    );
     let d = ops::moe_group(g, &s, &ib, &sb, &pb, &stb, e, k).map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     same_u32("moe_group sorted", &read_u32(g, &sb, t * k), &sorted)?;
@@ -271,9 +302,16 @@ fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
         let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
-        let want: Vec<f32> = sorted.iter().flat_map(|&a| act_ref(&x, a as usize / k, ids[a as usize], &ex, dim, ff)).collect();
-        let (xb, sb, stb, ab) = (upload_f32(g, "x", &x), upload_u32(g, "sorted", &sorted), upload_u32(g, "starts", &starts), poisoned(g, "act", t * k * ff));
-        let d = ops::moe_gemm_gate_up(g, dt, &ex.b1, &ex.b3, &xb, &sb, &stb, &ab, dim, ff, k, e).map_err(|e| e.to_string())?;
+        let want: Vec<f32> =
+            sorted.iter().flat_map(|&a| act_ref(&x, a as usize / k, ids[a as usize], &ex, dim, ff)).collect();
+        let (xb, sb, stb, ab) = (
+            upload_f32(g, "x", &x),
+            upload_u32(g, "sorted", &sorted),
+            upload_u32(g, "starts", &starts),
+            poisoned(g, "act", t * k * ff),
+        );
+        let d = ops::moe_gemm_gate_up(g, dt, &ex.b1, &ex.b3, &xb, &sb, &stb, &ab, dim, ff, k, e)
+            .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("moe_gemm_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
     }
@@ -288,8 +326,11 @@ fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
         let (ids, _) = routing(&mut rng, t, e, k);
         let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
         let act = rng.vec(t * k * ff, 1.0); // rows in sorted order
-        let want: Vec<f32> = (0..t * k).flat_map(|q| down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff)).collect();
-        let (ab, stb, yb) = (upload_f32(g, "act", &act), upload_u32(g, "starts", &starts), poisoned(g, "y", t * k * dim));
+        let want: Vec<f32> = (0..t * k)
+            .flat_map(|q| down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff))
+            .collect();
+        let (ab, stb, yb) =
+            (upload_f32(g, "act", &act), upload_u32(g, "starts", &starts), poisoned(g, "y", t * k * dim));
         let d = ops::moe_gemm_down(g, dt, &ex.b2, &ab, &stb, &yb, dim, ff, k, e).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("moe_gemm_down {dt:?}"), &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
@@ -311,7 +352,8 @@ fn check_moe_combine(g: &Gpu, seed: u64) -> Result<(), String> {
             want[(a / k) * dim + n] += ws[a] * y[q * dim + n];
         }
     }
-    let (yb, pb, wb, xb) = (upload_f32(g, "y", &y), upload_u32(g, "pos", &pos_of), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
+    let (yb, pb, wb, xb) =
+        (upload_f32(g, "y", &y), upload_u32(g, "pos", &pos_of), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
     let d = ops::moe_combine(g, &yb, &pb, &wb, &xb, dim, k).map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     close("moe_combine", &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-5).map(|_| ())
@@ -334,7 +376,12 @@ fn check_argmax(g: &Gpu, seed: u64) -> Result<(), String> {
 /// Every kernel, its check, and a deliberate break: (text in its .wgsl, replacement).
 const KERNELS: &[(Shader, Check, &str, &str)] = &[
     (Shader::Embed, check_embed, "if (i >= p.dim) {", "if (i + 1u >= p.dim) {"),
-    (Shader::RmsNorm, check_rmsnorm, "for (var i = lid; i < p.dim; i += WG) {\n        y[", "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y["),
+    (
+        Shader::RmsNorm,
+        check_rmsnorm,
+        "for (var i = lid; i < p.dim; i += WG) {\n        y[",
+        "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y[",
+    ),
     (Shader::Gemv, check_gemv, "if (lid < ROWS && row < p.n) {", "if (lid < ROWS && row + 1u < p.n) {"),
     (Shader::Gemm, check_gemm, "if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
     (Shader::RopeKv, check_rope_kv, "k_cache[cb + i + half] =", "k_cache[cb + i] ="),
@@ -344,7 +391,12 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
     (Shader::MoeGemvDown, check_moe_gemv_down, "let wt = weights[a];", "let wt = weights[t * p.k];"),
     (Shader::MoeGroup, check_moe_group, "starts[p.experts] = acc;", "starts[p.experts] = acc - 1u;"),
     (Shader::MoeGemmGateUp, check_moe_gemm_gate_up, "if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
-    (Shader::MoeGemmDown, check_moe_gemm_down, "let n_tiles = (starts[e + 1u] - s + TILE - 1u) / TILE;", "let n_tiles = (starts[e + 1u] - s) / TILE;"),
+    (
+        Shader::MoeGemmDown,
+        check_moe_gemm_down,
+        "let n_tiles = (starts[e + 1u] - s + TILE - 1u) / TILE;",
+        "let n_tiles = (starts[e + 1u] - s) / TILE;",
+    ),
     (Shader::MoeCombine, check_moe_combine, "for (var s = 0u; s < p.k; s++) {", "for (var s = 1u; s < p.k; s++) {"),
     (Shader::Argmax, check_argmax, "(ov == best_v[lid] && oi < mine)", "(ov == best_v[lid] && oi > mine)"),
 ];

@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use webmoe::model::ModelFiles;
-use webmoe::platform::{block_on, DirSource};
+use webmoe::platform::{DirSource, block_on};
 
 const MODEL: &str = "mixtral-e4-top1-mha";
 
@@ -157,7 +157,12 @@ fn bad_configs() {
         (Box::new(|c| c["vocab_size"] = json!(1u64 << 40)), "'vocab_size' = 1099511627776 is out of range"),
         (Box::new(|c| c["num_experts_per_tok"] = json!(9)), "num_experts_per_tok 9 exceeds num_local_experts 4"),
         (Box::new(|c| c["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 10000.0})), "rope type 'yarn'"),
-        (Box::new(|c| { c.as_object_mut().unwrap().remove("num_hidden_layers"); }), "missing 'num_hidden_layers'"),
+        (
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("num_hidden_layers");
+            }),
+            "missing 'num_hidden_layers'",
+        ),
     ];
     for (edit, want) in cases {
         let mut c = orig.clone();

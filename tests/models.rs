@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use webmoe::engine::{Device, Engine, EngineOptions};
 use webmoe::model::ModelFiles;
-use webmoe::platform::{block_on, DirSource};
+use webmoe::platform::{DirSource, block_on};
 
 /// The acceptance bound: max |Δ| against transformers at every position.
 const TOL: f32 = 1e-3;
@@ -121,6 +121,14 @@ fn a_tensor_that_does_not_fit_is_named() {
     // Pretend the adapter binds at most 32 KiB: the 64 KiB embedding table cannot fit.
     g.limits.max_storage_buffer_binding_size = 32 << 10;
     let opts = EngineOptions { device: Device::Gpu, context: None, prefill_chunk: 256 };
-    let err = block_on(Engine::from_files(&files, opts, Some(std::sync::Arc::new(g)))).err().expect("must not fit").to_string();
-    assert!(err.contains("model.embed_tokens.weight") && err.contains("65536 bytes") && err.contains("max_storage_buffer_binding_size"), "{err}");
+    let err = block_on(Engine::from_files(&files, opts, Some(std::sync::Arc::new(g))))
+        .err()
+        .expect("must not fit")
+        .to_string();
+    assert!(
+        err.contains("model.embed_tokens.weight")
+            && err.contains("65536 bytes")
+            && err.contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
 }

@@ -107,11 +107,7 @@ impl Dispatch {
     pub fn workgroups(&self, n_rows: u32, max_dim: u32) -> [u32; 3] {
         let y = self.grid.y.count(n_rows);
         let x = self.grid.x;
-        if x <= max_dim {
-            [x, y, 1]
-        } else {
-            [max_dim, y, x.div_ceil(max_dim)]
-        }
+        if x <= max_dim { [x, y, 1] } else { [max_dim, y, x.div_ceil(max_dim)] }
     }
 
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_rows: u32, max_dim: u32) {
@@ -154,7 +150,10 @@ impl Gpu {
             layout: None,
             module: &module,
             entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, zero_initialize_workgroup_memory: false },
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
             cache: None,
         });
         self.check_errors()?;
@@ -176,7 +175,14 @@ impl Gpu {
     }
 
     /// Binds `params` (binding 0) and `buffers` (bindings 1..) for `pipeline`.
-    pub fn bind(&self, shader: Shader, pipeline: wgpu::ComputePipeline, params: &[u32], buffers: &[&wgpu::Buffer], grid: Grid) -> Dispatch {
+    pub fn bind(
+        &self,
+        shader: Shader,
+        pipeline: wgpu::ComputePipeline,
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        grid: Grid,
+    ) -> Dispatch {
         let uniform = self.uniform(shader.name(), params);
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         for (i, b) in buffers.iter().enumerate() {
@@ -190,15 +196,24 @@ impl Gpu {
         Dispatch { shader, pipeline, bind_group, grid }
     }
 
-    fn make(&self, shader: Shader, dtype: DType, params: &[u32], buffers: &[&wgpu::Buffer], grid: Grid) -> Result<Dispatch> {
+    fn make(
+        &self,
+        shader: Shader,
+        dtype: DType,
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        grid: Grid,
+    ) -> Result<Dispatch> {
         let pipeline = self.pipeline(shader, dtype)?;
         Ok(self.bind(shader, pipeline, params, buffers, grid))
     }
 }
 
 fn mult4(what: &str, n: usize) -> Result<u32> {
-    if n % 4 != 0 {
-        return Err(Error::gpu(format!("{what}: inner dimension {n} is not a multiple of 4, which the matmul kernels need")));
+    if !n.is_multiple_of(4) {
+        return Err(Error::gpu(format!(
+            "{what}: inner dimension {n} is not a multiple of 4, which the matmul kernels need"
+        )));
     }
     u32_of(what, n)
 }
@@ -215,103 +230,295 @@ pub mod ops {
     use super::*;
     use wgpu::Buffer;
 
-    pub fn embed(g: &Gpu, dtype: DType, table: &Buffer, tokens: &Buffer, x: &Buffer, dim: usize, vocab: usize) -> Result<Dispatch> {
+    pub fn embed(
+        g: &Gpu,
+        dtype: DType,
+        table: &Buffer,
+        tokens: &Buffer,
+        x: &Buffer,
+        dim: usize,
+        vocab: usize,
+    ) -> Result<Dispatch> {
         let d = u32_of("embedding", dim)?;
-        g.make(Shader::Embed, dtype, &[d, u32_of("vocab", vocab)?], &[table, tokens, x], Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN })
+        g.make(
+            Shader::Embed,
+            dtype,
+            &[d, u32_of("vocab", vocab)?],
+            &[table, tokens, x],
+            Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN },
+        )
     }
 
-    pub fn rms_norm(g: &Gpu, step: &Buffer, w: &Buffer, x: &Buffer, y: &Buffer, dim: usize, eps: f32, last_only: bool) -> Result<Dispatch> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm(
+        g: &Gpu,
+        step: &Buffer,
+        w: &Buffer,
+        x: &Buffer,
+        y: &Buffer,
+        dim: usize,
+        eps: f32,
+        last_only: bool,
+    ) -> Result<Dispatch> {
         let rows = if last_only { Rows::Fixed(1) } else { Rows::PER_TOKEN };
-        g.make(Shader::RmsNorm, DType::F32, &[u32_of("norm", dim)?, last_only as u32, eps.to_bits()], &[step, w, x, y], Grid { x: 1, y: rows })
+        g.make(
+            Shader::RmsNorm,
+            DType::F32,
+            &[u32_of("norm", dim)?, last_only as u32, eps.to_bits()],
+            &[step, w, x, y],
+            Grid { x: 1, y: rows },
+        )
     }
 
     /// y[T, n] (+)= x[T, k] · W[n, k]^T, one token per grid row (decode).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemv(g: &Gpu, name: &str, dtype: DType, w: &Buffer, x: &Buffer, y: &Buffer, n: usize, k: usize, accumulate: bool) -> Result<Dispatch> {
+    pub fn gemv(
+        g: &Gpu,
+        name: &str,
+        dtype: DType,
+        w: &Buffer,
+        x: &Buffer,
+        y: &Buffer,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<Dispatch> {
         let n = u32_of(name, n)?;
-        g.make(Shader::Gemv, dtype, &[n, mult4(name, k)?, accumulate as u32], &[w, x, y], Grid { x: n.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN })
+        g.make(
+            Shader::Gemv,
+            dtype,
+            &[n, mult4(name, k)?, accumulate as u32],
+            &[w, x, y],
+            Grid { x: n.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN },
+        )
     }
 
     /// Tiled Y[T, n] (+)= X[T, k] · W[n, k]^T (prefill).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(g: &Gpu, name: &str, dtype: DType, step: &Buffer, w: &Buffer, x: &Buffer, y: &Buffer, n: usize, k: usize, accumulate: bool) -> Result<Dispatch> {
+    pub fn gemm(
+        g: &Gpu,
+        name: &str,
+        dtype: DType,
+        step: &Buffer,
+        w: &Buffer,
+        x: &Buffer,
+        y: &Buffer,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<Dispatch> {
         let n = u32_of(name, n)?;
-        g.make(Shader::Gemm, dtype, &[n, mult4(name, k)?, accumulate as u32], &[step, w, x, y], Grid {
-            x: n.div_ceil(TILE),
-            y: Rows::Tokens { mul: 1, div: TILE, add: 0 },
-        })
+        g.make(
+            Shader::Gemm,
+            dtype,
+            &[n, mult4(name, k)?, accumulate as u32],
+            &[step, w, x, y],
+            Grid { x: n.div_ceil(TILE), y: Rows::Tokens { mul: 1, div: TILE, add: 0 } },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn rope_kv(g: &Gpu, step: &Buffer, table: &Buffer, qkv: &Buffer, k_cache: &Buffer, v_cache: &Buffer, heads: usize, kv_heads: usize, head_dim: usize, ctx: usize) -> Result<Dispatch> {
+    pub fn rope_kv(
+        g: &Gpu,
+        step: &Buffer,
+        table: &Buffer,
+        qkv: &Buffer,
+        k_cache: &Buffer,
+        v_cache: &Buffer,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        ctx: usize,
+    ) -> Result<Dispatch> {
         let (h, kvh) = (u32_of("heads", heads)?, u32_of("kv heads", kv_heads)?);
-        g.make(Shader::RopeKv, DType::F32, &[h, kvh, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?], &[step, table, qkv, k_cache, v_cache], Grid {
-            x: h + kvh,
-            y: Rows::PER_TOKEN,
-        })
+        g.make(
+            Shader::RopeKv,
+            DType::F32,
+            &[h, kvh, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?],
+            &[step, table, qkv, k_cache, v_cache],
+            Grid { x: h + kvh, y: Rows::PER_TOKEN },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(g: &Gpu, step: &Buffer, qkv: &Buffer, k_cache: &Buffer, v_cache: &Buffer, out: &Buffer, heads: usize, kv_heads: usize, head_dim: usize, ctx: usize, window: Option<usize>) -> Result<Dispatch> {
+    pub fn attention(
+        g: &Gpu,
+        step: &Buffer,
+        qkv: &Buffer,
+        k_cache: &Buffer,
+        v_cache: &Buffer,
+        out: &Buffer,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        ctx: usize,
+        window: Option<usize>,
+    ) -> Result<Dispatch> {
         let h = u32_of("heads", heads)?;
         let window = window.map_or(Ok(0), |w| u32_of("sliding window", w))?;
         let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
-        g.make(Shader::Attention, DType::F32, &[h, u32_of("kv heads", kv_heads)?, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, window, scale], &[step, qkv, k_cache, v_cache, out], Grid {
-            x: h,
-            y: Rows::PER_TOKEN,
-        })
+        g.make(
+            Shader::Attention,
+            DType::F32,
+            &[h, u32_of("kv heads", kv_heads)?, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, window, scale],
+            &[step, qkv, k_cache, v_cache, out],
+            Grid { x: h, y: Rows::PER_TOKEN },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn router(g: &Gpu, wg: &Buffer, x: &Buffer, ids: &Buffer, weights: &Buffer, dim: usize, experts: usize, k: usize, norm: bool) -> Result<Dispatch> {
-        g.make(Shader::Router, DType::F32, &[u32_of("router", dim)?, u32_of("experts", experts)?, u32_of("top-k", k)?, norm as u32], &[wg, x, ids, weights], Grid { x: 1, y: Rows::PER_TOKEN })
+    pub fn router(
+        g: &Gpu,
+        wg: &Buffer,
+        x: &Buffer,
+        ids: &Buffer,
+        weights: &Buffer,
+        dim: usize,
+        experts: usize,
+        k: usize,
+        norm: bool,
+    ) -> Result<Dispatch> {
+        g.make(
+            Shader::Router,
+            DType::F32,
+            &[u32_of("router", dim)?, u32_of("experts", experts)?, u32_of("top-k", k)?, norm as u32],
+            &[wg, x, ids, weights],
+            Grid { x: 1, y: Rows::PER_TOKEN },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_gemv_gate_up(g: &Gpu, dtype: DType, w1: &Buffer, w3: &Buffer, x: &Buffer, ids: &Buffer, act: &Buffer, dim: usize, ff: usize, k: usize) -> Result<Dispatch> {
+    pub fn moe_gemv_gate_up(
+        g: &Gpu,
+        dtype: DType,
+        w1: &Buffer,
+        w3: &Buffer,
+        x: &Buffer,
+        ids: &Buffer,
+        act: &Buffer,
+        dim: usize,
+        ff: usize,
+        k: usize,
+    ) -> Result<Dispatch> {
         let (ff, k) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?);
-        g.make(Shader::MoeGemvGateUp, dtype, &[mult4("experts' w1/w3", dim)?, ff, k], &[w1, w3, x, ids, act], Grid {
-            x: ff.div_ceil(GEMV_ROWS),
-            y: Rows::Tokens { mul: k, div: 1, add: 0 },
-        })
+        g.make(
+            Shader::MoeGemvGateUp,
+            dtype,
+            &[mult4("experts' w1/w3", dim)?, ff, k],
+            &[w1, w3, x, ids, act],
+            Grid { x: ff.div_ceil(GEMV_ROWS), y: Rows::Tokens { mul: k, div: 1, add: 0 } },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_gemv_down(g: &Gpu, dtype: DType, w2: &Buffer, act: &Buffer, ids: &Buffer, weights: &Buffer, x: &Buffer, dim: usize, ff: usize, k: usize) -> Result<Dispatch> {
+    pub fn moe_gemv_down(
+        g: &Gpu,
+        dtype: DType,
+        w2: &Buffer,
+        act: &Buffer,
+        ids: &Buffer,
+        weights: &Buffer,
+        x: &Buffer,
+        dim: usize,
+        ff: usize,
+        k: usize,
+    ) -> Result<Dispatch> {
         let d = u32_of("hidden", dim)?;
-        g.make(Shader::MoeGemvDown, dtype, &[d, mult4("experts' w2", ff)?, u32_of("top-k", k)?], &[w2, act, ids, weights, x], Grid {
-            x: d.div_ceil(GEMV_ROWS),
-            y: Rows::PER_TOKEN,
-        })
+        g.make(
+            Shader::MoeGemvDown,
+            dtype,
+            &[d, mult4("experts' w2", ff)?, u32_of("top-k", k)?],
+            &[w2, act, ids, weights, x],
+            Grid { x: d.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_group(g: &Gpu, step: &Buffer, ids: &Buffer, sorted: &Buffer, pos_of: &Buffer, starts: &Buffer, experts: usize, k: usize) -> Result<Dispatch> {
-        g.make(Shader::MoeGroup, DType::F32, &[u32_of("experts", experts)?, u32_of("top-k", k)?], &[step, ids, sorted, pos_of, starts], Grid { x: 1, y: Rows::Fixed(1) })
+    pub fn moe_group(
+        g: &Gpu,
+        step: &Buffer,
+        ids: &Buffer,
+        sorted: &Buffer,
+        pos_of: &Buffer,
+        starts: &Buffer,
+        experts: usize,
+        k: usize,
+    ) -> Result<Dispatch> {
+        g.make(
+            Shader::MoeGroup,
+            DType::F32,
+            &[u32_of("experts", experts)?, u32_of("top-k", k)?],
+            &[step, ids, sorted, pos_of, starts],
+            Grid { x: 1, y: Rows::Fixed(1) },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_gemm_gate_up(g: &Gpu, dtype: DType, w1: &Buffer, w3: &Buffer, x: &Buffer, sorted: &Buffer, starts: &Buffer, act: &Buffer, dim: usize, ff: usize, k: usize, experts: usize) -> Result<Dispatch> {
+    pub fn moe_gemm_gate_up(
+        g: &Gpu,
+        dtype: DType,
+        w1: &Buffer,
+        w3: &Buffer,
+        x: &Buffer,
+        sorted: &Buffer,
+        starts: &Buffer,
+        act: &Buffer,
+        dim: usize,
+        ff: usize,
+        k: usize,
+        experts: usize,
+    ) -> Result<Dispatch> {
         let (ff, k, e) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
-        g.make(Shader::MoeGemmGateUp, dtype, &[mult4("experts' w1/w3", dim)?, ff, k, e], &[w1, w3, x, sorted, starts, act], Grid {
-            x: ff.div_ceil(TILE),
-            y: Rows::Tokens { mul: k, div: TILE, add: e },
-        })
+        g.make(
+            Shader::MoeGemmGateUp,
+            dtype,
+            &[mult4("experts' w1/w3", dim)?, ff, k, e],
+            &[w1, w3, x, sorted, starts, act],
+            Grid { x: ff.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_gemm_down(g: &Gpu, dtype: DType, w2: &Buffer, act: &Buffer, starts: &Buffer, y: &Buffer, dim: usize, ff: usize, k: usize, experts: usize) -> Result<Dispatch> {
+    pub fn moe_gemm_down(
+        g: &Gpu,
+        dtype: DType,
+        w2: &Buffer,
+        act: &Buffer,
+        starts: &Buffer,
+        y: &Buffer,
+        dim: usize,
+        ff: usize,
+        k: usize,
+        experts: usize,
+    ) -> Result<Dispatch> {
         let (d, k, e) = (u32_of("hidden", dim)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
-        g.make(Shader::MoeGemmDown, dtype, &[d, mult4("experts' w2", ff)?, k, e], &[w2, act, starts, y], Grid {
-            x: d.div_ceil(TILE),
-            y: Rows::Tokens { mul: k, div: TILE, add: e },
-        })
+        g.make(
+            Shader::MoeGemmDown,
+            dtype,
+            &[d, mult4("experts' w2", ff)?, k, e],
+            &[w2, act, starts, y],
+            Grid { x: d.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_combine(g: &Gpu, y: &Buffer, pos_of: &Buffer, weights: &Buffer, x: &Buffer, dim: usize, k: usize) -> Result<Dispatch> {
+    pub fn moe_combine(
+        g: &Gpu,
+        y: &Buffer,
+        pos_of: &Buffer,
+        weights: &Buffer,
+        x: &Buffer,
+        dim: usize,
+        k: usize,
+    ) -> Result<Dispatch> {
         let d = u32_of("hidden", dim)?;
-        g.make(Shader::MoeCombine, DType::F32, &[d, u32_of("top-k", k)?], &[y, pos_of, weights, x], Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN })
+        g.make(
+            Shader::MoeCombine,
+            DType::F32,
+            &[d, u32_of("top-k", k)?],
+            &[y, pos_of, weights, x],
+            Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN },
+        )
     }
 
     /// Row-wise argmax of `logits` [rows, n] into `out`; `rows` grid rows (Fixed) or per token.

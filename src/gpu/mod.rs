@@ -58,14 +58,25 @@ impl Gpu {
                 v.push(e.to_string());
             }
         }));
-        Ok(Gpu { device, queue, limits, info, errors, pipelines: Mutex::new(HashMap::new()), sources: Mutex::new(HashMap::new()) })
+        Ok(Gpu {
+            device,
+            queue,
+            limits,
+            info,
+            errors,
+            pipelines: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A short description of the adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
     /// Browsers often withhold the name; then the driver fields, or just the backend.
     pub fn adapter_name(&self) -> String {
         let i = &self.info;
-        let parts: Vec<&str> = [i.name.as_str(), i.driver.as_str(), i.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
+        let parts: Vec<&str> = [i.name.as_str(), i.driver.as_str(), i.driver_info.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
         let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(", ") };
         format!("{name} ({:?})", i.backend)
     }
@@ -82,7 +93,7 @@ impl Gpu {
     }
 
     fn check_fits(&self, name: &str, size: u64) -> Result<()> {
-        let bind = self.limits.max_storage_buffer_binding_size as u64;
+        let bind = self.limits.max_storage_buffer_binding_size;
         let buf = self.limits.max_buffer_size;
         if size > bind {
             return Err(Error::gpu(format!(
@@ -118,7 +129,7 @@ impl Gpu {
 
     /// Writes `bytes` at `offset`, padding the tail to the 4-byte granularity wgpu needs.
     pub fn write(&self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(buf, offset, bytes);
         } else {
             let mut padded = bytes.to_vec();

@@ -14,12 +14,12 @@
 //!   x   += sum_k w_k · W2[e_k] (silu(W1[e_k] xn) ⊙ W3[e_k] xn)
 //! Prefill (T > 1) uses tiled GEMMs with tokens grouped per expert; decode uses GEMVs.
 
-use super::kernels::{ops, Dispatch, Rows};
 use super::Gpu;
-use crate::config::{rope_inv_freq, rope_table, ModelConfig};
+use super::kernels::{Dispatch, Rows, ops};
+use crate::config::{ModelConfig, rope_inv_freq, rope_table};
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, TensorRef};
-use crate::tensor::{from_f32, DType};
+use crate::tensor::{DType, from_f32};
 use std::sync::Arc;
 use wgpu::Buffer;
 
@@ -176,20 +176,26 @@ impl GpuModel {
             let ffn_norm = up.f32(files.expect(&l.ffn_norm, &[d])?)?;
             let (wqkv, qkv_dt) = up.concat(
                 &format!("model.layers.{li}.self_attn.{{q,k,v}}_proj.weight"),
-                &[files.expect(&l.wq, &[c.q_dim(), d])?, files.expect(&l.wk, &[c.kv_dim(), d])?, files.expect(&l.wv, &[c.kv_dim(), d])?],
+                &[
+                    files.expect(&l.wq, &[c.q_dim(), d])?,
+                    files.expect(&l.wk, &[c.kv_dim(), d])?,
+                    files.expect(&l.wv, &[c.kv_dim(), d])?,
+                ],
                 false,
             )?;
             let (wo, wo_dt) = up.one(files.expect(&l.wo, &[d, c.q_dim()])?)?;
             // Experts stacked: w1/w3 [E, F, D], w2 [E, D, F]. Gate and up share one kernel,
             // so they share a dtype (widened to f32 in the rare case they differ).
-            let stack = |get: fn(&crate::model::ExpertNames) -> &String, shape: [usize; 2]| -> Result<Vec<TensorRef<'_>>> {
-                l.experts.iter().map(|x| files.expect(get(x), &shape)).collect()
-            };
+            let stack =
+                |get: fn(&crate::model::ExpertNames) -> &String, shape: [usize; 2]| -> Result<Vec<TensorRef<'_>>> {
+                    l.experts.iter().map(|x| files.expect(get(x), &shape)).collect()
+                };
             let (w1p, w3p) = (stack(|x| &x.w1, [ff, d])?, stack(|x| &x.w3, [ff, d])?);
             let mixed = w1p.iter().chain(&w3p).any(|p| p.dtype != w1p[0].dtype);
             let (w1, gu_dt) = up.concat(&format!("layer {li} experts' w1 (gate)"), &w1p, mixed)?;
             let (w3, _) = up.concat(&format!("layer {li} experts' w3 (up)"), &w3p, mixed)?;
-            let (w2, w2_dt) = up.concat(&format!("layer {li} experts' w2 (down)"), &stack(|x| &x.w2, [d, ff])?, false)?;
+            let (w2, w2_dt) =
+                up.concat(&format!("layer {li} experts' w2 (down)"), &stack(|x| &x.w2, [d, ff])?, false)?;
             let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
             let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
             let router = match &l.router {
@@ -200,11 +206,25 @@ impl GpuModel {
             for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
                 prog.push(ops::rms_norm(g, &step, &attn_norm, &x, &xn, d, c.eps, false)?);
                 prog.push(match path {
-                    Path::Prefill => ops::gemm(g, "q/k/v projection", qkv_dt, &step, &wqkv, &xn, &qkv, qkv_w, d, false)?,
+                    Path::Prefill => {
+                        ops::gemm(g, "q/k/v projection", qkv_dt, &step, &wqkv, &xn, &qkv, qkv_w, d, false)?
+                    }
                     Path::Decode => ops::gemv(g, "q/k/v projection", qkv_dt, &wqkv, &xn, &qkv, qkv_w, d, false)?,
                 });
                 prog.push(ops::rope_kv(g, &step, &table, &qkv, &kc, &vc, c.heads, c.kv_heads, hd, ctx)?);
-                prog.push(ops::attention(g, &step, &qkv, &kc, &vc, &attn, c.heads, c.kv_heads, hd, ctx, c.sliding_window)?);
+                prog.push(ops::attention(
+                    g,
+                    &step,
+                    &qkv,
+                    &kc,
+                    &vc,
+                    &attn,
+                    c.heads,
+                    c.kv_heads,
+                    hd,
+                    ctx,
+                    c.sliding_window,
+                )?);
                 prog.push(match path {
                     Path::Prefill => ops::gemm(g, &l.wo, wo_dt, &step, &wo, &attn, &x, d, c.q_dim(), true)?,
                     Path::Decode => ops::gemv(g, &l.wo, wo_dt, &wo, &attn, &x, d, c.q_dim(), true)?,
@@ -229,7 +249,11 @@ impl GpuModel {
         }
 
         let final_norm = up.f32(files.expect(&n.final_norm, &[d])?)?;
-        let (lm_head, lm_dt) = if n.lm_head == n.embed { (embed.clone(), embed_dt) } else { up.one(files.expect(&n.lm_head, &[c.vocab, d])?)? };
+        let (lm_head, lm_dt) = if n.lm_head == n.embed {
+            (embed.clone(), embed_dt)
+        } else {
+            up.one(files.expect(&n.lm_head, &[c.vocab, d])?)?
+        };
         let head_all_prefill = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
             ops::gemm(g, &n.lm_head, lm_dt, &step, &lm_head, &xn, &logits, c.vocab, d, false)?,
@@ -240,7 +264,8 @@ impl GpuModel {
         ];
         let head_last = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?,
-            ops::gemv(g, &n.lm_head, lm_dt, &lm_head, &xn, &logits, c.vocab, d, false)?.with_grid(super::Grid { x: (c.vocab as u32).div_ceil(4), y: Rows::Fixed(1) }),
+            ops::gemv(g, &n.lm_head, lm_dt, &lm_head, &xn, &logits, c.vocab, d, false)?
+                .with_grid(super::Grid { x: (c.vocab as u32).div_ceil(4), y: Rows::Fixed(1) }),
             ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?,
         ];
         let weight_bytes = up.bytes;
@@ -338,7 +363,13 @@ impl GpuModel {
     /// Greedy generation: prefills `prompt`, then decodes up to `max_new` tokens, feeding
     /// each argmax back on the GPU. `on_token` sees each id as it is read back and may
     /// return false to stop.
-    pub async fn generate(&mut self, prompt: &[u32], max_new: usize, chunk: usize, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        chunk: usize,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
         self.check_tokens(prompt)?;
         if self.pos + prompt.len() + max_new.saturating_sub(1) > self.ctx {
             return Err(Error::input(format!(

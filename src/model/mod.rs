@@ -7,8 +7,8 @@ pub mod mixtral;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::platform::ModelSource;
-use crate::safetensors::{parse_index, SafeTensors, TensorInfo};
-use crate::tensor::{to_f32, DType};
+use crate::safetensors::{SafeTensors, TensorInfo, parse_index};
+use crate::tensor::{DType, to_f32};
 use std::collections::BTreeMap;
 
 pub struct ExpertNames {
@@ -79,10 +79,8 @@ impl ModelFiles {
     /// Reads `config.json`, then `model.safetensors.index.json` and its shards, or
     /// `model.safetensors` when there is no index.
     pub async fn load<S: ModelSource>(src: &S) -> Result<Self> {
-        let cfg_bytes = src
-            .read("config.json")
-            .await?
-            .ok_or_else(|| Error::io(src.describe("config.json"), "not found"))?;
+        let cfg_bytes =
+            src.read("config.json").await?.ok_or_else(|| Error::io(src.describe("config.json"), "not found"))?;
         let config = ModelConfig::from_json_bytes(&cfg_bytes)?;
         let shard_names = match src.read("model.safetensors.index.json").await? {
             Some(idx) => parse_index(&idx)?.0,
@@ -90,10 +88,7 @@ impl ModelFiles {
         };
         let mut files = Vec::with_capacity(shard_names.len());
         for name in &shard_names {
-            let bytes = src
-                .read(name)
-                .await?
-                .ok_or_else(|| Error::io(src.describe(name), "not found"))?;
+            let bytes = src.read(name).await?.ok_or_else(|| Error::io(src.describe(name), "not found"))?;
             files.push(SafeTensors::parse(name, bytes)?);
         }
         Self::from_parts(config, files)

@@ -44,9 +44,7 @@ impl HttpSource {
 }
 
 fn js_err(what: &str, e: JsValue) -> String {
-    let msg = e.as_string().or_else(|| {
-        Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string())
-    });
+    let msg = e.as_string().or_else(|| Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()));
     format!("{what}: {}", msg.unwrap_or_else(|| format!("{e:?}")))
 }
 
@@ -54,30 +52,25 @@ impl ModelSource for HttpSource {
     async fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let url = self.describe(name);
         let resp = JsFuture::from(global_fetch(&url)).await.map_err(|e| Error::io(&url, js_err("fetch failed", e)))?;
-        let resp: web_sys::Response = resp.dyn_into().map_err(|_| Error::io(&url, "fetch did not return a Response"))?;
+        let resp: web_sys::Response =
+            resp.dyn_into().map_err(|_| Error::io(&url, "fetch did not return a Response"))?;
         if resp.status() == 404 {
             return Ok(None);
         }
         if !resp.ok() {
             return Err(Error::io(&url, format!("HTTP {} {}", resp.status(), resp.status_text())));
         }
-        let total = resp
-            .headers()
-            .get("content-length")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
+        let total =
+            resp.headers().get("content-length").ok().flatten().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         let Some(body) = resp.body() else { return Ok(Some(Vec::new())) };
-        let reader: web_sys::ReadableStreamDefaultReader = body
-            .get_reader()
-            .dyn_into()
-            .map_err(|_| Error::io(&url, "response body has no default reader"))?;
+        let reader: web_sys::ReadableStreamDefaultReader =
+            body.get_reader().dyn_into().map_err(|_| Error::io(&url, "response body has no default reader"))?;
         // Grow as bytes arrive; content-length only pre-sizes within a sane bound.
         let mut out = Vec::with_capacity(total.min(1 << 30) as usize);
         self.report(name, 0, total);
         loop {
-            let chunk = JsFuture::from(reader.read()).await.map_err(|e| Error::io(&url, js_err("download failed", e)))?;
+            let chunk =
+                JsFuture::from(reader.read()).await.map_err(|e| Error::io(&url, js_err("download failed", e)))?;
             let done = Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true);
             if done {
                 break;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use webmoe::gpu::Gpu;
 use webmoe::platform::block_on;
-use webmoe::tensor::{from_f32, to_f32, DType};
+use webmoe::tensor::{DType, from_f32, to_f32};
 
 /// One GPU for the whole test binary. No adapter is a failure, not a skip: CI installs
 /// lavapipe so the kernels are always exercised.
@@ -21,7 +21,8 @@ pub fn fresh_gpu() -> Gpu {
         // Silences the Vulkan loader's warning on headless machines.
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
-    block_on(Gpu::new()).unwrap_or_else(|e| panic!("GPU tests need an adapter (install mesa-vulkan-drivers for lavapipe): {e}"))
+    block_on(Gpu::new())
+        .unwrap_or_else(|e| panic!("GPU tests need an adapter (install mesa-vulkan-drivers for lavapipe): {e}"))
 }
 
 /// xorshift64*: deterministic per seed, different per test.
@@ -132,8 +133,11 @@ pub struct Reference {
 }
 
 pub fn reference(dir: &Path) -> Reference {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).expect("reference.json")).expect("json");
-    let u32s = |v: &serde_json::Value| -> Vec<u32> { v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as u32).collect() };
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).expect("reference.json")).expect("json");
+    let u32s = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as u32).collect()
+    };
     Reference {
         tokens: u32s(&v["tokens"]),
         logits: v["logits"]
