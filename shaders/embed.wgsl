@@ -1,34 +1,32 @@
 // Token embedding lookup: x[t, :] = E[tokens[t], :]
-//   E: [V, D] in WDTYPE, tokens: [T] u32, x: [T, D] f32.
+//   E: [V, D] in WDTYPE (lib/weights.wgsl), tokens: [T] u32, x: [T, D] f32.
 // Ids are validated on the host; an id past V (never expected) reads row V-1 rather than
-// out of bounds. Grid: x = ceil(D / 256), y = T.
+// out of bounds. One thread per 4 elements. Grid: x = ceil(D / 1024), y = T.
 
 struct Params {
     dim: u32,
     vocab: u32,
-    _pad0: u32,
-    _pad1: u32,
+    s_off: u32,
+    h_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> e: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 
-fn e_at(i: u32) -> f32 {
-    if (WDTYPE == DT_F32) {
-        return bitcast<f32>(e[i]);
-    }
-    return half2(e[i >> 1u])[i & 1u];
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
+    let i = gid.x * 4u;
     let t = gid.y;
     if (i >= p.dim) {
         return;
     }
     let tok = min(tokens[t], p.vocab - 1u);
-    x[t * p.dim + i] = e_at(tok * p.dim + i);
+    let v = w4(tok * p.dim + i, vec2<u32>(p.s_off, p.h_off));
+    let b = t * p.dim + i;
+    x[b] = v.x;
+    x[b + 1u] = v.y;
+    x[b + 2u] = v.z;
+    x[b + 3u] = v.w;
 }

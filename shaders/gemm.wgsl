@@ -1,5 +1,6 @@
-// Prefill matmul (tiled GEMM): Y[m, n] (+)= sum_k X[m, k] * W[n, k]
-//   X: [M, K] f32 with M = step.n_rows, W: [N, K] in WDTYPE, Y: [M, N] f32.
+// Prefill matmul (tiled GEMM): Y[m, y_off + n] (+)= sum_k X[m, k] * W[n, k]
+//   X: [M, K] f32 with M = step.n_rows, W: [N, K] in WDTYPE (lib/weights.wgsl),
+//   Y: [M, y_stride] f32.
 // A 16x16 workgroup computes a 32x32 tile of Y, 2x2 outputs per thread, staging 32x32
 // slices of X and W in workgroup memory so each weight is read from memory once per
 // 32 rows of X instead of once per row.
@@ -9,6 +10,10 @@ struct Params {
     n: u32,
     k: u32,
     accumulate: u32,
+    y_stride: u32,
+    y_off: u32,
+    s_off: u32,
+    h_off: u32,
     _pad: u32,
 }
 
@@ -25,14 +30,6 @@ const BK: u32 = 32u;
 var<workgroup> xs: array<array<f32, 33>, TILE>;
 var<workgroup> ws: array<array<f32, 33>, TILE>;
 
-fn w4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w[j]), half2(w[j + 1u]));
-}
-
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -45,6 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let k4 = p.k / 4u;
+    let o = vec2<u32>(p.s_off, p.h_off);
     // Each thread stages one vec4 of X and one of W per k-step: row lid / 8, k-quad lid % 8.
     let lr = lid / 8u;
     let lq = lid % 8u;
@@ -59,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         var wv = vec4<f32>(0.0);
         if (n0 + lr < p.n && kq < k4) {
-            wv = w4((n0 + lr) * p.k + kq * 4u);
+            wv = w4((n0 + lr) * p.k + kq * 4u, o);
         }
         for (var i = 0u; i < 4u; i++) {
             xs[lr][lq * 4u + i] = xv[i];
@@ -82,11 +80,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         let row = m0 + ty + (i / 2u) * 16u;
         let col = n0 + tx + (i % 2u) * 16u;
         if (row < m && col < p.n) {
-            let o = row * p.n + col;
+            let yi = row * p.y_stride + p.y_off + col;
             if (p.accumulate != 0u) {
-                y[o] += acc[i];
+                y[yi] += acc[i];
             } else {
-                y[o] = acc[i];
+                y[yi] = acc[i];
             }
         }
     }

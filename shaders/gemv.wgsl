@@ -1,5 +1,6 @@
-// Decode matmul (GEMV): y[t, n] (+)= sum_k W[n, k] * x[t, k]
-//   W: [N, K] in WDTYPE (HF Linear layout), x: [T, K] f32, y: [T, N] f32.
+// Decode matmul (GEMV): y[t, y_off + n] (+)= sum_k W[n, k] * x[t, k]
+//   W: [N, K] in WDTYPE (HF Linear layout, any format of lib/weights.wgsl),
+//   x: [T, K] f32, y: [T, y_stride] f32 (y_off/y_stride let q, k, v write one buffer).
 // One workgroup computes ROWS consecutive outputs of one token; its threads split K in
 // chunks of 4 (one vec4 of x reused across the ROWS weight rows), then reduce through
 // workgroup memory. With `accumulate` the result is added into y (fuses the residual add).
@@ -9,6 +10,10 @@ struct Params {
     n: u32,
     k: u32,
     accumulate: u32,
+    y_stride: u32,
+    y_off: u32,
+    s_off: u32,    // weight layout: scales at word s_off,
+    h_off: u32,    // Q6_K high bits at word h_off
     _pad: u32,
 }
 
@@ -22,15 +27,6 @@ const ROWS: u32 = 4u;
 
 var<workgroup> red: array<vec4<f32>, WG>;
 
-// Weights i..i+3 (i a multiple of 4) as f32.
-fn w4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w[j]), half2(w[j + 1u]));
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -41,13 +37,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let t = wid.y;
     let k4 = p.k / 4u;
+    let o = vec2<u32>(p.s_off, p.h_off);
     var acc = vec4<f32>(0.0);
     for (var c = lid; c < k4; c += WG) {
         let xv = x[t * k4 + c];
         for (var r = 0u; r < ROWS; r++) {
             // Rows past N recompute row N-1; their sums are never stored.
             let row = min(row0 + r, p.n - 1u);
-            acc[r] += dot(w4(row * p.k + c * 4u), xv);
+            acc[r] += dot(w4(row * p.k + c * 4u, o), xv);
         }
     }
     red[lid] = acc;
@@ -60,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let row = row0 + lid;
     if (lid < ROWS && row < p.n) {
-        let o = t * p.n + row;
+        let o = t * p.y_stride + p.y_off + row;
         let v = red[0][lid];
         if (p.accumulate != 0u) {
             y[o] += v;

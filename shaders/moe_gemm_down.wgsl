@@ -1,6 +1,6 @@
 // MoE expert down-projection for prefill, grouped by expert (after moe_gemm_gate_up.wgsl):
 //   y[q, n] = W2[e, n] . act[q]   for q in expert e's segment of the sorted order.
-//   w2: [E, D, F] in WDTYPE, act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
+//   w: [E, D, F] in WDTYPE (W2 of every expert), act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
 // Tiling and worst-case grid as moe_gemm_gate_up.wgsl; moe_combine.wgsl then adds the
 // router-weighted rows into the residual stream.
 // Grid: x = ceil(D / 32) (folded), y = ceil(T*K / 32) + E.
@@ -10,10 +10,14 @@ struct Params {
     ff: u32,       // F
     k: u32,        // K
     experts: u32,  // E
+    s_off: u32,    // weight layout (lib/weights.wgsl)
+    h_off: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w2: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> starts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
@@ -24,14 +28,6 @@ const BK: u32 = 32u;
 var<workgroup> as_: array<array<f32, 33>, TILE>;
 var<workgroup> ws: array<array<f32, 33>, TILE>;
 var<workgroup> job: vec3<u32>;
-
-fn w2_4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w2[i]), bitcast<f32>(w2[i + 1u]), bitcast<f32>(w2[i + 2u]), bitcast<f32>(w2[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w2[j]), half2(w2[j + 1u]));
-}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -65,6 +61,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let rows = my.z - my.y;
     let f4 = p.ff / 4u;
     let wbase = e * p.dim * p.ff;
+    let o = vec2<u32>(p.s_off, p.h_off);
     let lr = lid / 8u;
     let lq = lid % 8u;
     let tx = lid3.x;
@@ -78,7 +75,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         var wv = vec4<f32>(0.0);
         if (n0 + lr < p.dim && kq < f4) {
-            wv = w2_4(wbase + (n0 + lr) * p.ff + kq * 4u);
+            wv = w4(wbase + (n0 + lr) * p.ff + kq * 4u, o);
         }
         for (var i = 0u; i < 4u; i++) {
             as_[lr][lq * 4u + i] = av[i];

@@ -1,7 +1,8 @@
 // MoE expert up-projection for prefill, grouped by expert (after moe_group.wgsl):
 //   act[q, f] = silu(W1[e, f] . x[t]) * (W3[e, f] . x[t])   for q in expert e's segment,
 //   t = sorted[q] / K.  Rows of act follow the sorted order.
-//   w1, w3: [E, F, D] in WDTYPE, x: [T, D] f32, sorted: [T*K], starts: [E+1], act: [T*K, F].
+//   w: [E, 2, F, D] in WDTYPE (each expert's W1 rows, then its W3 rows), x: [T, D] f32,
+//   sorted: [T*K], starts: [E+1], act: [T*K, F].
 // Tiling as gemm.wgsl (32x32 tile, 2x2 per thread) with gate and up tiles side by side.
 // The grid covers the worst case, ceil(T*K/32) + E row tiles; each workgroup finds its
 // (expert, tile) from `starts`, and spare workgroups exit. No host read-back of routing.
@@ -12,15 +13,18 @@ struct Params {
     ff: u32,       // F
     k: u32,        // K
     experts: u32,  // E
+    s_off: u32,    // weight layout (lib/weights.wgsl)
+    h_off: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w1: array<u32>;
-@group(0) @binding(2) var<storage, read> w3: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> sorted: array<u32>;
-@group(0) @binding(5) var<storage, read> starts: array<u32>;
-@group(0) @binding(6) var<storage, read_write> act: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> sorted: array<u32>;
+@group(0) @binding(4) var<storage, read> starts: array<u32>;
+@group(0) @binding(5) var<storage, read_write> act: array<f32>;
 
 const TILE: u32 = 32u;
 const BK: u32 = 32u;
@@ -30,22 +34,6 @@ var<workgroup> gs: array<array<f32, 33>, TILE>;
 var<workgroup> us: array<array<f32, 33>, TILE>;
 // (expert, first row, end row) of this workgroup's tile; expert = E when idle.
 var<workgroup> job: vec3<u32>;
-
-fn w1_4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w1[i]), bitcast<f32>(w1[i + 1u]), bitcast<f32>(w1[i + 2u]), bitcast<f32>(w1[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w1[j]), half2(w1[j + 1u]));
-}
-
-fn w3_4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w3[i]), bitcast<f32>(w3[i + 1u]), bitcast<f32>(w3[i + 2u]), bitcast<f32>(w3[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w3[j]), half2(w3[j + 1u]));
-}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -78,7 +66,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let q0 = my.y;
     let rows = my.z - my.y;
     let d4 = p.dim / 4u;
-    let wbase = e * p.ff * p.dim;
+    let gate = e * 2u * p.ff * p.dim;   // W1[e]; W3[e] follows F rows later
+    let up = gate + p.ff * p.dim;
+    let o = vec2<u32>(p.s_off, p.h_off);
     let lr = lid / 8u;
     let lq = lid % 8u;
     let tx = lid3.x;
@@ -99,9 +89,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         var gv = vec4<f32>(0.0);
         var uv = vec4<f32>(0.0);
         if (f0 + lr < p.ff && kq < d4) {
-            let off = wbase + (f0 + lr) * p.dim + kq * 4u;
-            gv = w1_4(off);
-            uv = w3_4(off);
+            let off = (f0 + lr) * p.dim + kq * 4u;
+            gv = w4(gate + off, o);
+            uv = w4(up + off, o);
         }
         for (var i = 0u; i < 4u; i++) {
             xs[lr][lq * 4u + i] = xv[i];

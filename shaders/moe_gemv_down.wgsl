@@ -1,6 +1,6 @@
 // MoE expert down-projection for decode, fused with the router-weighted sum and the
 // residual add:  x[t, n] += sum_s weights[t*K+s] * (W2[e_s, n] . act[t*K+s])
-//   w2: [E, D, F] in WDTYPE, act: [T*K, F] f32, ids/weights: [T*K] from the router,
+//   w: [E, D, F] in WDTYPE (W2 of every expert), act: [T*K, F] f32, ids/weights: [T*K] from the router,
 //   x: [T, D] f32 residual stream (read-modify-write).
 // Grid: x = ceil(D / ROWS), y = T.
 
@@ -8,11 +8,15 @@ struct Params {
     dim: u32,   // D
     ff: u32,    // F
     k: u32,     // K
-    _pad: u32,
+    s_off: u32, // weight layout (lib/weights.wgsl)
+    h_off: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w2: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
@@ -22,14 +26,6 @@ const WG: u32 = 128u;
 const ROWS: u32 = 4u;
 
 var<workgroup> red: array<vec4<f32>, WG>;
-
-fn w2_4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w2[i]), bitcast<f32>(w2[i + 1u]), bitcast<f32>(w2[i + 2u]), bitcast<f32>(w2[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w2[j]), half2(w2[j + 1u]));
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -41,6 +37,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let t = wid.y;
     let f4 = p.ff / 4u;
+    let o = vec2<u32>(p.s_off, p.h_off);
     var acc = vec4<f32>(0.0);
     for (var s = 0u; s < p.k; s++) {
         let a = t * p.k + s;
@@ -50,7 +47,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         for (var c = lid; c < f4; c += WG) {
             let av = act[a * f4 + c] * wt;
             for (var r = 0u; r < ROWS; r++) {
-                acc[r] += dot(w2_4(base + min(n0 + r, p.dim - 1u) * p.ff + c * 4u), av);
+                acc[r] += dot(w4(base + min(n0 + r, p.dim - 1u) * p.ff + c * 4u, o), av);
             }
         }
     }

@@ -1,7 +1,7 @@
 // MoE expert up-projection for decode: for each (token t, slot s) with expert e = ids[t*K+s]
 // read on the GPU, act[t*K+s, f] = silu(W1[e, f] . x[t]) * (W3[e, f] . x[t]).
-//   w1, w3: [E, F, D] in WDTYPE (experts stacked), x: [T, D] f32 (normed hidden),
-//   ids: [T*K] u32 from the router, act: [T*K, F] f32.
+//   w: [E, 2, F, D] in WDTYPE: each expert's gate (W1) rows, then its up (W3) rows,
+//   x: [T, D] f32 (normed hidden), ids: [T*K] u32 from the router, act: [T*K, F] f32.
 // Same structure as gemv.wgsl (ROWS outputs per workgroup, threads split D), with the gate
 // and up rows computed together so x is read once for both. Grid: x = ceil(F/ROWS), y = T*K.
 
@@ -9,37 +9,24 @@ struct Params {
     dim: u32,   // D
     ff: u32,    // F
     k: u32,     // K
-    _pad: u32,
+    s_off: u32, // weight layout (lib/weights.wgsl)
+    h_off: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w1: array<u32>;
-@group(0) @binding(2) var<storage, read> w3: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> ids: array<u32>;
-@group(0) @binding(5) var<storage, read_write> act: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> act: array<f32>;
 
 const WG: u32 = 128u;
 const ROWS: u32 = 4u;
 
 var<workgroup> red_g: array<vec4<f32>, WG>;
 var<workgroup> red_u: array<vec4<f32>, WG>;
-
-fn w1_4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w1[i]), bitcast<f32>(w1[i + 1u]), bitcast<f32>(w1[i + 2u]), bitcast<f32>(w1[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w1[j]), half2(w1[j + 1u]));
-}
-
-fn w3_4(i: u32) -> vec4<f32> {
-    if (WDTYPE == DT_F32) {
-        return vec4<f32>(bitcast<f32>(w3[i]), bitcast<f32>(w3[i + 1u]), bitcast<f32>(w3[i + 2u]), bitcast<f32>(w3[i + 3u]));
-    }
-    let j = i >> 1u;
-    return vec4<f32>(half2(w3[j]), half2(w3[j + 1u]));
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -53,15 +40,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let t = a / p.k;
     let e = ids[a];
     let d4 = p.dim / 4u;
-    let base = e * p.ff * p.dim;
+    let gate = e * 2u * p.ff * p.dim;   // W1[e] starts here, W3[e] F rows later
+    let up = gate + p.ff * p.dim;
+    let o = vec2<u32>(p.s_off, p.h_off);
     var g = vec4<f32>(0.0);
     var u = vec4<f32>(0.0);
     for (var c = lid; c < d4; c += WG) {
         let xv = x[t * d4 + c];
         for (var r = 0u; r < ROWS; r++) {
-            let off = base + min(f0 + r, p.ff - 1u) * p.dim + c * 4u;
-            g[r] += dot(w1_4(off), xv);
-            u[r] += dot(w3_4(off), xv);
+            let off = min(f0 + r, p.ff - 1u) * p.dim + c * 4u;
+            g[r] += dot(w4(gate + off, o), xv);
+            u[r] += dot(w4(up + off, o), xv);
         }
     }
     red_g[lid] = g;

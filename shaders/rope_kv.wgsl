@@ -1,5 +1,6 @@
-// Rotary embedding (HF rotate-half: element i pairs with i + d/2) for Q in place, and for
-// K on its way into the KV cache; V is copied into the cache beside it.
+// Rotary embedding for Q in place, and for K on its way into the KV cache; V is copied into
+// the cache beside it. Pair i of a head is (i, i + d/2) (HF rotate-half) or, with
+// `interleaved`, (2i, 2i + 1) (GGUF, whose converter permuted the Q/K rows to match).
 //   qkv:   [T, (H + 2*KVH) * d] f32, rows of [q heads | k heads | v heads]
 //   k_cache, v_cache: [KVH, ctx, d] f32; row t goes to position pos0 + t
 //   table: [ctx, d/2] of (cos, sin), precomputed on the host.
@@ -11,6 +12,18 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     ctx: u32,
+    interleaved: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Offsets of the two elements of rotary pair i within a head.
+fn pair(i: u32, half: u32) -> vec2<u32> {
+    if (p.interleaved != 0u) {
+        return vec2<u32>(2u * i, 2u * i + 1u);
+    }
+    return vec2<u32>(i, i + half);
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,10 +46,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let b = row + h * d;
         for (var i = lid; i < half; i += 64u) {
             let cs = table[pos * half + i];
-            let a = qkv[b + i];
-            let c = qkv[b + i + half];
-            qkv[b + i] = a * cs.x - c * cs.y;
-            qkv[b + i + half] = c * cs.x + a * cs.y;
+            let e = pair(i, half);
+            let a = qkv[b + e.x];
+            let c = qkv[b + e.y];
+            qkv[b + e.x] = a * cs.x - c * cs.y;
+            qkv[b + e.y] = c * cs.x + a * cs.y;
         }
     } else {
         let kh = h - p.heads;
@@ -45,10 +59,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let cb = (kh * p.ctx + pos) * d;
         for (var i = lid; i < half; i += 64u) {
             let cs = table[pos * half + i];
-            let a = qkv[kb + i];
-            let c = qkv[kb + i + half];
-            k_cache[cb + i] = a * cs.x - c * cs.y;
-            k_cache[cb + i + half] = c * cs.x + a * cs.y;
+            let e = pair(i, half);
+            let a = qkv[kb + e.x];
+            let c = qkv[kb + e.y];
+            k_cache[cb + e.x] = a * cs.x - c * cs.y;
+            k_cache[cb + e.y] = c * cs.x + a * cs.y;
             v_cache[cb + i] = qkv[vb + i];
             v_cache[cb + i + half] = qkv[vb + i + half];
         }

@@ -55,6 +55,9 @@ pub struct ModelConfig {
     /// Renormalise the chosen experts' probabilities to sum to 1 (Mixtral: always).
     pub norm_topk: bool,
     pub tie_embeddings: bool,
+    /// Rotary pairs are adjacent elements (GGUF "normal" layout, whose converter permutes
+    /// Q/K rows) instead of HF's rotate-half (i, i + d/2).
+    pub rope_interleaved: bool,
 }
 
 // Sanity bounds: far above any published model, low enough that products stay in u32/usize
@@ -179,7 +182,117 @@ impl ModelConfig {
             top_k,
             norm_topk: true,
             tie_embeddings,
+            rope_interleaved: false,
         })
+    }
+
+    /// The `llama` architecture of a GGUF file (dense, or MoE as llama.cpp writes Mixtral).
+    pub fn from_gguf(g: &crate::gguf::Gguf) -> Result<Self> {
+        let bad = |r: String| Error::format(&g.file, r);
+        let arch = g
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("no general.architecture".into()))?;
+        if arch != "llama" {
+            return Err(bad(format!("unknown architecture '{arch}' (supported: llama)")));
+        }
+        let num = |key: &str, max: usize| -> Result<Option<usize>> {
+            match g.get(&format!("llama.{key}")) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(n) if n >= 1 && n <= max as u64 => Ok(Some(n as usize)),
+                    _ => Err(bad(format!("llama.{key} = {v:?} is out of range (1..={max})"))),
+                },
+            }
+        };
+        let req = |key: &str, max: usize| num(key, max)?.ok_or_else(|| bad(format!("missing llama.{key}")));
+        let float = |key: &str| -> Result<Option<f64>> {
+            match g.get(&format!("llama.{key}")) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite())
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("llama.{key} is not a number"))),
+            }
+        };
+        let hidden = req("embedding_length", MAX_HIDDEN)?;
+        let heads = req("attention.head_count", MAX_HEADS)?;
+        let kv_heads = num("attention.head_count_kv", MAX_HEADS)?.unwrap_or(heads);
+        let head_dim = match num("attention.key_length", MAX_HEAD_DIM)? {
+            Some(d) => d,
+            None if hidden % heads == 0 => hidden / heads,
+            None => return Err(bad(format!("embedding_length {hidden} is not divisible by head_count {heads}"))),
+        };
+        if let Some(r) = num("rope.dimension_count", MAX_HEAD_DIM)? {
+            if r != head_dim {
+                return Err(bad(format!(
+                    "partial rotary (rope.dimension_count {r} of head size {head_dim}) is not supported"
+                )));
+            }
+        }
+        let vocab = match num("vocab_size", MAX_VOCAB)? {
+            Some(v) => v,
+            None => match g.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()) {
+                Some(t) if !t.is_empty() && t.len() <= MAX_VOCAB => t.len(),
+                _ => g
+                    .tensors
+                    .get("token_embd.weight")
+                    .and_then(|t| t.shape.first().copied())
+                    .ok_or_else(|| bad("cannot tell the vocabulary size".into()))?,
+            },
+        };
+        let experts = num("expert_count", MAX_EXPERTS)?.unwrap_or(1);
+        let top_k = if experts > 1 { req("expert_used_count", MAX_TOP_K)? } else { 1 };
+        if top_k > experts {
+            return Err(bad(format!("expert_used_count {top_k} exceeds expert_count {experts}")));
+        }
+        let rope_scaling = match g.get("llama.rope.scaling.type").and_then(|v| v.as_str()) {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
+                factor: float("rope.scaling.factor")?
+                    .filter(|f| *f > 0.0)
+                    .ok_or_else(|| bad("linear rope scaling needs llama.rope.scaling.factor".into()))?
+                    as f32,
+            },
+            Some(other) => return Err(bad(format!("rope scaling '{other}' is not supported"))),
+        };
+        let cfg = ModelConfig {
+            arch: if experts > 1 { Arch::Mixtral } else { Arch::Llama },
+            hidden,
+            ff: req("feed_forward_length", MAX_FF)?,
+            layers: req("block_count", MAX_LAYERS)?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
+            rope_theta: float("rope.freq_base")?.unwrap_or(10000.0) as f32,
+            rope_scaling,
+            max_positions: num("context_length", 1 << 24)?.unwrap_or(4096),
+            sliding_window: None,
+            experts,
+            top_k,
+            norm_topk: true,
+            tie_embeddings: !g.tensors.contains_key("output.weight"),
+            rope_interleaved: true,
+        };
+        cfg.check().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// Relations between sizes that every source must satisfy.
+    fn check(&self) -> Result<()> {
+        if self.head_dim % 2 != 0 || self.head_dim > MAX_HEAD_DIM {
+            return Err(Error::config(format!("head size {} must be even and at most {MAX_HEAD_DIM}", self.head_dim)));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return Err(Error::config(format!(
+                "{} attention heads are not a multiple of {} KV heads",
+                self.heads, self.kv_heads
+            )));
+        }
+        Ok(())
     }
 
     /// Width of the concatenated Q projection output.

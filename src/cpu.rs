@@ -33,9 +33,10 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
-/// Rotary embedding, HF rotate-half convention: within each head, element i pairs with
-/// i + d/2. `x`: [T, heads * d]; row t is at position `pos0 + t`; `table`: [pos, d/2] (cos, sin).
-pub fn rope(x: &mut [f32], heads: usize, d: usize, pos0: usize, table: &[f32]) {
+/// Rotary embedding. Pair i of a head is (i, i + d/2) in HF's rotate-half convention, or
+/// (2i, 2i + 1) when `interleaved` (GGUF). `x`: [T, heads * d]; row t is at position
+/// `pos0 + t`; `table`: [pos, d/2] of (cos, sin).
+pub fn rope(x: &mut [f32], heads: usize, d: usize, pos0: usize, table: &[f32], interleaved: bool) {
     let half = d / 2;
     for (t, row) in x.chunks_exact_mut(heads * d).enumerate() {
         let cs = &table[(pos0 + t) * half * 2..(pos0 + t + 1) * half * 2];
@@ -43,9 +44,10 @@ pub fn rope(x: &mut [f32], heads: usize, d: usize, pos0: usize, table: &[f32]) {
             let v = &mut row[h * d..(h + 1) * d];
             for i in 0..half {
                 let (c, s) = (cs[2 * i], cs[2 * i + 1]);
-                let (a, b) = (v[i], v[i + half]);
-                v[i] = a * c - b * s;
-                v[i + half] = b * c + a * s;
+                let (ia, ib) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (a, b) = (v[ia], v[ib]);
+                v[ia] = a * c - b * s;
+                v[ib] = b * c + a * s;
             }
         }
     }
@@ -221,7 +223,7 @@ impl CpuModel {
         let f = |name: &str| -> Result<Vec<f32>> { Ok(m.get(name)?.to_f32()) };
         let cache = cfg.kv_heads * ctx * cfg.head_dim;
         let mut layers = Vec::with_capacity(cfg.layers);
-        for l in &n.layers {
+        for (li, l) in n.layers.iter().enumerate() {
             layers.push(Layer {
                 attn_norm: f(&l.attn_norm)?,
                 wq: f(&l.wq)?,
@@ -230,10 +232,11 @@ impl CpuModel {
                 wo: f(&l.wo)?,
                 ffn_norm: f(&l.ffn_norm)?,
                 router: l.router.as_deref().map(f).transpose()?,
-                experts: l
-                    .experts
-                    .iter()
-                    .map(|e| Ok(Expert { w1: f(&e.w1)?, w2: f(&e.w2)?, w3: f(&e.w3)? }))
+                experts: (0..cfg.experts)
+                    .map(|e| {
+                        let [w1, w3, w2] = m.expert(li, e)?;
+                        Ok(Expert { w1: w1.to_f32(), w2: w2.to_f32(), w3: w3.to_f32() })
+                    })
                     .collect::<Result<_>>()?,
                 k_cache: vec![0.0; cache],
                 v_cache: vec![0.0; cache],
@@ -283,8 +286,8 @@ impl CpuModel {
             let mut q = matmul(&xn, t_len, h, &layer.wq, c.q_dim()); // [T, heads*hd]
             let mut k = matmul(&xn, t_len, h, &layer.wk, c.kv_dim()); // [T, kv_heads*hd]
             let v = matmul(&xn, t_len, h, &layer.wv, c.kv_dim());
-            rope(&mut q, c.heads, hd, pos0, &self.rope);
-            rope(&mut k, c.kv_heads, hd, pos0, &self.rope);
+            rope(&mut q, c.heads, hd, pos0, &self.rope, c.rope_interleaved);
+            rope(&mut k, c.kv_heads, hd, pos0, &self.rope, c.rope_interleaved);
             for t in 0..t_len {
                 for kh in 0..c.kv_heads {
                     let dst = (kh * self.ctx + pos0 + t) * hd;

@@ -11,9 +11,11 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod gguf;
 pub mod gpu;
 pub mod model;
 pub mod platform;
+pub mod quant;
 pub mod safetensors;
 pub mod tensor;
 

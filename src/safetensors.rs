@@ -91,8 +91,8 @@ impl SafeTensors {
                 )));
             }
             let elems = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-            if let (Some(elem_bytes), Some(elems)) = (dtype.size_bytes(), elems) {
-                let want = elems.checked_mul(elem_bytes as u64);
+            let Some(elems) = elems else { return Err(bad(format!("shape {shape:?} overflows"))) };
+            if let Some(want) = dtype.block().map(|_| dtype.bytes_for(elems)) {
                 if want != Some(e - b) {
                     return Err(bad(format!(
                         "shape {shape:?} of {dtype_s} needs {} bytes but data_offsets span {}",
@@ -100,8 +100,6 @@ impl SafeTensors {
                         e - b
                     )));
                 }
-            } else if elems.is_none() {
-                return Err(bad(format!("shape {shape:?} overflows")));
             }
             tensors.insert(
                 name.clone(),

@@ -1,13 +1,24 @@
-//! Element types of stored weights and their conversion to f32.
+//! Element types of stored weights: plain floats and GGUF block quantizations. Conversion
+//! to f32 (the CPU reference reads every format through `to_f32`) lives in `quant`.
 
-/// Storage type of a weight tensor. On the GPU, F16/BF16 stay two-per-`u32` (no
-/// shader-f16 needed); kernels unpack them in registers.
+/// Storage type of a weight tensor. On the GPU every type stays in its packed form (see
+/// `quant::repack`); kernels dequantize in registers, so no shader-f16 is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F16,
     BF16,
-    /// Any other safetensors dtype: parsed so a header is accepted, rejected when used.
+    /// Blocks of 32: f16 scale, 32 x i8.
+    Q8_0,
+    /// Blocks of 32: f16 scale, 32 x 4-bit (value = d * (q - 8)).
+    Q4_0,
+    /// Blocks of 32: f16 scale and min, 32 x 4-bit (value = d * q + m).
+    Q4_1,
+    /// Super-blocks of 256: f16 d and dmin, 8 six-bit (scale, min) pairs, 256 x 4-bit.
+    Q4K,
+    /// Super-blocks of 256: 256 x 6-bit, 16 i8 scales, f16 d.
+    Q6K,
+    /// Any other stored type: parsed so a header is accepted, rejected when used.
     Unsupported(&'static str),
 }
 
@@ -30,18 +41,35 @@ impl DType {
         }
     }
 
-    /// Bytes per element, `None` for dtypes we cannot size.
-    pub fn size_bytes(self) -> Option<usize> {
-        match self {
-            DType::F32 => Some(4),
-            DType::F16 | DType::BF16 => Some(2),
-            DType::Unsupported("F64") | DType::Unsupported("I64") => Some(8),
-            DType::Unsupported("I32") => Some(4),
-            DType::Unsupported("I16") => Some(2),
-            DType::Unsupported("I8") | DType::Unsupported("U8") | DType::Unsupported("BOOL") => Some(1),
-            DType::Unsupported("F8_E4M3") | DType::Unsupported("F8_E5M2") => Some(1),
-            DType::Unsupported(_) => None,
+    /// (elements per block, bytes per block). Plain types are blocks of one element.
+    pub fn block(self) -> Option<(usize, usize)> {
+        Some(match self {
+            DType::F32 => (1, 4),
+            DType::F16 | DType::BF16 => (1, 2),
+            DType::Q8_0 => (32, 34),
+            DType::Q4_0 => (32, 18),
+            DType::Q4_1 => (32, 20),
+            DType::Q4K => (256, 144),
+            DType::Q6K => (256, 210),
+            DType::Unsupported("F64") | DType::Unsupported("I64") => (1, 8),
+            DType::Unsupported("I32") => (1, 4),
+            DType::Unsupported("I16") => (1, 2),
+            DType::Unsupported("I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2") => (1, 1),
+            DType::Unsupported(_) => return None,
+        })
+    }
+
+    /// Bytes `numel` elements occupy, `None` if unsized, not whole blocks, or overflowing.
+    pub fn bytes_for(self, numel: u64) -> Option<u64> {
+        let (b, bytes) = self.block()?;
+        if numel % b as u64 != 0 {
+            return None;
         }
+        (numel / b as u64).checked_mul(bytes as u64)
+    }
+
+    pub fn is_supported(self) -> bool {
+        !matches!(self, DType::Unsupported(_))
     }
 
     pub fn name(self) -> &'static str {
@@ -49,6 +77,11 @@ impl DType {
             DType::F32 => "F32",
             DType::F16 => "F16",
             DType::BF16 => "BF16",
+            DType::Q8_0 => "Q8_0",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
+            DType::Q4K => "Q4_K",
+            DType::Q6K => "Q6_K",
             DType::Unsupported(s) => s,
         }
     }
@@ -59,32 +92,28 @@ impl DType {
             DType::F32 => 0,
             DType::F16 => 1,
             DType::BF16 => 2,
+            DType::Q8_0 => 3,
+            DType::Q4_0 => 4,
+            DType::Q4_1 => 5,
+            DType::Q4K => 6,
+            DType::Q6K => 7,
             DType::Unsupported(_) => u32::MAX,
         }
     }
 }
 
-/// Little-endian raw bytes of `dtype` to f32. `bytes.len()` must be a multiple of the
-/// element size (the safetensors reader guarantees it).
+/// Stored bytes of `dtype` to f32 (dequantizing block types exactly as gguf-py does).
+/// `bytes.len()` must be whole blocks (the readers guarantee it).
 pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => {
-            bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
-        }
-        DType::BF16 => {
-            bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
-        }
-        DType::Unsupported(_) => Vec::new(),
-    }
+    crate::quant::dequantize(dtype, bytes)
 }
 
-/// f32 values to the little-endian bytes of `dtype` (round to nearest even).
+/// f32 values to the little-endian bytes of a plain float `dtype` (round to nearest even).
 pub fn from_f32(dtype: DType, v: &[f32]) -> Vec<u8> {
     match dtype {
         DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         DType::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes()).collect(),
         DType::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect(),
-        DType::Unsupported(_) => Vec::new(),
+        _ => Vec::new(),
     }
 }

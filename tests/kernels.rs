@@ -8,10 +8,27 @@ mod common;
 use common::*;
 use webmoe::cpu;
 use webmoe::gpu::kernels::ops;
-use webmoe::gpu::{Gpu, Rows, Shader};
-use webmoe::tensor::DType;
+use webmoe::gpu::{Gpu, GpuWeight, Out, Rows, Shader};
+use webmoe::tensor::{DType, to_f32};
 
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+/// Every storage type the weight loader (shaders/lib/weights.wgsl) reads.
+const DTYPES: [DType; 8] =
+    [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
+
+/// `base` rounded up to whole blocks of `dtype` (matmul inner dimensions must be).
+fn inner_dim(dtype: DType, base: usize) -> usize {
+    let b = dtype.block().unwrap().0.max(4);
+    base.div_ceil(b) * b
+}
+
+/// Random weights in `dtype`, uploaded as consecutive parts (each `numel` long) in the
+/// kernels' layout, with the exact f32 values the CPU reference uses.
+fn weight(g: &Gpu, rng: &mut Rng, dtype: DType, parts: usize, numel: usize, scale: f32) -> (GpuWeight, Vec<Vec<f32>>) {
+    let raw: Vec<Vec<u8>> = (0..parts).map(|_| random_blocks(rng, dtype, numel, scale)).collect();
+    let vals = raw.iter().map(|r| to_f32(dtype, r)).collect();
+    let refs: Vec<&[u8]> = raw.iter().map(|r| r.as_slice()).collect();
+    (g.upload_weight("w", dtype, &refs).expect("upload"), vals)
+}
 
 fn step(g: &Gpu, n_rows: usize, pos0: usize) -> wgpu::Buffer {
     g.uniform("step", &[n_rows as u32, pos0 as u32, 0, 0])
@@ -21,12 +38,14 @@ type Check = fn(&Gpu, u64) -> Result<(), String>;
 
 fn check_embed(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let (vocab, dim, t) = (50, 36, 5);
+    let (vocab, t) = (50, 5);
     for dt in DTYPES {
-        let (eb, e) = weights(&mut rng, vocab * dim, 1.0, dt);
+        let dim = inner_dim(dt, 36);
+        let (w, e) = weight(g, &mut rng, dt, 1, vocab * dim, 1.0);
+        let e = &e[0];
         let toks: Vec<u32> = (0..t).map(|_| rng.below(vocab) as u32).collect();
-        let (eb_, tb, xb) = (g.storage_init("e", &eb).unwrap(), upload_u32(g, "tok", &toks), poisoned(g, "x", t * dim));
-        let d = ops::embed(g, dt, &eb_, &tb, &xb, dim, vocab).map_err(|e| e.to_string())?;
+        let (tb, xb) = (upload_u32(g, "tok", &toks), poisoned(g, "x", t * dim));
+        let d = ops::embed(g, &w, &tb, &xb, dim, vocab).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         let want: Vec<f32> = toks.iter().flat_map(|&k| e[k as usize * dim..(k as usize + 1) * dim].to_vec()).collect();
         close(&format!("embed {dt:?}"), &read_f32(g, &xb, t * dim), &want, 0.0, 0.0)?;
@@ -52,48 +71,69 @@ fn check_rmsnorm(g: &Gpu, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// y (+)= x · W^T through `make`, for every dtype and both accumulate modes.
-fn check_matmul(g: &Gpu, seed: u64, prefill: bool, t: usize, n: usize, k: usize) -> Result<(), String> {
+/// y (+)= x · W^T for every storage type and both accumulate modes, written into
+/// columns `off..off+n` of rows `stride` wide (as q, k and v share one buffer).
+fn check_matmul(
+    g: &Gpu,
+    seed: u64,
+    prefill: bool,
+    t: usize,
+    n: usize,
+    k_base: usize,
+    dtypes: &[DType],
+) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    for dt in DTYPES {
-        for accumulate in [false, true] {
-            let (wb, w) = weights(&mut rng, n * k, 0.5, dt);
+    for &dt in dtypes {
+        let k = inner_dim(dt, k_base);
+        for (accumulate, off, stride) in [(false, 0, n), (true, 0, n), (false, 3, n + 7)] {
+            let (w, wv) = weight(g, &mut rng, dt, 1, n * k, 0.5);
             let x = rng.vec(t * k, 1.0);
-            let y0 = rng.vec(t * n, 1.0);
-            let mut want = cpu::matmul(&x, t, k, &w, n);
-            let yb = if accumulate {
-                want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
-                upload_f32(g, "y", &y0)
-            } else {
-                poisoned(g, "y", t * n)
-            };
-            let (wbuf, xb, s) = (g.storage_init("w", &wb).unwrap(), upload_f32(g, "x", &x), step(g, t, 0));
-            let d = if prefill {
-                ops::gemm(g, "w", dt, &s, &wbuf, &xb, &yb, n, k, accumulate)
-            } else {
-                ops::gemv(g, "w", dt, &wbuf, &xb, &yb, n, k, accumulate)
+            let y0 = rng.vec(t * stride, 1.0);
+            let prod = cpu::matmul(&x, t, k, &wv[0], n);
+            // Columns outside off..off+n keep their initial (poisoned) values.
+            let mut want = if accumulate { y0.clone() } else { vec![f32::NAN; t * stride] };
+            for r in 0..t {
+                for j in 0..n {
+                    let o = r * stride + off + j;
+                    want[o] = if accumulate { y0[o] + prod[r * n + j] } else { prod[r * n + j] };
+                }
             }
-            .map_err(|e| e.to_string())?;
+            let yb = if accumulate { upload_f32(g, "y", &y0) } else { poisoned(g, "y", t * stride) };
+            let out = Out { buf: &yb, stride, off, accumulate };
+            let (xb, s) = (upload_f32(g, "x", &x), step(g, t, 0));
+            let d =
+                if prefill { ops::gemm(g, "w", &s, &w, &xb, out, n, k) } else { ops::gemv(g, "w", &w, &xb, out, n, k) }
+                    .map_err(|e| e.to_string())?;
             g.run(&[&d], t as u32);
+            let got = read_f32(g, &yb, t * stride);
+            let (got, want): (Vec<f32>, Vec<f32>) =
+                got.iter().zip(&want).filter(|(_, w)| !w.is_nan()).map(|(g, w)| (*g, *w)).unzip();
             let name = format!(
-                "{} {dt:?} accumulate={accumulate} [{t}x{k}]·[{n}x{k}]^T",
+                "{} {dt:?} accumulate={accumulate} cols {off}.. of {stride} [{t}x{k}]·[{n}x{k}]^T",
                 if prefill { "gemm" } else { "gemv" }
             );
-            close(&name, &read_f32(g, &yb, t * n), &want, 1e-4, 1e-4)?;
+            close(&name, &got, &want, 1e-4, 1e-4)?;
         }
     }
     Ok(())
 }
 
 fn check_gemv(g: &Gpu, seed: u64) -> Result<(), String> {
-    check_matmul(g, seed, false, 3, 37, 68)
+    check_matmul(g, seed, false, 3, 37, 68, &DTYPES)
 }
 
 fn check_gemm(g: &Gpu, seed: u64) -> Result<(), String> {
-    check_matmul(g, seed, true, 45, 70, 100)
+    check_matmul(g, seed, true, 45, 70, 100, &DTYPES)
 }
 
 fn check_rope_kv(g: &Gpu, seed: u64) -> Result<(), String> {
+    for interleaved in [false, true] {
+        check_rope_kv_mode(g, seed, interleaved)?;
+    }
+    Ok(())
+}
+
+fn check_rope_kv_mode(g: &Gpu, seed: u64, interleaved: bool) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (heads, kvh, hd, ctx, t, pos0) = (4, 2, 24, 20, 5, 7);
     let stride = (heads + 2 * kvh) * hd;
@@ -107,8 +147,8 @@ fn check_rope_kv(g: &Gpu, seed: u64) -> Result<(), String> {
         k.extend_from_slice(&row[heads * hd..(heads + kvh) * hd]);
         v.extend_from_slice(&row[(heads + kvh) * hd..]);
     }
-    cpu::rope(&mut q, heads, hd, pos0, &table);
-    cpu::rope(&mut k, kvh, hd, pos0, &table);
+    cpu::rope(&mut q, heads, hd, pos0, &table, interleaved);
+    cpu::rope(&mut k, kvh, hd, pos0, &table, interleaved);
     let (qb, tb, kc, vc, s) = (
         upload_f32(g, "qkv", &qkv),
         upload_f32(g, "table", &table),
@@ -116,11 +156,11 @@ fn check_rope_kv(g: &Gpu, seed: u64) -> Result<(), String> {
         poisoned(g, "vc", kvh * ctx * hd),
         step(g, t, pos0),
     );
-    let d = ops::rope_kv(g, &s, &tb, &qb, &kc, &vc, heads, kvh, hd, ctx).map_err(|e| e.to_string())?;
+    let d = ops::rope_kv(g, &s, &tb, &qb, &kc, &vc, heads, kvh, hd, ctx, interleaved).map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     let got = read_f32(g, &qb, t * stride);
     let got_q: Vec<f32> = got.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
-    close("rope q", &got_q, &q, 1e-5, 1e-5)?;
+    close(&format!("rope q interleaved={interleaved}"), &got_q, &q, 1e-5, 1e-5)?;
     let (gk, gv) = (read_f32(g, &kc, kvh * ctx * hd), read_f32(g, &vc, kvh * ctx * hd));
     for tt in 0..t {
         for h in 0..kvh {
@@ -195,50 +235,45 @@ fn routing(rng: &mut Rng, t: usize, e: usize, k: usize) -> (Vec<u32>, Vec<f32>) 
 }
 
 struct Experts {
-    w1: Vec<f32>,
-    w3: Vec<f32>,
-    w2: Vec<f32>,
-    b1: wgpu::Buffer,
-    b3: wgpu::Buffer,
-    b2: wgpu::Buffer,
+    /// Per expert: gate [ff, dim], up [ff, dim], down [dim, ff].
+    w1: Vec<Vec<f32>>,
+    w3: Vec<Vec<f32>>,
+    w2: Vec<Vec<f32>>,
+    /// Gate and up interleaved per expert [E, 2, ff, dim]; down [E, dim, ff].
+    gate_up: GpuWeight,
+    down: GpuWeight,
 }
 
 fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DType) -> Experts {
-    let (r1, w1) = weights(rng, e * ff * dim, 0.3, dt);
-    let (r3, w3) = weights(rng, e * ff * dim, 0.3, dt);
-    let (r2, w2) = weights(rng, e * dim * ff, 0.3, dt);
-    Experts {
-        b1: g.storage_init("w1", &r1).unwrap(),
-        b3: g.storage_init("w3", &r3).unwrap(),
-        b2: g.storage_init("w2", &r2).unwrap(),
-        w1,
-        w3,
-        w2,
-    }
+    let (gate_up, gu) = weight(g, rng, dt, 2 * e, ff * dim, 0.3);
+    let (down, w2) = weight(g, rng, dt, e, dim * ff, 0.3);
+    let w1 = gu.iter().step_by(2).cloned().collect();
+    let w3 = gu.iter().skip(1).step_by(2).cloned().collect();
+    Experts { w1, w3, w2, gate_up, down }
 }
 
 /// Reference activation of assignment (token t, expert id).
 fn act_ref(x: &[f32], t: usize, id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
     let e = id as usize;
-    let m = ff * dim;
-    cpu::swiglu_act(&x[t * dim..(t + 1) * dim], &ex.w1[e * m..(e + 1) * m], &ex.w3[e * m..(e + 1) * m], ff)
+    cpu::swiglu_act(&x[t * dim..(t + 1) * dim], &ex.w1[e], &ex.w3[e], ff)
 }
 
 fn down_ref(a: &[f32], id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
-    let e = id as usize;
-    cpu::matmul(a, 1, ff, &ex.w2[e * dim * ff..(e + 1) * dim * ff], dim)
+    cpu::matmul(a, 1, ff, &ex.w2[id as usize], dim)
 }
 
 fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let (t, e, k, dim, ff) = (3, 6, 2, 40, 52);
+    let (t, e, k) = (3, 6, 2);
     for dt in DTYPES {
-        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let (dim, ff) = (inner_dim(dt, 40), 52);
+        let ex = experts(g, &mut rng, e, dim, inner_dim(dt, ff), dt);
+        let ff = inner_dim(dt, ff);
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
         let want: Vec<f32> = (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, dim, ff)).collect();
         let (xb, ib, ab) = (upload_f32(g, "x", &x), upload_u32(g, "ids", &ids), poisoned(g, "act", t * k * ff));
-        let d = ops::moe_gemv_gate_up(g, dt, &ex.b1, &ex.b3, &xb, &ib, &ab, dim, ff, k).map_err(|e| e.to_string())?;
+        let d = ops::moe_gemv_gate_up(g, &ex.gate_up, &xb, &ib, &ab, dim, ff, k).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("moe_gemv_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
     }
@@ -247,9 +282,11 @@ fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
 
 fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let (t, e, k, dim, ff) = (3, 6, 2, 40, 52);
+    let (t, e, k) = (3, 6, 2);
     for dt in DTYPES {
-        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let (dim, ff) = (40, inner_dim(dt, 52));
+        let ex = experts(g, &mut rng, e, inner_dim(dt, dim), ff, dt);
+        let dim = inner_dim(dt, dim);
         let act = rng.vec(t * k * ff, 1.0);
         let x0 = rng.vec(t * dim, 1.0);
         let (ids, ws) = routing(&mut rng, t, e, k);
@@ -261,7 +298,7 @@ fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
         }
         let (ab, ib, wb, xb) =
             (upload_f32(g, "act", &act), upload_u32(g, "ids", &ids), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
-        let d = ops::moe_gemv_down(g, dt, &ex.b2, &ab, &ib, &wb, &xb, dim, ff, k).map_err(|e| e.to_string())?;
+        let d = ops::moe_gemv_down(g, &ex.down, &ab, &ib, &wb, &xb, dim, ff, k).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("moe_gemv_down {dt:?}"), &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-4)?;
     }
@@ -296,8 +333,9 @@ fn check_moe_group(g: &Gpu, seed: u64) -> Result<(), String> {
 fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     // 37 tokens x 2 = 74 assignments over 5 experts: several experts span 2-3 row tiles.
-    let (t, e, k, dim, ff) = (37, 5, 2, 40, 52);
+    let (t, e, k) = (37, 5, 2);
     for dt in DTYPES {
+        let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
         let ex = experts(g, &mut rng, e, dim, ff, dt);
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
@@ -310,8 +348,7 @@ fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
             upload_u32(g, "starts", &starts),
             poisoned(g, "act", t * k * ff),
         );
-        let d = ops::moe_gemm_gate_up(g, dt, &ex.b1, &ex.b3, &xb, &sb, &stb, &ab, dim, ff, k, e)
-            .map_err(|e| e.to_string())?;
+        let d = ops::moe_gemm_gate_up(g, &ex.gate_up, &xb, &sb, &stb, &ab, dim, ff, k, e).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("moe_gemm_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
     }
@@ -320,8 +357,9 @@ fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
 
 fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let (t, e, k, dim, ff) = (37, 5, 2, 40, 52);
+    let (t, e, k) = (37, 5, 2);
     for dt in DTYPES {
+        let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
         let ex = experts(g, &mut rng, e, dim, ff, dt);
         let (ids, _) = routing(&mut rng, t, e, k);
         let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
@@ -331,7 +369,7 @@ fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
             .collect();
         let (ab, stb, yb) =
             (upload_f32(g, "act", &act), upload_u32(g, "starts", &starts), poisoned(g, "y", t * k * dim));
-        let d = ops::moe_gemm_down(g, dt, &ex.b2, &ab, &stb, &yb, dim, ff, k, e).map_err(|e| e.to_string())?;
+        let d = ops::moe_gemm_down(g, &ex.down, &ab, &stb, &yb, dim, ff, k, e).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("moe_gemm_down {dt:?}"), &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
     }
@@ -375,7 +413,7 @@ fn check_argmax(g: &Gpu, seed: u64) -> Result<(), String> {
 
 /// Every kernel, its check, and a deliberate break: (text in its .wgsl, replacement).
 const KERNELS: &[(Shader, Check, &str, &str)] = &[
-    (Shader::Embed, check_embed, "if (i >= p.dim) {", "if (i + 1u >= p.dim) {"),
+    (Shader::Embed, check_embed, "if (i >= p.dim) {", "if (i + 4u >= p.dim) {"),
     (
         Shader::RmsNorm,
         check_rmsnorm,
@@ -384,7 +422,7 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
     ),
     (Shader::Gemv, check_gemv, "if (lid < ROWS && row < p.n) {", "if (lid < ROWS && row + 1u < p.n) {"),
     (Shader::Gemm, check_gemm, "if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
-    (Shader::RopeKv, check_rope_kv, "k_cache[cb + i + half] =", "k_cache[cb + i] ="),
+    (Shader::RopeKv, check_rope_kv, "k_cache[cb + e.y] =", "k_cache[cb + e.x] ="),
     (Shader::Attention, check_attention, "if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"),
     (Shader::Router, check_router, "weights[t * p.k + s] = prob;", "weights[t * p.k + s] = best_v;"),
     (Shader::MoeGemvGateUp, check_moe_gemv_gate_up, "let e = ids[a];", "let e = ids[t * p.k];"),
@@ -477,7 +515,7 @@ fn argmax() {
 #[test]
 fn gemv_folded_grid() {
     let s = seed();
-    if let Err(e) = check_matmul(&gpu(), s, false, 1, 65536 * 4 + 9, 8) {
+    if let Err(e) = check_matmul(&gpu(), s, false, 1, 65536 * 4 + 9, 8, &[DType::F32]) {
         panic!("{e} (WEBMOE_TEST_SEED={s})");
     }
 }

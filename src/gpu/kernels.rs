@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 const COMMON: &str = include_str!("../../shaders/lib/common.wgsl");
+const WEIGHTS: &str = include_str!("../../shaders/lib/weights.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
@@ -47,6 +48,20 @@ impl Shader {
             Shader::MoeCombine => "moe_combine",
             Shader::Argmax => "argmax",
         }
+    }
+
+    /// Kernels that read a weight matrix get `lib/weights.wgsl` (the `w4` loader).
+    pub fn reads_weights(self) -> bool {
+        matches!(
+            self,
+            Shader::Embed
+                | Shader::Gemv
+                | Shader::Gemm
+                | Shader::MoeGemvGateUp
+                | Shader::MoeGemvDown
+                | Shader::MoeGemmGateUp
+                | Shader::MoeGemmDown
+        )
     }
 
     /// The kernel's own WGSL (without the shared prelude).
@@ -142,7 +157,9 @@ impl Gpu {
         let source = replaced.as_deref().unwrap_or(shader.source());
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name()),
-            source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
+            source: wgpu::ShaderSource::Wgsl(
+                format!("{COMMON}\n{}\n{source}", if shader.reads_weights() { WEIGHTS } else { "" }).into(),
+            ),
         });
         let constants = [("WDTYPE", code as f64)];
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -209,10 +226,47 @@ impl Gpu {
     }
 }
 
-fn mult4(what: &str, n: usize) -> Result<u32> {
-    if !n.is_multiple_of(4) {
+/// A weight matrix on the GPU in the layout of `crate::quant` (any storage type).
+#[derive(Clone)]
+pub struct GpuWeight {
+    pub buf: wgpu::Buffer,
+    pub dtype: DType,
+    /// Word offsets of the scale and (Q6_K) high-bit regions.
+    pub s_off: u32,
+    pub h_off: u32,
+}
+
+/// Where a matmul writes: columns `off..off+n` of rows `stride` wide, written or added.
+#[derive(Clone, Copy)]
+pub struct Out<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub stride: usize,
+    pub off: usize,
+    pub accumulate: bool,
+}
+
+impl<'a> Out<'a> {
+    /// The whole output row, overwritten.
+    pub fn write(buf: &'a wgpu::Buffer, n: usize) -> Self {
+        Out { buf, stride: n, off: 0, accumulate: false }
+    }
+    /// The whole output row, added to (fuses a residual add).
+    pub fn add(buf: &'a wgpu::Buffer, n: usize) -> Self {
+        Out { buf, stride: n, off: 0, accumulate: true }
+    }
+    /// Columns `off..` of rows `stride` wide, overwritten.
+    pub fn cols(buf: &'a wgpu::Buffer, stride: usize, off: usize) -> Self {
+        Out { buf, stride, off, accumulate: false }
+    }
+}
+
+/// The reduction dimension must be whole vec4s and whole quantization blocks.
+fn inner(what: &str, dtype: DType, n: usize) -> Result<u32> {
+    let block = dtype.block().map_or(1, |b| b.0).max(4);
+    if n % block != 0 {
         return Err(Error::gpu(format!(
-            "{what}: inner dimension {n} is not a multiple of 4, which the matmul kernels need"
+            "{what}: inner dimension {n} is not a multiple of {block}, which {} matmuls need",
+            dtype.name()
         )));
     }
     u32_of(what, n)
@@ -226,30 +280,17 @@ const GEMV_ROWS: u32 = 4;
 const TILE: u32 = 32;
 
 /// Kernel constructors. Shapes follow the .wgsl headers; `name` is the tensor named in errors.
+#[allow(clippy::too_many_arguments)]
 pub mod ops {
     use super::*;
     use wgpu::Buffer;
 
-    pub fn embed(
-        g: &Gpu,
-        dtype: DType,
-        table: &Buffer,
-        tokens: &Buffer,
-        x: &Buffer,
-        dim: usize,
-        vocab: usize,
-    ) -> Result<Dispatch> {
-        let d = u32_of("embedding", dim)?;
-        g.make(
-            Shader::Embed,
-            dtype,
-            &[d, u32_of("vocab", vocab)?],
-            &[table, tokens, x],
-            Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN },
-        )
+    pub fn embed(g: &Gpu, w: &GpuWeight, tokens: &Buffer, x: &Buffer, dim: usize, vocab: usize) -> Result<Dispatch> {
+        let d = inner("token embedding", w.dtype, dim)?;
+        let params = [d, u32_of("vocab", vocab)?, w.s_off, w.h_off];
+        g.make(Shader::Embed, w.dtype, &params, &[&w.buf, tokens, x], Grid { x: d.div_ceil(1024), y: Rows::PER_TOKEN })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn rms_norm(
         g: &Gpu,
         step: &Buffer,
@@ -261,63 +302,45 @@ pub mod ops {
         last_only: bool,
     ) -> Result<Dispatch> {
         let rows = if last_only { Rows::Fixed(1) } else { Rows::PER_TOKEN };
-        g.make(
-            Shader::RmsNorm,
-            DType::F32,
-            &[u32_of("norm", dim)?, last_only as u32, eps.to_bits()],
-            &[step, w, x, y],
-            Grid { x: 1, y: rows },
-        )
+        let params = [u32_of("norm", dim)?, last_only as u32, eps.to_bits()];
+        g.make(Shader::RmsNorm, DType::F32, &params, &[step, w, x, y], Grid { x: 1, y: rows })
     }
 
-    /// y[T, n] (+)= x[T, k] · W[n, k]^T, one token per grid row (decode).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemv(
-        g: &Gpu,
-        name: &str,
-        dtype: DType,
-        w: &Buffer,
-        x: &Buffer,
-        y: &Buffer,
-        n: usize,
-        k: usize,
-        accumulate: bool,
-    ) -> Result<Dispatch> {
-        let n = u32_of(name, n)?;
-        g.make(
-            Shader::Gemv,
-            dtype,
-            &[n, mult4(name, k)?, accumulate as u32],
-            &[w, x, y],
-            Grid { x: n.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN },
-        )
+    fn matmul_params(name: &str, w: &GpuWeight, out: Out, n: usize, k: usize) -> Result<[u32; 7]> {
+        Ok([
+            u32_of(name, n)?,
+            inner(name, w.dtype, k)?,
+            out.accumulate as u32,
+            u32_of(name, out.stride)?,
+            u32_of(name, out.off)?,
+            w.s_off,
+            w.h_off,
+        ])
     }
 
-    /// Tiled Y[T, n] (+)= X[T, k] · W[n, k]^T (prefill).
-    #[allow(clippy::too_many_arguments)]
+    /// out[T, n] (+)= x[T, k] · W[n, k]^T, one token per grid row (decode).
+    pub fn gemv(g: &Gpu, name: &str, w: &GpuWeight, x: &Buffer, out: Out, n: usize, k: usize) -> Result<Dispatch> {
+        let params = matmul_params(name, w, out, n, k)?;
+        let grid = Grid { x: params[0].div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
+        g.make(Shader::Gemv, w.dtype, &params, &[&w.buf, x, out.buf], grid)
+    }
+
+    /// Tiled out[T, n] (+)= X[T, k] · W[n, k]^T (prefill).
     pub fn gemm(
         g: &Gpu,
         name: &str,
-        dtype: DType,
         step: &Buffer,
-        w: &Buffer,
+        w: &GpuWeight,
         x: &Buffer,
-        y: &Buffer,
+        out: Out,
         n: usize,
         k: usize,
-        accumulate: bool,
     ) -> Result<Dispatch> {
-        let n = u32_of(name, n)?;
-        g.make(
-            Shader::Gemm,
-            dtype,
-            &[n, mult4(name, k)?, accumulate as u32],
-            &[step, w, x, y],
-            Grid { x: n.div_ceil(TILE), y: Rows::Tokens { mul: 1, div: TILE, add: 0 } },
-        )
+        let params = matmul_params(name, w, out, n, k)?;
+        let grid = Grid { x: params[0].div_ceil(TILE), y: Rows::Tokens { mul: 1, div: TILE, add: 0 } };
+        g.make(Shader::Gemm, w.dtype, &params, &[step, &w.buf, x, out.buf], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn rope_kv(
         g: &Gpu,
         step: &Buffer,
@@ -329,18 +352,14 @@ pub mod ops {
         kv_heads: usize,
         head_dim: usize,
         ctx: usize,
+        interleaved: bool,
     ) -> Result<Dispatch> {
         let (h, kvh) = (u32_of("heads", heads)?, u32_of("kv heads", kv_heads)?);
-        g.make(
-            Shader::RopeKv,
-            DType::F32,
-            &[h, kvh, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?],
-            &[step, table, qkv, k_cache, v_cache],
-            Grid { x: h + kvh, y: Rows::PER_TOKEN },
-        )
+        let params = [h, kvh, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, interleaved as u32];
+        let grid = Grid { x: h + kvh, y: Rows::PER_TOKEN };
+        g.make(Shader::RopeKv, DType::F32, &params, &[step, table, qkv, k_cache, v_cache], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn attention(
         g: &Gpu,
         step: &Buffer,
@@ -357,16 +376,12 @@ pub mod ops {
         let h = u32_of("heads", heads)?;
         let window = window.map_or(Ok(0), |w| u32_of("sliding window", w))?;
         let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
-        g.make(
-            Shader::Attention,
-            DType::F32,
-            &[h, u32_of("kv heads", kv_heads)?, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, window, scale],
-            &[step, qkv, k_cache, v_cache, out],
-            Grid { x: h, y: Rows::PER_TOKEN },
-        )
+        let params =
+            [h, u32_of("kv heads", kv_heads)?, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, window, scale];
+        let grid = Grid { x: h, y: Rows::PER_TOKEN };
+        g.make(Shader::Attention, DType::F32, &params, &[step, qkv, k_cache, v_cache, out], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn router(
         g: &Gpu,
         wg: &Buffer,
@@ -378,21 +393,14 @@ pub mod ops {
         k: usize,
         norm: bool,
     ) -> Result<Dispatch> {
-        g.make(
-            Shader::Router,
-            DType::F32,
-            &[u32_of("router", dim)?, u32_of("experts", experts)?, u32_of("top-k", k)?, norm as u32],
-            &[wg, x, ids, weights],
-            Grid { x: 1, y: Rows::PER_TOKEN },
-        )
+        let params = [u32_of("router", dim)?, u32_of("experts", experts)?, u32_of("top-k", k)?, norm as u32];
+        g.make(Shader::Router, DType::F32, &params, &[wg, x, ids, weights], Grid { x: 1, y: Rows::PER_TOKEN })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `w`: every expert's gate (W1) then up (W3) rows, [E, 2, ff, dim].
     pub fn moe_gemv_gate_up(
         g: &Gpu,
-        dtype: DType,
-        w1: &Buffer,
-        w3: &Buffer,
+        w: &GpuWeight,
         x: &Buffer,
         ids: &Buffer,
         act: &Buffer,
@@ -401,20 +409,15 @@ pub mod ops {
         k: usize,
     ) -> Result<Dispatch> {
         let (ff, k) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?);
-        g.make(
-            Shader::MoeGemvGateUp,
-            dtype,
-            &[mult4("experts' w1/w3", dim)?, ff, k],
-            &[w1, w3, x, ids, act],
-            Grid { x: ff.div_ceil(GEMV_ROWS), y: Rows::Tokens { mul: k, div: 1, add: 0 } },
-        )
+        let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, w.s_off, w.h_off];
+        let grid = Grid { x: ff.div_ceil(GEMV_ROWS), y: Rows::Tokens { mul: k, div: 1, add: 0 } };
+        g.make(Shader::MoeGemvGateUp, w.dtype, &params, &[&w.buf, x, ids, act], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `w`: every expert's down projection (W2), [E, dim, ff].
     pub fn moe_gemv_down(
         g: &Gpu,
-        dtype: DType,
-        w2: &Buffer,
+        w: &GpuWeight,
         act: &Buffer,
         ids: &Buffer,
         weights: &Buffer,
@@ -424,16 +427,11 @@ pub mod ops {
         k: usize,
     ) -> Result<Dispatch> {
         let d = u32_of("hidden", dim)?;
-        g.make(
-            Shader::MoeGemvDown,
-            dtype,
-            &[d, mult4("experts' w2", ff)?, u32_of("top-k", k)?],
-            &[w2, act, ids, weights, x],
-            Grid { x: d.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN },
-        )
+        let params = [d, inner("experts' w2", w.dtype, ff)?, u32_of("top-k", k)?, w.s_off, w.h_off];
+        let grid = Grid { x: d.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
+        g.make(Shader::MoeGemvDown, w.dtype, &params, &[&w.buf, act, ids, weights, x], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn moe_group(
         g: &Gpu,
         step: &Buffer,
@@ -444,21 +442,14 @@ pub mod ops {
         experts: usize,
         k: usize,
     ) -> Result<Dispatch> {
-        g.make(
-            Shader::MoeGroup,
-            DType::F32,
-            &[u32_of("experts", experts)?, u32_of("top-k", k)?],
-            &[step, ids, sorted, pos_of, starts],
-            Grid { x: 1, y: Rows::Fixed(1) },
-        )
+        let params = [u32_of("experts", experts)?, u32_of("top-k", k)?];
+        let grid = Grid { x: 1, y: Rows::Fixed(1) };
+        g.make(Shader::MoeGroup, DType::F32, &params, &[step, ids, sorted, pos_of, starts], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn moe_gemm_gate_up(
         g: &Gpu,
-        dtype: DType,
-        w1: &Buffer,
-        w3: &Buffer,
+        w: &GpuWeight,
         x: &Buffer,
         sorted: &Buffer,
         starts: &Buffer,
@@ -469,20 +460,14 @@ pub mod ops {
         experts: usize,
     ) -> Result<Dispatch> {
         let (ff, k, e) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
-        g.make(
-            Shader::MoeGemmGateUp,
-            dtype,
-            &[mult4("experts' w1/w3", dim)?, ff, k, e],
-            &[w1, w3, x, sorted, starts, act],
-            Grid { x: ff.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } },
-        )
+        let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, e, w.s_off, w.h_off];
+        let grid = Grid { x: ff.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } };
+        g.make(Shader::MoeGemmGateUp, w.dtype, &params, &[&w.buf, x, sorted, starts, act], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn moe_gemm_down(
         g: &Gpu,
-        dtype: DType,
-        w2: &Buffer,
+        w: &GpuWeight,
         act: &Buffer,
         starts: &Buffer,
         y: &Buffer,
@@ -492,16 +477,11 @@ pub mod ops {
         experts: usize,
     ) -> Result<Dispatch> {
         let (d, k, e) = (u32_of("hidden", dim)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
-        g.make(
-            Shader::MoeGemmDown,
-            dtype,
-            &[d, mult4("experts' w2", ff)?, k, e],
-            &[w2, act, starts, y],
-            Grid { x: d.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } },
-        )
+        let params = [d, inner("experts' w2", w.dtype, ff)?, k, e, w.s_off, w.h_off];
+        let grid = Grid { x: d.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } };
+        g.make(Shader::MoeGemmDown, w.dtype, &params, &[&w.buf, act, starts, y], grid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn moe_combine(
         g: &Gpu,
         y: &Buffer,
@@ -512,13 +492,8 @@ pub mod ops {
         k: usize,
     ) -> Result<Dispatch> {
         let d = u32_of("hidden", dim)?;
-        g.make(
-            Shader::MoeCombine,
-            DType::F32,
-            &[d, u32_of("top-k", k)?],
-            &[y, pos_of, weights, x],
-            Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN },
-        )
+        let grid = Grid { x: d.div_ceil(256), y: Rows::PER_TOKEN };
+        g.make(Shader::MoeCombine, DType::F32, &[d, u32_of("top-k", k)?], &[y, pos_of, weights, x], grid)
     }
 
     /// Row-wise argmax of `logits` [rows, n] into `out`; `rows` grid rows (Fixed) or per token.

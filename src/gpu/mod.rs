@@ -6,11 +6,13 @@ pub mod model;
 
 use crate::error::{Error, Result};
 use crate::platform;
+use crate::quant::{Packed, repack};
+use crate::tensor::DType;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
-pub use kernels::{Dispatch, Grid, Rows, Shader};
+pub use kernels::{Dispatch, GpuWeight, Grid, Out, Rows, Shader};
 
 /// A wgpu device plus what we learned about its adapter.
 pub struct Gpu {
@@ -136,6 +138,21 @@ impl Gpu {
             padded.resize(bytes.len().next_multiple_of(4), 0);
             self.queue.write_buffer(buf, offset, &padded);
         }
+    }
+
+    /// Uploads tensors of one storage type, concatenated along their first dimension, in
+    /// the kernels' layout (`crate::quant::repack`).
+    pub fn upload_weight(&self, name: &str, dtype: DType, parts: &[&[u8]]) -> Result<GpuWeight> {
+        if !dtype.is_supported() {
+            return Err(Error::gpu(format!("tensor '{name}': storage type {} has no kernel", dtype.name())));
+        }
+        let mut packed = Packed::default();
+        for p in parts {
+            packed.append(repack(dtype, p));
+        }
+        let b = packed.finish()?;
+        let buf = self.storage_init(name, &b.bytes)?;
+        Ok(GpuWeight { buf, dtype, s_off: b.s_off, h_off: b.h_off })
     }
 
     pub fn uniform(&self, name: &str, words: &[u32]) -> wgpu::Buffer {

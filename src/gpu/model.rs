@@ -15,7 +15,7 @@
 //! Prefill (T > 1) uses tiled GEMMs with tokens grouped per expert; decode uses GEMVs.
 
 use super::Gpu;
-use super::kernels::{Dispatch, Rows, ops};
+use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
 use crate::config::{ModelConfig, rope_inv_freq, rope_table};
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, TensorRef};
@@ -72,30 +72,27 @@ struct Uploader<'a> {
 }
 
 impl Uploader<'_> {
-    /// Uploads tensors concatenated along their first dimension, in their own dtype when
-    /// they agree, else widened to f32. Returns the buffer and the dtype it holds.
-    fn concat(&mut self, label: &str, parts: &[TensorRef<'_>], force_f32: bool) -> Result<(Buffer, DType)> {
+    /// Uploads tensors concatenated along their first dimension in the kernels' packed
+    /// layout: in their own type when they agree, else widened to f32.
+    fn weight(&mut self, label: &str, parts: &[TensorRef<'_>]) -> Result<GpuWeight> {
         let first = parts.first().map(|p| p.dtype).unwrap_or(DType::F32);
-        let dtype = if !force_f32 && parts.iter().all(|p| p.dtype == first) { first } else { DType::F32 };
-        let bytes: Vec<u8> = if parts.iter().all(|p| p.dtype == dtype) {
-            parts.iter().flat_map(|p| p.data.iter().copied()).collect()
+        let w = if parts.iter().all(|p| p.dtype == first) {
+            let raw: Vec<&[u8]> = parts.iter().map(|p| p.data).collect();
+            self.gpu.upload_weight(label, first, &raw)?
         } else {
-            parts.iter().flat_map(|p| from_f32(DType::F32, &p.to_f32())).collect()
+            let wide: Vec<Vec<u8>> = parts.iter().map(|p| from_f32(DType::F32, &p.to_f32())).collect();
+            let raw: Vec<&[u8]> = wide.iter().map(|v| v.as_slice()).collect();
+            self.gpu.upload_weight(label, DType::F32, &raw)?
         };
-        let buf = self.gpu.storage_init(label, &bytes)?;
-        self.bytes += bytes.len() as u64;
-        self.buffers.push(buf.clone());
-        Ok((buf, dtype))
-    }
-
-    fn one(&mut self, t: TensorRef<'_>) -> Result<(Buffer, DType)> {
-        self.concat(t.name, &[t], false)
+        self.bytes += w.buf.size();
+        self.buffers.push(w.buf.clone());
+        Ok(w)
     }
 
     /// Small tensors (norms, router) are used as f32 whatever their storage type.
     fn f32(&mut self, t: TensorRef<'_>) -> Result<Buffer> {
         let buf = self.gpu.storage_init(t.name, &from_f32(DType::F32, &t.to_f32()))?;
-        self.bytes += t.data.len() as u64;
+        self.bytes += buf.size();
         self.buffers.push(buf.clone());
         Ok(buf)
     }
@@ -167,35 +164,40 @@ impl GpuModel {
             g.write(&weights, 0, bytemuck::cast_slice(&vec![1.0f32; max_rows]));
         }
 
-        let (embed, embed_dt) = up.one(files.expect(&n.embed, &[c.vocab, d])?)?;
-        let mut pre = vec![ops::embed(g, embed_dt, &embed, &tokens, &x, d, c.vocab)?];
-        let mut dec = vec![ops::embed(g, embed_dt, &embed, &tokens, &x, d, c.vocab)?];
+        let embed = up.weight(&n.embed, &[files.expect(&n.embed, &[c.vocab, d])?])?;
+        let mut pre = vec![ops::embed(g, &embed, &tokens, &x, d, c.vocab)?];
+        let mut dec = vec![ops::embed(g, &embed, &tokens, &x, d, c.vocab)?];
 
         for (li, l) in n.layers.iter().enumerate() {
             let attn_norm = up.f32(files.expect(&l.attn_norm, &[d])?)?;
             let ffn_norm = up.f32(files.expect(&l.ffn_norm, &[d])?)?;
-            let (wqkv, qkv_dt) = up.concat(
-                &format!("model.layers.{li}.self_attn.{{q,k,v}}_proj.weight"),
-                &[
-                    files.expect(&l.wq, &[c.q_dim(), d])?,
-                    files.expect(&l.wk, &[c.kv_dim(), d])?,
-                    files.expect(&l.wv, &[c.kv_dim(), d])?,
-                ],
-                false,
-            )?;
-            let (wo, wo_dt) = up.one(files.expect(&l.wo, &[d, c.q_dim()])?)?;
-            // Experts stacked: w1/w3 [E, F, D], w2 [E, D, F]. Gate and up share one kernel,
-            // so they share a dtype (widened to f32 in the rare case they differ).
-            let stack =
-                |get: fn(&crate::model::ExpertNames) -> &String, shape: [usize; 2]| -> Result<Vec<TensorRef<'_>>> {
-                    l.experts.iter().map(|x| files.expect(get(x), &shape)).collect()
-                };
-            let (w1p, w3p) = (stack(|x| &x.w1, [ff, d])?, stack(|x| &x.w3, [ff, d])?);
-            let mixed = w1p.iter().chain(&w3p).any(|p| p.dtype != w1p[0].dtype);
-            let (w1, gu_dt) = up.concat(&format!("layer {li} experts' w1 (gate)"), &w1p, mixed)?;
-            let (w3, _) = up.concat(&format!("layer {li} experts' w3 (up)"), &w3p, mixed)?;
-            let (w2, w2_dt) =
-                up.concat(&format!("layer {li} experts' w2 (down)"), &stack(|x| &x.w2, [d, ff])?, false)?;
+            // q, k and v as one matmul when they share a storage type (the usual case),
+            // else three matmuls writing their columns of the same qkv rows.
+            let (wq, wk, wv) = (
+                files.expect(&l.wq, &[c.q_dim(), d])?,
+                files.expect(&l.wk, &[c.kv_dim(), d])?,
+                files.expect(&l.wv, &[c.kv_dim(), d])?,
+            );
+            let qkv_w8: Vec<(GpuWeight, usize, usize)> = if wq.dtype == wk.dtype && wk.dtype == wv.dtype {
+                vec![(up.weight(&format!("layer {li} q|k|v projection"), &[wq, wk, wv])?, qkv_w, 0)]
+            } else {
+                vec![
+                    (up.weight(wq.name, &[wq])?, c.q_dim(), 0),
+                    (up.weight(wk.name, &[wk])?, c.kv_dim(), c.q_dim()),
+                    (up.weight(wv.name, &[wv])?, c.kv_dim(), c.q_dim() + c.kv_dim()),
+                ]
+            };
+            let wo = up.weight(&l.wo, &[files.expect(&l.wo, &[d, c.q_dim()])?])?;
+            // Experts stacked: gate/up interleaved per expert [E, 2, F, D], down [E, D, F].
+            let mut gate_up = Vec::with_capacity(2 * e);
+            let mut down = Vec::with_capacity(e);
+            for x in 0..e {
+                let [w1, w3, w2] = files.expert(li, x)?;
+                gate_up.extend([w1, w3]);
+                down.push(w2);
+            }
+            let w13 = up.weight(&format!("layer {li} experts' gate|up"), &gate_up)?;
+            let w2 = up.weight(&format!("layer {li} experts' down"), &down)?;
             let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
             let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
             let router = match &l.router {
@@ -205,13 +207,26 @@ impl GpuModel {
 
             for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
                 prog.push(ops::rms_norm(g, &step, &attn_norm, &x, &xn, d, c.eps, false)?);
-                prog.push(match path {
-                    Path::Prefill => {
-                        ops::gemm(g, "q/k/v projection", qkv_dt, &step, &wqkv, &xn, &qkv, qkv_w, d, false)?
-                    }
-                    Path::Decode => ops::gemv(g, "q/k/v projection", qkv_dt, &wqkv, &xn, &qkv, qkv_w, d, false)?,
-                });
-                prog.push(ops::rope_kv(g, &step, &table, &qkv, &kc, &vc, c.heads, c.kv_heads, hd, ctx)?);
+                for (w, n_out, off) in &qkv_w8 {
+                    let out = Out::cols(&qkv, qkv_w, *off);
+                    prog.push(match path {
+                        Path::Prefill => ops::gemm(g, "q/k/v projection", &step, w, &xn, out, *n_out, d)?,
+                        Path::Decode => ops::gemv(g, "q/k/v projection", w, &xn, out, *n_out, d)?,
+                    });
+                }
+                prog.push(ops::rope_kv(
+                    g,
+                    &step,
+                    &table,
+                    &qkv,
+                    &kc,
+                    &vc,
+                    c.heads,
+                    c.kv_heads,
+                    hd,
+                    ctx,
+                    c.rope_interleaved,
+                )?);
                 prog.push(ops::attention(
                     g,
                     &step,
@@ -226,8 +241,8 @@ impl GpuModel {
                     c.sliding_window,
                 )?);
                 prog.push(match path {
-                    Path::Prefill => ops::gemm(g, &l.wo, wo_dt, &step, &wo, &attn, &x, d, c.q_dim(), true)?,
-                    Path::Decode => ops::gemv(g, &l.wo, wo_dt, &wo, &attn, &x, d, c.q_dim(), true)?,
+                    Path::Prefill => ops::gemm(g, &l.wo, &step, &wo, &attn, Out::add(&x, d), d, c.q_dim())?,
+                    Path::Decode => ops::gemv(g, &l.wo, &wo, &attn, Out::add(&x, d), d, c.q_dim())?,
                 });
                 prog.push(ops::rms_norm(g, &step, &ffn_norm, &x, &xn, d, c.eps, false)?);
                 if let Some(r) = &router {
@@ -236,35 +251,35 @@ impl GpuModel {
                 match path {
                     Path::Prefill => {
                         prog.push(ops::moe_group(g, &step, &ids, &sorted, &pos_of, &starts, e, k)?);
-                        prog.push(ops::moe_gemm_gate_up(g, gu_dt, &w1, &w3, &xn, &sorted, &starts, &act, d, ff, k, e)?);
-                        prog.push(ops::moe_gemm_down(g, w2_dt, &w2, &act, &starts, &ybuf, d, ff, k, e)?);
+                        prog.push(ops::moe_gemm_gate_up(g, &w13, &xn, &sorted, &starts, &act, d, ff, k, e)?);
+                        prog.push(ops::moe_gemm_down(g, &w2, &act, &starts, &ybuf, d, ff, k, e)?);
                         prog.push(ops::moe_combine(g, &ybuf, &pos_of, &weights, &x, d, k)?);
                     }
                     Path::Decode => {
-                        prog.push(ops::moe_gemv_gate_up(g, gu_dt, &w1, &w3, &xn, &ids, &act, d, ff, k)?);
-                        prog.push(ops::moe_gemv_down(g, w2_dt, &w2, &act, &ids, &weights, &x, d, ff, k)?);
+                        prog.push(ops::moe_gemv_gate_up(g, &w13, &xn, &ids, &act, d, ff, k)?);
+                        prog.push(ops::moe_gemv_down(g, &w2, &act, &ids, &weights, &x, d, ff, k)?);
                     }
                 }
             }
         }
 
         let final_norm = up.f32(files.expect(&n.final_norm, &[d])?)?;
-        let (lm_head, lm_dt) = if n.lm_head == n.embed {
-            (embed.clone(), embed_dt)
+        let lm_head = if n.lm_head == n.embed {
+            embed.clone()
         } else {
-            up.one(files.expect(&n.lm_head, &[c.vocab, d])?)?
+            up.weight(&n.lm_head, &[files.expect(&n.lm_head, &[c.vocab, d])?])?
         };
         let head_all_prefill = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
-            ops::gemm(g, &n.lm_head, lm_dt, &step, &lm_head, &xn, &logits, c.vocab, d, false)?,
+            ops::gemm(g, &n.lm_head, &step, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
         ];
         let head_all_decode = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
-            ops::gemv(g, &n.lm_head, lm_dt, &lm_head, &xn, &logits, c.vocab, d, false)?,
+            ops::gemv(g, &n.lm_head, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
         ];
         let head_last = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?,
-            ops::gemv(g, &n.lm_head, lm_dt, &lm_head, &xn, &logits, c.vocab, d, false)?
+            ops::gemv(g, &n.lm_head, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?
                 .with_grid(super::Grid { x: (c.vocab as u32).div_ceil(4), y: Rows::Fixed(1) }),
             ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?,
         ];

@@ -1,11 +1,12 @@
-//! Loading a Hugging Face model directory (config.json + safetensors, single or sharded)
-//! into a validated set of named weights. Family-specific naming lives in one file per
-//! family (`mixtral.rs`); everything here is shared.
+//! Loading a model — a Hugging Face directory (config.json + safetensors, single or
+//! sharded) or a GGUF file — into a validated set of named weights. Family-specific naming
+//! lives in one file per family (`mixtral.rs`); everything here is shared.
 
 pub mod mixtral;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::gguf::{Gguf, Value};
 use crate::platform::ModelSource;
 use crate::safetensors::{SafeTensors, TensorInfo, parse_index};
 use crate::tensor::{DType, to_f32};
@@ -20,6 +21,15 @@ pub struct ExpertNames {
     pub w3: String,
 }
 
+/// How a layer's experts are stored.
+pub enum Experts {
+    /// One tensor per expert and projection (Hugging Face; old GGUF).
+    Separate(Vec<ExpertNames>),
+    /// All experts of a projection in one tensor: gate/up `[E, ff, hidden]`, down
+    /// `[E, hidden, ff]` (GGUF `ffn_*_exps`; a dense GGUF FFN is E = 1 without the axis).
+    Stacked { gate: String, up: String, down: String },
+}
+
 pub struct LayerNames {
     pub attn_norm: String,
     pub wq: String,
@@ -29,7 +39,7 @@ pub struct LayerNames {
     pub ffn_norm: String,
     /// Router `[experts, hidden]`; `None` for a dense layer.
     pub router: Option<String>,
-    pub experts: Vec<ExpertNames>,
+    pub experts: Experts,
 }
 
 pub struct ModelNames {
@@ -40,7 +50,7 @@ pub struct ModelNames {
     pub layers: Vec<LayerNames>,
 }
 
-/// A borrowed view of one stored tensor.
+/// A borrowed view of one stored tensor (or a run of its leading-dimension rows).
 #[derive(Clone, Copy)]
 pub struct TensorRef<'a> {
     pub name: &'a str,
@@ -50,35 +60,41 @@ pub struct TensorRef<'a> {
     pub data: &'a [u8],
 }
 
-impl TensorRef<'_> {
+impl<'a> TensorRef<'a> {
     pub fn to_f32(&self) -> Vec<f32> {
         to_f32(self.dtype, self.data)
     }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
 }
 
-/// Parsed config, tensor names and the safetensors files that hold them. Every tensor the
-/// model needs has been checked for presence, dtype and shape.
+/// The checked tensors of one model, wherever they came from.
 pub struct ModelFiles {
     pub config: ModelConfig,
     pub names: ModelNames,
-    files: Vec<SafeTensors>,
-    /// tensor name -> (index into `files`, location)
+    /// GGUF metadata (tokenizer, chat template...); empty for Hugging Face directories.
+    pub metadata: BTreeMap<String, Value>,
+    /// Other files of a Hugging Face directory that were present (tokenizer.json, ...).
+    pub extra: BTreeMap<String, Vec<u8>>,
+    /// (file name, bytes) of each file holding tensors.
+    blobs: Vec<(String, Vec<u8>)>,
+    /// tensor name -> (index into `blobs`, location)
     table: BTreeMap<String, (usize, TensorInfo)>,
 }
 
-/// Progress of a load, reported per file.
-#[derive(Clone, Debug)]
-pub struct LoadProgress {
-    pub phase: &'static str,
-    pub file: String,
-    pub loaded: u64,
-    pub total: u64,
-}
+/// Files of a Hugging Face directory read when present, for the tokenizer and chat template.
+pub const HF_EXTRA_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
 
 impl ModelFiles {
-    /// Reads `config.json`, then `model.safetensors.index.json` and its shards, or
-    /// `model.safetensors` when there is no index.
+    /// Reads a GGUF file, or a Hugging Face directory: `config.json`, then
+    /// `model.safetensors.index.json` and its shards, or `model.safetensors`.
     pub async fn load<S: ModelSource>(src: &S) -> Result<Self> {
+        if let Some(name) = src.single_file() {
+            let bytes = src.read(name).await?.ok_or_else(|| Error::io(src.describe(name), "not found"))?;
+            return Self::from_gguf(Gguf::parse(name, bytes)?);
+        }
         let cfg_bytes =
             src.read("config.json").await?.ok_or_else(|| Error::io(src.describe("config.json"), "not found"))?;
         let config = ModelConfig::from_json_bytes(&cfg_bytes)?;
@@ -91,20 +107,47 @@ impl ModelFiles {
             let bytes = src.read(name).await?.ok_or_else(|| Error::io(src.describe(name), "not found"))?;
             files.push(SafeTensors::parse(name, bytes)?);
         }
-        Self::from_parts(config, files)
-    }
-
-    pub fn from_parts(config: ModelConfig, files: Vec<SafeTensors>) -> Result<Self> {
-        let mut table = BTreeMap::new();
-        for (i, f) in files.iter().enumerate() {
-            for (name, info) in &f.tensors {
-                if let Some((j, _)) = table.insert(name.clone(), (i, info.clone())) {
-                    return Err(Error::tensor(&f.file, name, format!("also stored in {}", files[j].file)));
-                }
+        let mut extra = BTreeMap::new();
+        for name in HF_EXTRA_FILES {
+            if let Some(b) = src.read(name).await? {
+                extra.insert(name.to_string(), b);
             }
         }
-        let names = mixtral::tensor_names(&config);
-        let m = ModelFiles { config, names, files, table };
+        let mut m = Self::from_safetensors(config, files)?;
+        m.extra = extra;
+        Ok(m)
+    }
+
+    pub fn from_safetensors(config: ModelConfig, files: Vec<SafeTensors>) -> Result<Self> {
+        let mut table = BTreeMap::new();
+        let mut blobs = Vec::with_capacity(files.len());
+        for (i, f) in files.into_iter().enumerate() {
+            for (name, info) in f.tensors {
+                if let Some((j, _)) = table.insert(name.clone(), (i, info)) {
+                    let other: &(String, Vec<u8>) = &blobs[j];
+                    return Err(Error::tensor(&f.file, name, format!("also stored in {}", other.0)));
+                }
+            }
+            blobs.push((f.file, f.bytes));
+        }
+        let names = mixtral::hf_names(&config);
+        let m = ModelFiles { config, names, metadata: BTreeMap::new(), extra: BTreeMap::new(), blobs, table };
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn from_gguf(g: Gguf) -> Result<Self> {
+        let config = ModelConfig::from_gguf(&g)?;
+        let names = mixtral::gguf_names(&config, |n| g.tensors.contains_key(n));
+        let table = g.tensors.into_iter().map(|(k, v)| (k, (0, v))).collect();
+        let m = ModelFiles {
+            config,
+            names,
+            metadata: g.metadata,
+            extra: BTreeMap::new(),
+            blobs: vec![(g.file, g.bytes)],
+            table,
+        };
         m.validate()?;
         Ok(m)
     }
@@ -112,49 +155,84 @@ impl ModelFiles {
     /// Looks a tensor up without shape checks.
     pub fn get(&self, name: &str) -> Result<TensorRef<'_>> {
         let (key, (i, info)) = self.table.get_key_value(name).ok_or_else(|| {
-            let files: Vec<&str> = self.files.iter().map(|f| f.file.as_str()).collect();
+            let files: Vec<&str> = self.blobs.iter().map(|f| f.0.as_str()).collect();
             Error::tensor(files.join(", "), name, "missing")
         })?;
-        let f = &self.files[*i];
-        Ok(TensorRef { name: key, file: &f.file, dtype: info.dtype, shape: &info.shape, data: f.data(info) })
+        let (file, bytes) = &self.blobs[*i];
+        Ok(TensorRef { name: key, file, dtype: info.dtype, shape: &info.shape, data: &bytes[info.start..info.end] })
     }
 
-    /// Looks a tensor up and checks it has exactly `shape` and a dtype we compute with.
+    /// Looks a tensor up and checks it has exactly `shape` and a type we compute with.
     pub fn expect(&self, name: &str, shape: &[usize]) -> Result<TensorRef<'_>> {
         let t = self.get(name)?;
-        if let DType::Unsupported(d) = t.dtype {
-            return Err(Error::tensor(t.file, name, format!("dtype {d} is not supported (F32, F16, BF16)")));
-        }
-        if t.shape != shape {
+        if !t.dtype.is_supported() {
             return Err(Error::tensor(
                 t.file,
                 name,
-                format!("shape {:?} disagrees with config.json, which implies {:?}", t.shape, shape),
+                format!("type {} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)", t.dtype.name()),
+            ));
+        }
+        // A dense GGUF FFN is the single expert of a stack: [ff, d] stands for [1, ff, d].
+        let same = t.shape == shape || (shape.len() == 3 && shape[0] == 1 && t.shape == &shape[1..]);
+        if !same {
+            return Err(Error::tensor(
+                t.file,
+                name,
+                format!("shape {:?} disagrees with the model config, which implies {:?}", t.shape, shape),
             ));
         }
         Ok(t)
     }
 
+    /// Expert `e` of layer `l`: (w1 gate [ff, d], w3 up [ff, d], w2 down [d, ff]).
+    pub fn expert(&self, l: usize, e: usize) -> Result<[TensorRef<'_>; 3]> {
+        let c = &self.config;
+        let (d, ff) = (c.hidden, c.ff);
+        match &self.names.layers[l].experts {
+            Experts::Separate(v) => {
+                let x = &v[e];
+                Ok([self.expect(&x.w1, &[ff, d])?, self.expect(&x.w3, &[ff, d])?, self.expect(&x.w2, &[d, ff])?])
+            }
+            Experts::Stacked { gate, up, down } => {
+                let n = c.experts;
+                fn slice(t: TensorRef<'_>, e: usize, rows: usize, cols: usize) -> Result<TensorRef<'_>> {
+                    let bytes = t.dtype.bytes_for((rows * cols) as u64).ok_or_else(|| {
+                        Error::tensor(
+                            t.file,
+                            t.name,
+                            format!("an expert's {rows}x{cols} slice is not whole {} blocks", t.dtype.name()),
+                        )
+                    })? as usize;
+                    Ok(TensorRef { data: &t.data[e * bytes..(e + 1) * bytes], ..t })
+                }
+                Ok([
+                    slice(self.expect(gate, &[n, ff, d])?, e, ff, d)?,
+                    slice(self.expect(up, &[n, ff, d])?, e, ff, d)?,
+                    slice(self.expect(down, &[n, d, ff])?, e, d, ff)?,
+                ])
+            }
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let c = &self.config;
         let n = &self.names;
-        self.expect(&n.embed, &[c.vocab, c.hidden])?;
-        self.expect(&n.final_norm, &[c.hidden])?;
-        self.expect(&n.lm_head, &[c.vocab, c.hidden])?;
-        for l in &n.layers {
-            self.expect(&l.attn_norm, &[c.hidden])?;
-            self.expect(&l.ffn_norm, &[c.hidden])?;
-            self.expect(&l.wq, &[c.q_dim(), c.hidden])?;
-            self.expect(&l.wk, &[c.kv_dim(), c.hidden])?;
-            self.expect(&l.wv, &[c.kv_dim(), c.hidden])?;
-            self.expect(&l.wo, &[c.hidden, c.q_dim()])?;
+        let d = c.hidden;
+        self.expect(&n.embed, &[c.vocab, d])?;
+        self.expect(&n.final_norm, &[d])?;
+        self.expect(&n.lm_head, &[c.vocab, d])?;
+        for (li, l) in n.layers.iter().enumerate() {
+            self.expect(&l.attn_norm, &[d])?;
+            self.expect(&l.ffn_norm, &[d])?;
+            self.expect(&l.wq, &[c.q_dim(), d])?;
+            self.expect(&l.wk, &[c.kv_dim(), d])?;
+            self.expect(&l.wv, &[c.kv_dim(), d])?;
+            self.expect(&l.wo, &[d, c.q_dim()])?;
             if let Some(r) = &l.router {
-                self.expect(r, &[c.experts, c.hidden])?;
+                self.expect(r, &[c.experts, d])?;
             }
-            for e in &l.experts {
-                self.expect(&e.w1, &[c.ff, c.hidden])?;
-                self.expect(&e.w3, &[c.ff, c.hidden])?;
-                self.expect(&e.w2, &[c.hidden, c.ff])?;
+            for e in 0..c.experts {
+                self.expert(li, e)?;
             }
         }
         Ok(())
@@ -163,5 +241,15 @@ impl ModelFiles {
     /// Total bytes of all stored tensors.
     pub fn total_bytes(&self) -> u64 {
         self.table.values().map(|(_, i)| (i.end - i.start) as u64).sum()
+    }
+
+    /// A GGUF metadata string, if present.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(|v| v.as_str())
+    }
+
+    /// Every tensor (name, type, shape), for `webmoe info`.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, DType, &[usize])> {
+        self.table.iter().map(|(k, (_, i))| (k.as_str(), i.dtype, i.shape.as_slice()))
     }
 }

@@ -21,4 +21,18 @@ pub trait ModelSource {
     async fn read(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// The full path or URL of `name`, for error messages.
     fn describe(&self, name: &str) -> String;
+    /// When the source is one GGUF file rather than a directory, its name.
+    fn single_file(&self) -> Option<&str>;
+}
+
+/// Splits a path or URL naming a `.gguf` file into (directory, file name).
+pub fn split_gguf(location: &str) -> Option<(&str, &str)> {
+    let path = location.split(['?', '#']).next().unwrap_or(location);
+    if !path.to_ascii_lowercase().ends_with(".gguf") {
+        return None;
+    }
+    match path.rfind('/') {
+        Some(i) => Some((&path[..=i], &path[i + 1..])),
+        None => Some(("", path)),
+    }
 }

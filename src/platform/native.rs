@@ -4,13 +4,20 @@ use super::ModelSource;
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 
+/// A model directory, or a single `.gguf` file, on disk.
 pub struct DirSource {
     pub dir: PathBuf,
+    file: Option<String>,
 }
 
 impl DirSource {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        DirSource { dir: dir.into() }
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path: PathBuf = path.into();
+        let gguf = path.to_str().and_then(super::split_gguf).map(|(_, f)| f.to_string());
+        match gguf {
+            Some(f) => DirSource { dir: path.parent().map(|p| p.to_path_buf()).unwrap_or_default(), file: Some(f) },
+            None => DirSource { dir: path, file: None },
+        }
     }
 }
 
@@ -20,7 +27,7 @@ impl ModelSource for DirSource {
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !self.dir.is_dir() {
+                if self.file.is_none() && !self.dir.is_dir() {
                     return Err(Error::io(self.dir.display(), "is not a directory"));
                 }
                 Ok(None)
@@ -30,6 +37,9 @@ impl ModelSource for DirSource {
     }
     fn describe(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+    fn single_file(&self) -> Option<&str> {
+        self.file.as_deref()
     }
 }
 

@@ -15,19 +15,24 @@ extern "C" {
 }
 
 pub struct HttpSource {
-    /// Base URL of the model directory, ending in '/'.
+    /// Base URL of the model directory, ending in '/' (or empty for a bare file name).
     pub base: String,
+    /// The `.gguf` file, when the URL names one.
+    file: Option<String>,
     /// Called as `onProgress({phase, file, loaded, total})`.
     pub on_progress: Option<Function>,
 }
 
 impl HttpSource {
     pub fn new(url: &str, on_progress: Option<Function>) -> Self {
+        if let Some((dir, file)) = super::split_gguf(url) {
+            return HttpSource { base: dir.to_string(), file: Some(file.to_string()), on_progress };
+        }
         let mut base = url.to_string();
         if !base.ends_with('/') {
             base.push('/');
         }
-        HttpSource { base, on_progress }
+        HttpSource { base, file: None, on_progress }
     }
 
     fn report(&self, file: &str, loaded: u64, total: u64) {
@@ -87,6 +92,9 @@ impl ModelSource for HttpSource {
 
     fn describe(&self, name: &str) -> String {
         format!("{}{}", self.base, name)
+    }
+    fn single_file(&self) -> Option<&str> {
+        self.file.as_deref()
     }
 }
 

@@ -50,11 +50,33 @@ impl Rng {
     }
 }
 
-/// Random weights stored as `dtype`: the bytes to upload and the exact f32 values they hold.
-pub fn weights(rng: &mut Rng, n: usize, scale: f32, dtype: DType) -> (Vec<u8>, Vec<f32>) {
-    let bytes = from_f32(dtype, &rng.vec(n, scale));
-    let vals = to_f32(dtype, &bytes);
-    (bytes, vals)
+/// `numel` random weights of about `scale` stored as `dtype`, in GGUF block layout:
+/// plain types from random floats, Q8_0/Q4_0/Q4_1 quantized from random floats, K-quants
+/// as random bytes with modest, finite f16 super-block scales.
+pub fn random_blocks(rng: &mut Rng, dtype: DType, numel: usize, scale: f32) -> Vec<u8> {
+    let f16 = |x: f32| half::f16::from_f32(x).to_bits().to_le_bytes();
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => from_f32(dtype, &rng.vec(numel, scale)),
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => webmoe::quant::quantize(dtype, &rng.vec(numel, scale)).unwrap(),
+        DType::Q4K => (0..numel / 256)
+            .flat_map(|_| {
+                // |value| <= d * 63 * 15 + dmin * 63
+                let mut b = f16(scale / 945.0 * (0.5 + rng.f32(0.5).abs())).to_vec();
+                b.extend(f16(scale / 63.0 * rng.f32(0.5).abs()));
+                b.extend((0..140).map(|_| rng.next_u64() as u8));
+                b
+            })
+            .collect(),
+        DType::Q6K => (0..numel / 256)
+            .flat_map(|_| {
+                // |value| <= d * 128 * 32
+                let mut b: Vec<u8> = (0..208).map(|_| rng.next_u64() as u8).collect();
+                b.extend(f16(scale / 4096.0 * (0.5 + rng.f32(0.5).abs())));
+                b
+            })
+            .collect(),
+        DType::Unsupported(_) => unreachable!(),
+    }
 }
 
 pub fn upload_f32(g: &Gpu, name: &str, v: &[f32]) -> wgpu::Buffer {

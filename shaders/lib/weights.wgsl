@@ -1,0 +1,82 @@
+// Weight loading, prepended to every kernel that reads a weight matrix. The kernel binds
+// the weights as `w: array<u32>` in the layout of src/quant.rs (quants at word 0, Q6_K's
+// high bits at word o.y, scales at word o.x) and calls w4(i, o) for the four weights at
+// element index i (a multiple of 4). Every format is widened to f32 in registers.
+
+const DT_Q8_0: u32 = 3u;
+const DT_Q4_0: u32 = 4u;
+const DT_Q4_1: u32 = 5u;
+const DT_Q4_K: u32 = 6u;
+const DT_Q6_K: u32 = 7u;
+
+// Four 4-bit values from the low 16 bits of q.
+fn nibbles4(q: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u));
+}
+
+// Byte k of the scale region, counting from word `base`.
+fn scale_byte(base: u32, k: u32) -> u32 {
+    return (w[base + (k >> 2u)] >> ((k & 3u) * 8u)) & 255u;
+}
+
+fn sign_extend8(b: u32) -> f32 {
+    return f32(bitcast<i32>(b << 24u) >> 24u);
+}
+
+fn w4(i: u32, o: vec2<u32>) -> vec4<f32> {
+    switch WDTYPE {
+        case 0u: {   // F32
+            return vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
+        }
+        case 1u, 2u: {   // F16, BF16: two per word
+            let j = i >> 1u;
+            return vec4<f32>(half2(w[j]), half2(w[j + 1u]));
+        }
+        case 3u: {   // Q8_0: x * d
+            let q = w[i >> 2u];
+            let d = unpack2x16float(w[o.x + (i >> 6u)])[(i >> 5u) & 1u];
+            return vec4<f32>(sign_extend8(q & 255u), sign_extend8((q >> 8u) & 255u),
+                             sign_extend8((q >> 16u) & 255u), sign_extend8(q >> 24u)) * d;
+        }
+        case 4u: {   // Q4_0: d * (q - 8)
+            let q = nibbles4(w[i >> 3u] >> ((i & 4u) * 4u));
+            let d = unpack2x16float(w[o.x + (i >> 6u)])[(i >> 5u) & 1u];
+            return d * (q - vec4<f32>(8.0));
+        }
+        case 5u: {   // Q4_1: d * q + m
+            let q = nibbles4(w[i >> 3u] >> ((i & 4u) * 4u));
+            let dm = unpack2x16float(w[o.x + (i >> 5u)]);
+            return dm.x * q + vec4<f32>(dm.y);
+        }
+        case 6u: {   // Q4_K: (d * scale_j) * q - dmin * min_j, j the 32-element sub-block
+            let q = nibbles4(w[i >> 3u] >> ((i & 4u) * 4u));
+            let base = o.x + (i >> 8u) * 4u;
+            let dd = unpack2x16float(w[base]);
+            let j = (i >> 5u) & 7u;
+            let sb = base + 1u;
+            var sc: u32;
+            var mn: u32;
+            if (j < 4u) {
+                sc = scale_byte(sb, j) & 63u;
+                mn = scale_byte(sb, j + 4u) & 63u;
+            } else {
+                sc = (scale_byte(sb, j + 4u) & 15u) | ((scale_byte(sb, j - 4u) >> 6u) << 4u);
+                mn = (scale_byte(sb, j + 4u) >> 4u) | ((scale_byte(sb, j) >> 6u) << 4u);
+            }
+            return (dd.x * f32(sc)) * q - vec4<f32>(dd.y * f32(mn));
+        }
+        case 7u: {   // Q6_K: (d * scale_g) * (q - 32), g the 16-element group
+            let lo = w[i >> 3u] >> ((i & 4u) * 4u);
+            let hi = w[o.y + (i >> 4u)] >> ((i & 12u) * 2u);
+            let q = vec4<f32>(f32((lo & 15u) | ((hi & 3u) << 4u)), f32(((lo >> 4u) & 15u) | (((hi >> 2u) & 3u) << 4u)),
+                              f32(((lo >> 8u) & 15u) | (((hi >> 4u) & 3u) << 4u)), f32(((lo >> 12u) & 15u) | (((hi >> 6u) & 3u) << 4u)));
+            let base = o.x + (i >> 8u) * 5u;
+            let sc = sign_extend8(scale_byte(base, (i >> 4u) & 15u));
+            let d = unpack2x16float(w[base + 4u]).x;
+            return (d * sc) * (q - vec4<f32>(32.0));
+        }
+        default: {
+            return vec4<f32>(0.0);
+        }
+    }
+}

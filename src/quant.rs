@@ -1,0 +1,250 @@
+//! Block quantization formats (GGUF's Q8_0, Q4_0, Q4_1, Q4_K, Q6_K):
+//! - `dequantize`: the CPU reference, the same arithmetic as gguf-py's `dequantize`;
+//! - `quantize`: Q8_0/Q4_0/Q4_1 from f32, bit-identical to gguf-py's `quantize`;
+//! - `repack`: the GPU layout the kernels read (`shaders/lib/weights.wgsl`).
+//!
+//! GPU layout, structure-of-arrays in one buffer of u32 words, all in element order:
+//!   quants  at word 0: f32/f16/bf16 values as stored; i8 (Q8_0) four per word;
+//!           4-bit values (Q4_*, and the low 4 bits of Q6_K) eight per word, element
+//!           8w+k in bits 4k..4k+3 (GGUF's within-block nibble order is undone);
+//!   high    at word `h_off` (Q6_K only): the top 2 bits, sixteen per word;
+//!   scales  at word `s_off`: f16 d per 32 (Q8_0, Q4_0); f16 (d, m) per 32 (Q4_1);
+//!           the 16 header bytes of each super-block (Q4_K: d, dmin, 12 packed 6-bit
+//!           scales/mins); 16 i8 scales + f16 d + 2 pad bytes per super-block (Q6_K).
+//! Concatenating tensors concatenates each region, so fused and stacked tensors
+//! (q|k|v, experts) repack tensor by tensor.
+
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+use half::f16;
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Q4_K's 8 (scale, min) pairs of 6 bits, packed in 12 bytes.
+pub fn q4k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
+/// Stored bytes to f32, exactly as gguf-py computes it (f32 arithmetic, same order).
+pub fn dequantize(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F16 => {
+            bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        DType::BF16 => {
+            bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        DType::Q8_0 => bytes
+            .chunks_exact(34)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                b[2..].iter().map(move |&q| q as i8 as f32 * d)
+            })
+            .collect(),
+        DType::Q4_0 => bytes
+            .chunks_exact(18)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                let qs = &b[2..];
+                (0..32).map(move |i| d * (nibble(qs, i) as i8 - 8) as f32)
+            })
+            .collect(),
+        DType::Q4_1 => bytes
+            .chunks_exact(20)
+            .flat_map(|b| {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let qs = &b[4..];
+                (0..32).map(move |i| d * nibble(qs, i) as f32 + m)
+            })
+            .collect(),
+        DType::Q4K => bytes
+            .chunks_exact(144)
+            .flat_map(|b| {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (sc, qs) = (&b[4..16], &b[16..]);
+                (0..256).map(move |e| {
+                    let (s, m) = q4k_scale_min(sc, e / 32);
+                    (d * s as f32) * q4k_nibble(qs, e) as f32 - dmin * m as f32
+                })
+            })
+            .collect(),
+        DType::Q6K => bytes
+            .chunks_exact(210)
+            .flat_map(|b| {
+                let d = f16_at(b, 208);
+                (0..256).map(move |e| (d * (b[192 + e / 16] as i8) as f32) * (q6k_value(b, e) as i32 - 32) as f32)
+            })
+            .collect(),
+        DType::Unsupported(_) => Vec::new(),
+    }
+}
+
+/// Element i of a 32-element block of nibbles: low nibbles hold 0..16, high 16..32.
+fn nibble(qs: &[u8], i: usize) -> u8 {
+    if i < 16 { qs[i] & 0xF } else { qs[i - 16] >> 4 }
+}
+
+/// Q4_K: each 32-byte chunk holds 64 elements, low nibbles first.
+fn q4k_nibble(qs: &[u8], e: usize) -> u8 {
+    let (chunk, r) = (e / 64, e % 64);
+    let byte = qs[chunk * 32 + r % 32];
+    if r < 32 { byte & 0xF } else { byte >> 4 }
+}
+
+/// Q6_K: the 6-bit value of element e of a super-block (ql: 128 bytes, qh: 64 bytes).
+fn q6k_value(b: &[u8], e: usize) -> u8 {
+    let (h, r) = (e / 128, e % 128);
+    let lb = b[h * 64 + r % 64];
+    let lo = if r < 64 { lb & 0xF } else { lb >> 4 };
+    let hi = (b[128 + h * 32 + r % 32] >> (2 * (r / 32))) & 3;
+    lo | (hi << 4)
+}
+
+/// gguf-py's np_roundf: round half away from zero.
+fn roundf(x: f32) -> f32 {
+    let a = x.abs();
+    let f = a.floor();
+    let r = f + (2.0 * (a - f)).floor();
+    if x < 0.0 { -r } else { r }
+}
+
+/// f32 rows to Q8_0/Q4_0/Q4_1 blocks, bit-identical to gguf-py `quantize` (which works in
+/// f32 and stores scales as f16). `v.len()` must be a multiple of 32.
+pub fn quantize(dtype: DType, v: &[f32]) -> Result<Vec<u8>> {
+    if v.len() % 32 != 0 {
+        return Err(Error::input(format!(
+            "{} quantization needs a multiple of 32 values, got {}",
+            dtype.name(),
+            v.len()
+        )));
+    }
+    let inv = |d: f32| if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut out = Vec::with_capacity(v.len() / 32 * dtype.block().map_or(0, |b| b.1));
+    for b in v.chunks_exact(32) {
+        match dtype {
+            DType::Q8_0 => {
+                let d = b.iter().fold(0.0f32, |m, x| m.max(x.abs())) / 127.0;
+                let id = inv(d);
+                out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+                out.extend(b.iter().map(|x| roundf(x * id) as i8 as u8));
+            }
+            DType::Q4_0 => {
+                // The signed value of largest magnitude (the first on ties), as numpy argmax.
+                let mut imax = 0;
+                for (i, x) in b.iter().enumerate() {
+                    if x.abs() > b[imax].abs() {
+                        imax = i;
+                    }
+                }
+                let d = b[imax] / -8.0;
+                let id = inv(d);
+                let q: Vec<u8> = b.iter().map(|x| quant_u4((x * id + 8.5).trunc())).collect();
+                out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+                out.extend((0..16).map(|i| q[i] | (q[i + 16] << 4)));
+            }
+            DType::Q4_1 => {
+                let max = b.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+                let min = b.iter().fold(f32::INFINITY, |m, x| m.min(*x));
+                let d = (max - min) / 15.0;
+                let id = inv(d);
+                let q: Vec<u8> = b.iter().map(|x| quant_u4(((x - min) * id + 0.5).trunc())).collect();
+                out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+                out.extend(f16::from_f32(min).to_bits().to_le_bytes());
+                out.extend((0..16).map(|i| q[i] | (q[i + 16] << 4)));
+            }
+            other => {
+                return Err(Error::input(format!("quantizing to {} is not supported (q8_0, q4_0, q4_1)", other.name())));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// numpy's `.astype(np.uint8).clip(0, 15)` of an already truncated float.
+fn quant_u4(t: f32) -> u8 {
+    (t as i64).rem_euclid(256).clamp(0, 15) as u8
+}
+
+/// A tensor (or several, concatenated) in the GPU layout described at the top of this file.
+#[derive(Default, Debug, Clone)]
+pub struct Packed {
+    pub quants: Vec<u8>,
+    pub high: Vec<u8>,
+    pub scales: Vec<u8>,
+}
+
+/// The packed buffer's bytes and the word offsets of its regions.
+pub struct PackedBuffer {
+    pub bytes: Vec<u8>,
+    pub s_off: u32,
+    pub h_off: u32,
+}
+
+impl Packed {
+    pub fn append(&mut self, other: Packed) {
+        self.quants.extend(other.quants);
+        self.high.extend(other.high);
+        self.scales.extend(other.scales);
+    }
+
+    pub fn finish(mut self) -> Result<PackedBuffer> {
+        let pad = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(4), 0);
+        pad(&mut self.quants);
+        pad(&mut self.high);
+        pad(&mut self.scales);
+        let h_off = self.quants.len() / 4;
+        let s_off = h_off + self.high.len() / 4;
+        let s_off_u32 = u32::try_from(s_off).map_err(|_| Error::gpu("a weight tensor exceeds 16 GiB"))?;
+        let mut bytes = self.quants;
+        bytes.extend(self.high);
+        bytes.extend(self.scales);
+        Ok(PackedBuffer { bytes, s_off: s_off_u32, h_off: h_off as u32 })
+    }
+}
+
+/// Stored bytes of `dtype` (whole blocks) into the GPU layout.
+pub fn repack(dtype: DType, bytes: &[u8]) -> Packed {
+    let mut p = Packed::default();
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => p.quants.extend_from_slice(bytes),
+        DType::Q8_0 => {
+            for b in bytes.chunks_exact(34) {
+                p.scales.extend_from_slice(&b[..2]);
+                p.quants.extend_from_slice(&b[2..]);
+            }
+        }
+        DType::Q4_0 | DType::Q4_1 => {
+            let hdr = if dtype == DType::Q4_0 { 2 } else { 4 };
+            for b in bytes.chunks_exact(hdr + 16) {
+                p.scales.extend_from_slice(&b[..hdr]);
+                let qs = &b[hdr..];
+                p.quants.extend((0..16).map(|j| nibble(qs, 2 * j) | (nibble(qs, 2 * j + 1) << 4)));
+            }
+        }
+        DType::Q4K => {
+            for b in bytes.chunks_exact(144) {
+                p.scales.extend_from_slice(&b[..16]);
+                let qs = &b[16..];
+                p.quants.extend((0..128).map(|j| q4k_nibble(qs, 2 * j) | (q4k_nibble(qs, 2 * j + 1) << 4)));
+            }
+        }
+        DType::Q6K => {
+            for b in bytes.chunks_exact(210) {
+                p.scales.extend_from_slice(&b[192..210]);
+                p.scales.extend([0, 0]);
+                let q: Vec<u8> = (0..256).map(|e| q6k_value(b, e)).collect();
+                p.quants.extend((0..128).map(|j| (q[2 * j] & 0xF) | ((q[2 * j + 1] & 0xF) << 4)));
+                p.high.extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | ((q[4 * j + k] >> 4) << (2 * k)))));
+            }
+        }
+        DType::Unsupported(_) => {}
+    }
+    p
+}
