@@ -218,12 +218,16 @@ impl Gguf {
             let n_kv = c.u64("metadata count")?;
             // A tensor entry is at least 8+1+4+4*8... bytes, a metadata entry at least 13.
             if n_tensors > c.remaining() / 24 {
-                return Err(
-                    c.err(format!("tensor count {n_tensors} is impossible for a file of {} bytes", bytes.len()))
-                );
+                return Err(c.err(format!(
+                    "tensor count {n_tensors} is impossible for a file of {} bytes (truncated or corrupt)",
+                    bytes.len()
+                )));
             }
             if n_kv > c.remaining() / 13 {
-                return Err(c.err(format!("metadata count {n_kv} is impossible for a file of {} bytes", bytes.len())));
+                return Err(c.err(format!(
+                    "metadata count {n_kv} is impossible for a file of {} bytes (truncated or corrupt)",
+                    bytes.len()
+                )));
             }
             let mut metadata = BTreeMap::new();
             for _ in 0..n_kv {

@@ -160,7 +160,10 @@ pub fn quantize(dtype: DType, v: &[f32]) -> Result<Vec<u8>> {
                 out.extend((0..16).map(|i| q[i] | (q[i + 16] << 4)));
             }
             other => {
-                return Err(Error::input(format!("quantizing to {} is not supported (q8_0, q4_0, q4_1)", other.name())));
+                return Err(Error::input(format!(
+                    "quantizing to {} is not supported (q8_0, q4_0, q4_1)",
+                    other.name()
+                )));
             }
         }
     }

@@ -23,8 +23,16 @@ fn logits_prints_one_json_object_matching_transformers() {
     for dir in fixtures() {
         let r = reference(&dir);
         for device in ["gpu", "cpu"] {
-            let out =
-                webmoe(&["logits", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.tokens), "--device", device]);
+            let model = model_path(&dir);
+            let out = webmoe(&[
+                "logits",
+                "--model",
+                model.to_str().unwrap(),
+                "--tokens",
+                &csv(&r.tokens),
+                "--device",
+                device,
+            ]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
             let rows = v["logits"].as_array().expect("logits");
@@ -39,7 +47,7 @@ fn logits_prints_one_json_object_matching_transformers() {
 
 #[test]
 fn generate_prints_greedy_token_ids() {
-    let dir = &fixtures()[1];
+    let dir = &fixtures_dir().join("mixtral-e8-top2-gqa2-bf16-sharded");
     let r = reference(dir);
     let n = r.greedy_tokens.len().to_string();
     let out =
@@ -51,7 +59,7 @@ fn generate_prints_greedy_token_ids() {
 
 #[test]
 fn errors_are_one_line_and_exit_nonzero() {
-    let dir = fixtures()[0].to_str().unwrap().to_string();
+    let dir = fixtures_dir().join("mixtral-e4-top1-mha").to_str().unwrap().to_string();
     let cases: &[(&[&str], &str)] = &[
         (&["logits", "--model", "/nonexistent/model", "--tokens", "1"], "/nonexistent/model"),
         (&["logits", "--model", &dir, "--tokens", "1,x,3"], "'x' is not a token id"),

@@ -198,3 +198,115 @@ fn sharded_index_problems() {
     std::fs::write(&idx, serde_json::to_vec(&bad).unwrap()).unwrap();
     assert_has(&load_err(&dir), &["model.safetensors.index.json", "not a plain .safetensors file name"]);
 }
+
+// ---- GGUF -------------------------------------------------------------------------
+
+const GGUF_MODEL: &str = "gguf-mixtral-e4-top1-q4_0";
+
+/// A minimal GGUF v3: one string metadata entry and one F32 tensor of `n` elements whose
+/// data sits at `offset` (relative to the aligned data section).
+fn tiny_gguf(n: u64, offset: u64) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    let key = b"general.architecture";
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key);
+    b.extend(8u32.to_le_bytes()); // string
+    b.extend(5u64.to_le_bytes());
+    b.extend(b"llama");
+    let name = b"output_norm.weight";
+    b.extend((name.len() as u64).to_le_bytes());
+    b.extend(name);
+    b.extend(1u32.to_le_bytes());
+    b.extend(n.to_le_bytes());
+    b.extend(0u32.to_le_bytes()); // F32
+    b.extend(offset.to_le_bytes());
+    b.resize(b.len().next_multiple_of(32), 0);
+    b.extend(vec![0u8; n as usize * 4]);
+    b
+}
+
+fn gguf_err(bytes: Vec<u8>) -> String {
+    match webmoe::gguf::Gguf::parse("model.gguf", bytes) {
+        Ok(_) => panic!("a hostile GGUF parsed"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn gguf_reader_accepts_the_well_formed_baseline() {
+    assert!(webmoe::gguf::Gguf::parse("model.gguf", tiny_gguf(8, 0)).is_ok());
+}
+
+#[test]
+fn gguf_truncated() {
+    let bytes = std::fs::read(fixtures_dir().join(GGUF_MODEL).join("model.gguf")).unwrap();
+    for cut in [3, 20, 200, bytes.len() / 2, bytes.len() - 1] {
+        let err = gguf_err(bytes[..cut].to_vec());
+        assert!(
+            err.starts_with("model.gguf: ") && (err.contains("truncated") || err.contains("past the end")),
+            "{cut}: {err}"
+        );
+        // No hostile number survives into an allocation: the error comes before.
+        assert_eq!(err.lines().count(), 1);
+    }
+}
+
+#[test]
+fn gguf_tensor_offset_past_the_end() {
+    let err = gguf_err(tiny_gguf(8, 1 << 20));
+    assert_has(&err, &["model.gguf", "output_norm.weight", "past the end of the file"]);
+    let err = gguf_err(tiny_gguf(8, u64::MAX - 31));
+    assert_has(&err, &["output_norm.weight", "past the end"]);
+}
+
+#[test]
+fn gguf_tensor_count_of_2_pow_40() {
+    let mut b = tiny_gguf(8, 0);
+    b[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert_has(&gguf_err(b), &["model.gguf", "tensor count 1099511627776 is impossible"]);
+}
+
+#[test]
+fn gguf_string_length_of_2_pow_60() {
+    let mut b = tiny_gguf(8, 0);
+    b[24..32].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    assert_has(&gguf_err(b), &["model.gguf", "string length 1152921504606846976 exceeds"]);
+}
+
+#[test]
+fn gguf_other_hostile_headers() {
+    let mut b = tiny_gguf(8, 0);
+    b[..4].copy_from_slice(b"GGML");
+    assert_has(&gguf_err(b), &["not a GGUF file"]);
+    let mut b = tiny_gguf(8, 0);
+    b[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert_has(&gguf_err(b), &["version 1 is not supported"]);
+    let mut b = tiny_gguf(8, 0);
+    b[16..24].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    assert_has(&gguf_err(b), &["metadata count", "impossible"]);
+    // Dimension product overflowing u64.
+    let mut b = tiny_gguf(8, 0);
+    let dim_at = b.windows(18).position(|w| w == b"output_norm.weight").unwrap() + 18 + 4;
+    b[dim_at..dim_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_has(&gguf_err(b), &["output_norm.weight", "too many"]);
+}
+
+#[test]
+fn gguf_model_problems_are_named() {
+    // A file that parses but is not a model we run.
+    let err = match block_on(ModelFiles::load(&DirSource::new(write_tmp("x.gguf", tiny_gguf(8, 0)).1))) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert_has(&err, &["x.gguf", "missing llama.embedding_length"]);
+}
+
+fn write_tmp(name: &str, bytes: Vec<u8>) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    (t, p)
+}

@@ -10,9 +10,11 @@ import { launch, forwardLogs } from './chromium.mjs';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const TOL = 1e-3;
 
+// Each fixture as (name, URL to load): a Hugging Face directory, or its model.gguf.
 const fixtures = fs.readdirSync(path.join(ROOT, 'tests/fixtures'))
   .filter((d) => fs.existsSync(path.join(ROOT, 'tests/fixtures', d, 'reference.json')))
-  .sort();
+  .sort()
+  .map((d) => [d, fs.existsSync(path.join(ROOT, 'tests/fixtures', d, 'model.gguf')) ? `/tests/fixtures/${d}/model.gguf` : `/tests/fixtures/${d}/`]);
 if (!fs.existsSync(path.join(ROOT, 'pkg/wasm/webmoe_bg.wasm'))) {
   console.error('pkg/wasm/ is missing: run scripts/build-wasm.sh first');
   process.exit(1);
@@ -30,11 +32,10 @@ try {
     const out = [];
     for (const prefillChunk of [256, 1]) {
       const engine = await createEngine({ prefillChunk });
-      for (const name of fixtures) {
-        const base = `/tests/fixtures/${name}/`;
-        const ref = await (await fetch(base + 'reference.json')).json();
+      for (const [name, url] of fixtures) {
+        const ref = await (await fetch(`/tests/fixtures/${name}/reference.json`)).json();
         const progress = [];
-        await engine.load(base, { onProgress: (p) => progress.push(p) });
+        await engine.load(url, { onProgress: (p) => progress.push(p) });
         const logits = await engine.logits(ref.tokens);
         const vocab = engine.vocabSize;
         let maxDiff = 0;
@@ -57,7 +58,7 @@ try {
     const errors = {};
     try { await engine.logits([1, 2]); } catch (e) { errors.beforeLoad = String(e.message ?? e); }
     try { await engine.load('/tests/fixtures/does-not-exist/'); } catch (e) { errors.missingModel = String(e.message ?? e); }
-    await engine.load(`/tests/fixtures/${fixtures[0]}/`);
+    await engine.load(fixtures.find(([n]) => n === 'mixtral-e4-top1-mha')[1]);
     try { await engine.logits([1, 999999]); } catch (e) { errors.badToken = String(e.message ?? e); }
     const still = await engine.logits([1, 2]);
     errors.usableAfter = still.length;
