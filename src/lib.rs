@@ -7,6 +7,7 @@
 //! - `engine`: the user-facing API shared by the CLI and the browser bindings.
 //! - `platform`: the only place native and wasm differ.
 
+pub mod chat;
 pub mod config;
 pub mod cpu;
 pub mod engine;
@@ -18,6 +19,7 @@ pub mod platform;
 pub mod quant;
 pub mod safetensors;
 pub mod tensor;
+pub mod tokenizer;
 
 #[cfg(target_arch = "wasm32")]
 mod web;

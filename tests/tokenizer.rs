@@ -1,0 +1,102 @@
+//! Tokenizers built from GGUF vocabularies against transformers (tests/fixtures/
+//! generate_tokenizers.py): byte-level BPE (SmolLM2's real vocabulary) and SentencePiece
+//! with byte fallback, encode and decode on 62 strings each.
+
+mod common;
+
+use common::fixtures_dir;
+use serde_json::Value;
+use webmoe::gguf::Gguf;
+use webmoe::tokenizer::Tokenizer;
+
+pub fn load(name: &str) -> Tokenizer {
+    let path = fixtures_dir().join("tokenizers").join(name);
+    let g = Gguf::parse(name, std::fs::read(&path).expect("fixture")).expect("gguf");
+    Tokenizer::from_gguf(&g.metadata).expect("tokenizer")
+}
+
+pub fn cases(name: &str) -> Value {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(fixtures_dir().join("tokenizers/cases.json")).unwrap()).unwrap();
+    v[name].clone()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check(name: &str) {
+    let tok = load(name);
+    let c = cases(name);
+    let strings = c["strings"].as_array().unwrap();
+    assert!(strings.len() >= 50);
+    let mut failures = Vec::new();
+    for case in strings {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(&case["ids"]);
+        let got = tok.encode(text, true).unwrap();
+        if got != want {
+            failures.push(format!("encode {text:?}: {got:?} != transformers {want:?}"));
+        }
+        for (skip, key) in [(false, "decoded"), (true, "decoded_skip_special")] {
+            let got = tok.decode(&want, skip).unwrap();
+            if got != case[key].as_str().unwrap() {
+                failures.push(format!("decode(skip_special={skip}) {want:?}: {got:?} != transformers {:?}", case[key]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{name}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn gguf_byte_level_bpe_matches_transformers() {
+    check("bpe-smollm2.gguf");
+}
+
+#[test]
+fn gguf_sentencepiece_matches_transformers() {
+    check("spm-llama.gguf");
+}
+
+#[test]
+fn special_ids_and_stop_tokens() {
+    let t = load("bpe-smollm2.gguf");
+    assert_eq!((t.bos, t.eos), (Some(1), Some(2)));
+    assert!(t.stop_ids.contains(&2));
+    assert!(t.chat_template.as_deref().unwrap_or("").contains("<|im_start|>"));
+    let s = load("spm-llama.gguf");
+    assert_eq!((s.bos_token.as_str(), s.eos_token.as_str()), ("<s>", "</s>"));
+}
+
+/// Multi-turn conversations with and without a system message, rendered by the model's
+/// template as transformers' apply_chat_template renders them, and tokenized the same.
+#[test]
+fn chat_templates_match_transformers() {
+    use webmoe::chat::{ChatTemplate, Message};
+    for name in ["bpe-smollm2.gguf", "spm-llama.gguf"] {
+        let tok = load(name);
+        let tpl = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), &tok.bos_token, &tok.eos_token).unwrap();
+        for case in cases(name)["chats"].as_array().unwrap() {
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            let gen_prompt = case["add_generation_prompt"].as_bool().unwrap();
+            let text = tpl.render(&messages, gen_prompt).unwrap();
+            assert_eq!(text, case["text"].as_str().unwrap(), "{name}: {messages:?}");
+            // apply_chat_template(tokenize=True) adds no special tokens of its own.
+            assert_eq!(tok.encode(&text, false).unwrap(), ids(&case["ids"]), "{name}: ids of {text:?}");
+        }
+    }
+}
+
+#[test]
+fn template_errors_are_errors() {
+    use webmoe::chat::{ChatTemplate, Message};
+    assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
+    let err = t.render(&[Message::new("user", "x")], true).unwrap_err().to_string();
+    assert!(err.contains("roles must alternate"), "{err}");
+}
