@@ -1,9 +1,10 @@
 // Prefill matmul (tiled GEMM): Y[m, y_off + n] (+)= sum_k X[m, k] * W[n, k]
 //   X: [M, K] f32 with M = step.n_rows, W: [N, K] in WDTYPE (lib/weights.wgsl),
 //   Y: [M, y_stride] f32.
-// A 16x16 workgroup computes a 32x32 tile of Y, 2x2 outputs per thread, staging 32x32
-// slices of X and W in workgroup memory so each weight is read from memory once per
-// 32 rows of X instead of once per row.
+// A workgroup of 64 threads computes a 32x32 tile of Y, a 4x4 block per thread, staging
+// 32x32 slices of X and W in workgroup memory (k-major, four rows per vec4) so each weight
+// is read from memory once per 32 rows of X, and each thread does 16 multiply-adds per
+// two vec4 reads of workgroup memory.
 // Grid: x = ceil(N / 32) (folded), y = ceil(M / 32).
 
 struct Params {
@@ -26,14 +27,13 @@ struct Params {
 const TILE: u32 = 32u;
 const BK: u32 = 32u;
 
-// [row][k], padded by one to spread rows over memory banks.
-var<workgroup> xs: array<array<f32, 33>, TILE>;
-var<workgroup> ws: array<array<f32, 33>, TILE>;
+// [k][row / 4] as vec4 of four consecutive rows (X) or weight rows (W).
+var<workgroup> xs: array<vec4<f32>, 256>;
+var<workgroup> ws: array<vec4<f32>, 256>;
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid3: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let n0 = linear_x(wid, nwg) * TILE;
     let m0 = wid.y * TILE;
@@ -43,48 +43,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let k4 = p.k / 4u;
     let o = vec2<u32>(p.s_off, p.h_off);
-    // Each thread stages one vec4 of X and one of W per k-step: row lid / 8, k-quad lid % 8.
-    let lr = lid / 8u;
-    let lq = lid % 8u;
-    let tx = lid3.x;
-    let ty = lid3.y;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    let tx = lid % 8u;   // output columns n0 + 4*tx .. +3
+    let ty = lid / 8u;   // output rows    m0 + 4*ty .. +3
+    var acc: array<vec4<f32>, 4>;
     for (var kb = 0u; kb < p.k; kb += BK) {
-        let kq = kb / 4u + lq;
-        var xv = vec4<f32>(0.0);
-        if (m0 + lr < m && kq < k4) {
-            xv = x[(m0 + lr) * k4 + kq];
-        }
-        var wv = vec4<f32>(0.0);
-        if (n0 + lr < p.n && kq < k4) {
-            wv = w4((n0 + lr) * p.k + kq * 4u, o);
-        }
-        for (var i = 0u; i < 4u; i++) {
-            xs[lr][lq * 4u + i] = xv[i];
-            ws[lr][lq * 4u + i] = wv[i];
+        // Stage: 256 vec4 of X and of W, four each per thread (row r, k-quad q).
+        for (var j = 0u; j < 4u; j++) {
+            let idx = lid + 64u * j;
+            let r = idx / 8u;
+            let q = idx % 8u;
+            let kq = kb / 4u + q;
+            var xv = vec4<f32>(0.0);
+            if (m0 + r < m && kq < k4) {
+                xv = x[(m0 + r) * k4 + kq];
+            }
+            var wv = vec4<f32>(0.0);
+            if (n0 + r < p.n && kq < k4) {
+                wv = w4((n0 + r) * p.k + kq * 4u, o);
+            }
+            for (var c = 0u; c < 4u; c++) {
+                xs[(q * 4u + c) * 8u + r / 4u][r % 4u] = xv[c];
+                ws[(q * 4u + c) * 8u + r / 4u][r % 4u] = wv[c];
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = xs[ty][kk];
-            let a1 = xs[ty + 16u][kk];
-            let b0 = ws[tx][kk];
-            let b1 = ws[tx + 16u][kk];
-            acc[0] += a0 * b0;
-            acc[1] += a0 * b1;
-            acc[2] += a1 * b0;
-            acc[3] += a1 * b1;
+            let a = xs[kk * 8u + ty];
+            let b = ws[kk * 8u + tx];
+            acc[0] += a.x * b;
+            acc[1] += a.y * b;
+            acc[2] += a.z * b;
+            acc[3] += a.w * b;
         }
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        let row = m0 + ty + (i / 2u) * 16u;
-        let col = n0 + tx + (i % 2u) * 16u;
-        if (row < m && col < p.n) {
-            let yi = row * p.y_stride + p.y_off + col;
-            if (p.accumulate != 0u) {
-                y[yi] += acc[i];
-            } else {
-                y[yi] = acc[i];
+        let row = m0 + ty * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let col = n0 + tx * 4u + j;
+            if (row < m && col < p.n) {
+                let yi = row * p.y_stride + p.y_off + col;
+                if (p.accumulate != 0u) {
+                    y[yi] += acc[i][j];
+                } else {
+                    y[yi] = acc[i][j];
+                }
             }
         }
     }

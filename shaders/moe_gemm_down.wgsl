@@ -25,14 +25,14 @@ struct Params {
 const TILE: u32 = 32u;
 const BK: u32 = 32u;
 
-var<workgroup> as_: array<array<f32, 33>, TILE>;
-var<workgroup> ws: array<array<f32, 33>, TILE>;
+// [k][row / 4] as vec4 of four consecutive rows, as in gemm.wgsl.
+var<workgroup> as_: array<vec4<f32>, 256>;
+var<workgroup> ws: array<vec4<f32>, 256>;
 var<workgroup> job: vec3<u32>;
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid3: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let n0 = linear_x(wid, nwg) * TILE;
     if (n0 >= p.dim) {
@@ -62,43 +62,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let f4 = p.ff / 4u;
     let wbase = e * p.dim * p.ff;
     let o = vec2<u32>(p.s_off, p.h_off);
-    let lr = lid / 8u;
-    let lq = lid % 8u;
-    let tx = lid3.x;
-    let ty = lid3.y;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    let tx = lid % 8u;   // outputs n0 + 4*tx .. +3
+    let ty = lid / 8u;   // sorted rows q0 + 4*ty .. +3
+    var acc: array<vec4<f32>, 4>;
     for (var kb = 0u; kb < p.ff; kb += BK) {
-        let kq = kb / 4u + lq;
-        var av = vec4<f32>(0.0);
-        if (lr < rows && kq < f4) {
-            av = act[(q0 + lr) * f4 + kq];
-        }
-        var wv = vec4<f32>(0.0);
-        if (n0 + lr < p.dim && kq < f4) {
-            wv = w4(wbase + (n0 + lr) * p.ff + kq * 4u, o);
-        }
-        for (var i = 0u; i < 4u; i++) {
-            as_[lr][lq * 4u + i] = av[i];
-            ws[lr][lq * 4u + i] = wv[i];
+        for (var j = 0u; j < 4u; j++) {
+            let idx = lid + 64u * j;
+            let r = idx / 8u;
+            let q = idx % 8u;
+            let kq = kb / 4u + q;
+            var av = vec4<f32>(0.0);
+            if (r < rows && kq < f4) {
+                av = act[(q0 + r) * f4 + kq];
+            }
+            var wv = vec4<f32>(0.0);
+            if (n0 + r < p.dim && kq < f4) {
+                wv = w4(wbase + (n0 + r) * p.ff + kq * 4u, o);
+            }
+            for (var c = 0u; c < 4u; c++) {
+                let at = (q * 4u + c) * 8u + r / 4u;
+                as_[at][r % 4u] = av[c];
+                ws[at][r % 4u] = wv[c];
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = as_[ty][kk];
-            let a1 = as_[ty + 16u][kk];
-            let b0 = ws[tx][kk];
-            let b1 = ws[tx + 16u][kk];
-            acc[0] += a0 * b0;
-            acc[1] += a0 * b1;
-            acc[2] += a1 * b0;
-            acc[3] += a1 * b1;
+            let a = as_[kk * 8u + ty];
+            let b = ws[kk * 8u + tx];
+            acc[0] += a.x * b;
+            acc[1] += a.y * b;
+            acc[2] += a.z * b;
+            acc[3] += a.w * b;
         }
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        let r = ty + (i / 2u) * 16u;
-        let n = n0 + tx + (i % 2u) * 16u;
-        if (r < rows && n < p.dim) {
-            y[(q0 + r) * p.dim + n] = acc[i];
+        let r = ty * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + tx * 4u + j;
+            if (r < rows && n < p.dim) {
+                y[(q0 + r) * p.dim + n] = acc[i][j];
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //   t = sorted[q] / K.  Rows of act follow the sorted order.
 //   w: [E, 2, F, D] in WDTYPE (each expert's W1 rows, then its W3 rows), x: [T, D] f32,
 //   sorted: [T*K], starts: [E+1], act: [T*K, F].
-// Tiling as gemm.wgsl (32x32 tile, 2x2 per thread) with gate and up tiles side by side.
+// Tiling as gemm.wgsl (32x32 tile, 4x4 per thread of 64) with gate and up tiles side by side.
 // The grid covers the worst case, ceil(T*K/32) + E row tiles; each workgroup finds its
 // (expert, tile) from `starts`, and spare workgroups exit. No host read-back of routing.
 // Grid: x = ceil(F / 32) (folded), y = ceil(T*K / 32) + E.
@@ -29,16 +29,16 @@ struct Params {
 const TILE: u32 = 32u;
 const BK: u32 = 32u;
 
-var<workgroup> xs: array<array<f32, 33>, TILE>;
-var<workgroup> gs: array<array<f32, 33>, TILE>;
-var<workgroup> us: array<array<f32, 33>, TILE>;
+// [k][row / 4] as vec4 of four consecutive rows, as in gemm.wgsl.
+var<workgroup> xs: array<vec4<f32>, 256>;
+var<workgroup> gs: array<vec4<f32>, 256>;
+var<workgroup> us: array<vec4<f32>, 256>;
 // (expert, first row, end row) of this workgroup's tile; expert = E when idle.
 var<workgroup> job: vec3<u32>;
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid3: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let f0 = linear_x(wid, nwg) * TILE;
     if (f0 >= p.ff) {
@@ -69,59 +69,63 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let gate = e * 2u * p.ff * p.dim;   // W1[e]; W3[e] follows F rows later
     let up = gate + p.ff * p.dim;
     let o = vec2<u32>(p.s_off, p.h_off);
-    let lr = lid / 8u;
-    let lq = lid % 8u;
-    let tx = lid3.x;
-    let ty = lid3.y;
-    // The x row staged by this thread: token of sorted assignment q0 + lr.
-    var xrow = 0u;
-    if (lr < rows) {
-        xrow = sorted[q0 + lr] / p.k;
+    let tx = lid % 8u;   // outputs f0 + 4*tx .. +3
+    let ty = lid / 8u;   // sorted rows q0 + 4*ty .. +3
+    // The x rows this thread stages (row r = (lid + 64 j) / 8): tokens of their assignments.
+    var xrow: array<u32, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        let r = (lid + 64u * j) / 8u;
+        xrow[j] = select(0u, sorted[q0 + min(r, rows - 1u)] / p.k, r < rows);
     }
-    var g = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    var u = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    var g: array<vec4<f32>, 4>;
+    var u: array<vec4<f32>, 4>;
     for (var kb = 0u; kb < p.dim; kb += BK) {
-        let kq = kb / 4u + lq;
-        var xv = vec4<f32>(0.0);
-        if (lr < rows && kq < d4) {
-            xv = x[xrow * d4 + kq];
-        }
-        var gv = vec4<f32>(0.0);
-        var uv = vec4<f32>(0.0);
-        if (f0 + lr < p.ff && kq < d4) {
-            let off = (f0 + lr) * p.dim + kq * 4u;
-            gv = w4(gate + off, o);
-            uv = w4(up + off, o);
-        }
-        for (var i = 0u; i < 4u; i++) {
-            xs[lr][lq * 4u + i] = xv[i];
-            gs[lr][lq * 4u + i] = gv[i];
-            us[lr][lq * 4u + i] = uv[i];
+        for (var j = 0u; j < 4u; j++) {
+            let idx = lid + 64u * j;
+            let r = idx / 8u;
+            let q = idx % 8u;
+            let kq = kb / 4u + q;
+            var xv = vec4<f32>(0.0);
+            if (r < rows && kq < d4) {
+                xv = x[xrow[j] * d4 + kq];
+            }
+            var gv = vec4<f32>(0.0);
+            var uv = vec4<f32>(0.0);
+            if (f0 + r < p.ff && kq < d4) {
+                let off = (f0 + r) * p.dim + kq * 4u;
+                gv = w4(gate + off, o);
+                uv = w4(up + off, o);
+            }
+            for (var c = 0u; c < 4u; c++) {
+                let at = (q * 4u + c) * 8u + r / 4u;
+                xs[at][r % 4u] = xv[c];
+                gs[at][r % 4u] = gv[c];
+                us[at][r % 4u] = uv[c];
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = xs[ty][kk];
-            let a1 = xs[ty + 16u][kk];
-            let g0 = gs[tx][kk];
-            let g1 = gs[tx + 16u][kk];
-            let u0 = us[tx][kk];
-            let u1 = us[tx + 16u][kk];
-            g[0] += a0 * g0;
-            g[1] += a0 * g1;
-            g[2] += a1 * g0;
-            g[3] += a1 * g1;
-            u[0] += a0 * u0;
-            u[1] += a0 * u1;
-            u[2] += a1 * u0;
-            u[3] += a1 * u1;
+            let a = xs[kk * 8u + ty];
+            let bg = gs[kk * 8u + tx];
+            let bu = us[kk * 8u + tx];
+            g[0] += a.x * bg;
+            g[1] += a.y * bg;
+            g[2] += a.z * bg;
+            g[3] += a.w * bg;
+            u[0] += a.x * bu;
+            u[1] += a.y * bu;
+            u[2] += a.z * bu;
+            u[3] += a.w * bu;
         }
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        let r = ty + (i / 2u) * 16u;
-        let f = f0 + tx + (i % 2u) * 16u;
-        if (r < rows && f < p.ff) {
-            act[(q0 + r) * p.ff + f] = silu(g[i]) * u[i];
+        let r = ty * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let f = f0 + tx * 4u + j;
+            if (r < rows && f < p.ff) {
+                act[(q0 + r) * p.ff + f] = silu(g[i][j]) * u[i][j];
+            }
         }
     }
 }

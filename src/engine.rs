@@ -1,13 +1,19 @@
-//! The user-facing engine shared by the CLI and the browser bindings: load a model from a
-//! source onto a device (the GPU kernels, or the CPU reference), then ask for logits or a
-//! greedy continuation. Each call starts a fresh sequence.
+//! The user-facing engine shared by the CLI and the browser bindings: load a model onto a
+//! device (the GPU kernels, or the CPU reference), then ask for logits, or generate —
+//! sampling, stop tokens and strings, streamed text — with the KV cache kept between
+//! calls: a prompt that extends what is cached (the next turn of a chat) only prefills
+//! its new tokens.
 
+use crate::chat::{ChatTemplate, Message};
 use crate::cpu::{CpuModel, argmax};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::gpu::model::{GpuModel, MAX_CHUNK};
-use crate::model::ModelFiles;
+use crate::gpu::model::{GpuModel, MAX_CHUNK, Pred, Want};
+use crate::model::{ModelFiles, Progress};
 use crate::platform::ModelSource;
+use crate::sampling::{Sampler, SamplingParams, find_stop};
+use crate::tensor::DType;
+use crate::tokenizer::Tokenizer;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,12 +31,66 @@ pub struct EngineOptions {
     pub context: Option<usize>,
     /// Most prompt tokens per forward step; 1 runs every token through the decode kernels.
     pub prefill_chunk: usize,
+    /// Quantize f32/f16/bf16 matrices on load (Q8_0, Q4_0 or Q4_1).
+    pub quant: Option<DType>,
+    /// Told about quantizing and uploading (reading is the source's to report).
+    pub progress: Option<Progress>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { device: Device::Gpu, context: None, prefill_chunk: MAX_CHUNK }
+        EngineOptions { device: Device::Gpu, context: None, prefill_chunk: MAX_CHUNK, quant: None, progress: None }
     }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops before any of these strings (which are not returned).
+    pub stop: Vec<String>,
+    /// Keep going through EOS and end-of-turn tokens.
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-sequence / end-of-turn token or a stop string.
+    Stop,
+    /// `max_tokens` reached (or the context is full).
+    Length,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated ids, the final stop token included.
+    pub tokens: Vec<u32>,
+    /// Generated text up to (not including) a stop token or string; empty without a tokenizer.
+    pub text: String,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    /// Prompt tokens that had to be prefilled (the rest were already cached).
+    pub prefilled_tokens: usize,
+}
+
+/// What the streaming callback sees.
+pub enum Event<'a> {
+    /// A generated id (before any text it completes).
+    Token(u32),
+    /// New text, safe to show: never part of a stop string, never half a character.
+    Text(&'a str),
 }
 
 enum Backend {
@@ -43,13 +103,24 @@ pub struct Engine {
     opts: EngineOptions,
     pub vocab: usize,
     pub context: usize,
+    pub tokenizer: Option<Tokenizer>,
+    template: Option<ChatTemplate>,
+    /// The tokens whose keys and values are in the cache, in order.
+    cached: Vec<u32>,
 }
 
 pub const DEFAULT_CONTEXT: usize = 4096;
 
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 impl Engine {
     pub async fn load<S: ModelSource>(src: &S, opts: EngineOptions, gpu: Option<Arc<Gpu>>) -> Result<Engine> {
-        let files = ModelFiles::load(src).await?;
+        let mut files = ModelFiles::load(src).await?;
+        if let Some(q) = opts.quant {
+            files.quantize(q, opts.progress.as_ref())?;
+        }
         Engine::from_files(&files, opts, gpu).await
     }
 
@@ -64,6 +135,14 @@ impl Engine {
             Some(c) => c,
             None => max_pos.min(DEFAULT_CONTEXT),
         };
+        let tokenizer = Tokenizer::from_model(files)?;
+        let template = match &tokenizer {
+            Some(t) => match &t.chat_template {
+                Some(src) => Some(ChatTemplate::new(src, &t.bos_token, &t.eos_token)?),
+                None => None,
+            },
+            None => None,
+        };
         let backend = match opts.device {
             Device::Cpu => Backend::Cpu(CpuModel::new(files, context)?),
             Device::Gpu => {
@@ -71,64 +150,10 @@ impl Engine {
                     Some(g) => g,
                     None => Arc::new(Gpu::new().await?),
                 };
-                Backend::Gpu(GpuModel::new(gpu, files, context).await?)
+                Backend::Gpu(GpuModel::new(gpu, files, context, opts.progress.as_ref()).await?)
             }
         };
-        Ok(Engine { backend, opts, vocab: files.config.vocab, context })
-    }
-
-    /// Logits [tokens.len(), vocab], row-major, for `tokens` as a new sequence.
-    pub async fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        match &mut self.backend {
-            Backend::Gpu(m) => {
-                m.reset();
-                m.logits(tokens, self.opts.prefill_chunk).await
-            }
-            Backend::Cpu(m) => {
-                m.reset();
-                let mut out = Vec::with_capacity(tokens.len() * self.vocab);
-                for part in tokens.chunks(self.opts.prefill_chunk.max(1)) {
-                    out.extend(m.forward(part)?);
-                }
-                Ok(out)
-            }
-        }
-    }
-
-    /// Greedy continuation of `prompt` (a new sequence) by up to `max_new` tokens.
-    /// `on_token` sees each token as it is produced and may return false to stop.
-    pub async fn generate(
-        &mut self,
-        prompt: &[u32],
-        max_new: usize,
-        mut on_token: impl FnMut(u32) -> bool,
-    ) -> Result<Vec<u32>> {
-        match &mut self.backend {
-            Backend::Gpu(m) => {
-                m.reset();
-                m.generate(prompt, max_new, self.opts.prefill_chunk, on_token).await
-            }
-            Backend::Cpu(m) => {
-                m.reset();
-                if prompt.is_empty() {
-                    return Err(Error::input("no tokens given"));
-                }
-                let mut out = Vec::new();
-                let mut logits = Vec::new();
-                for part in prompt.chunks(self.opts.prefill_chunk.max(1)) {
-                    logits = m.forward(part)?;
-                }
-                while out.len() < max_new {
-                    let id = argmax(&logits[logits.len() - self.vocab..]);
-                    out.push(id);
-                    if !on_token(id) || out.len() >= max_new {
-                        break;
-                    }
-                    logits = m.forward(&[id])?;
-                }
-                Ok(out)
-            }
-        }
+        Ok(Engine { backend, opts, vocab: files.config.vocab, context, tokenizer, template, cached: Vec::new() })
     }
 
     /// A one-line description of where the model runs.
@@ -137,5 +162,189 @@ impl Engine {
             Backend::Gpu(m) => m.gpu.adapter_name(),
             Backend::Cpu(_) => "CPU reference".to_string(),
         }
+    }
+
+    fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::input("this model carries no tokenizer: give token ids instead of text"))
+    }
+
+    /// Token ids of `text`, with the special tokens the model's tokenizer adds (BOS).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer()?.encode(text, true)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.tokenizer()?.decode(ids, skip_special)
+    }
+
+    /// The conversation rendered by the model's chat template (ending where the assistant's
+    /// reply begins) and tokenized as the template wrote it.
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let t = self.template.as_ref().ok_or_else(|| Error::input("this model has no chat template"))?;
+        let text = t.render(messages, true)?;
+        self.tokenizer()?.encode(&text, false)
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Forgets the cached sequence.
+    pub fn reset(&mut self) {
+        self.cached.clear();
+        match &mut self.backend {
+            Backend::Gpu(m) => m.reset(),
+            Backend::Cpu(m) => m.reset(),
+        }
+    }
+
+    /// Logits [tokens.len(), vocab], row-major, for `tokens` as a new sequence.
+    pub async fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.reset();
+        let out = match &mut self.backend {
+            Backend::Gpu(m) => m.logits(tokens, self.opts.prefill_chunk).await?,
+            Backend::Cpu(m) => {
+                let mut rows = Vec::with_capacity(tokens.len() * self.vocab);
+                for part in tokens.chunks(self.opts.prefill_chunk.max(1)) {
+                    rows.extend(m.forward(part)?);
+                }
+                rows
+            }
+        };
+        self.cached = tokens.to_vec();
+        Ok(out)
+    }
+
+    /// Appends `tokens` to the cached sequence; returns what `want` asks about the next one.
+    async fn feed(&mut self, tokens: &[u32], want: Want) -> Result<Pred> {
+        let vocab = self.vocab;
+        let pred = match &mut self.backend {
+            Backend::Gpu(m) => m.feed(tokens, self.opts.prefill_chunk, want).await?,
+            Backend::Cpu(m) => {
+                let mut last = Vec::new();
+                for part in tokens.chunks(self.opts.prefill_chunk.max(1)) {
+                    last = m.forward(part)?;
+                }
+                let row = last.get(last.len().saturating_sub(vocab)..).unwrap_or(&[]).to_vec();
+                match want {
+                    Want::Nothing => Pred::None,
+                    Want::Token => Pred::Token(argmax(&row)),
+                    Want::Logits => Pred::Logits(row),
+                }
+            }
+        };
+        self.cached.extend_from_slice(tokens);
+        Ok(pred)
+    }
+
+    /// Makes the cache hold exactly `prompt`, prefilling only what is not cached already,
+    /// and returns the prediction for the token after it and how many tokens were prefilled.
+    async fn prime(&mut self, prompt: &[u32], want: Want) -> Result<(Pred, usize)> {
+        if prompt.is_empty() {
+            return Err(Error::input("no prompt tokens"));
+        }
+        // At least the last prompt token is fed again: its logits are needed.
+        let keep = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
+        self.cached.truncate(keep);
+        match &mut self.backend {
+            Backend::Gpu(m) => m.set_pos(keep),
+            Backend::Cpu(m) => m.pos = keep.min(m.pos),
+        }
+        let pred = self.feed(&prompt[keep..], want).await?;
+        Ok((pred, prompt.len() - keep))
+    }
+
+    /// Generates after `prompt` (token ids; see `encode`, `encode_chat`). `on` sees every
+    /// token and every piece of stable text as it is produced; returning false cancels.
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on: impl FnMut(Event<'_>) -> bool,
+    ) -> Result<Generation> {
+        if prompt.len() + opts.max_tokens.saturating_sub(1) > self.context && opts.max_tokens > 0 {
+            if prompt.len() >= self.context {
+                return Err(Error::input(format!(
+                    "prompt of {} tokens does not fit the context length {}",
+                    prompt.len(),
+                    self.context
+                )));
+            }
+        }
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        sampler.add_context(prompt);
+        let want = if opts.sampling.is_greedy() { Want::Token } else { Want::Logits };
+        let stop_ids: Vec<u32> = if opts.ignore_eos {
+            Vec::new()
+        } else {
+            self.tokenizer.as_ref().map(|t| t.stop_ids.clone()).unwrap_or_default()
+        };
+        let mut out = Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: Finish::Length,
+            prompt_tokens: prompt.len(),
+            prefilled_tokens: 0,
+        };
+        if opts.max_tokens == 0 {
+            return Ok(out);
+        }
+        let (mut pred, prefilled) = self.prime(prompt, want).await?;
+        out.prefilled_tokens = prefilled;
+        let mut shown = 0; // bytes of decoded text already emitted
+        loop {
+            let id = match pred {
+                Pred::Token(id) => id,
+                Pred::Logits(mut l) => sampler.sample(&mut l),
+                Pred::None => return Err(Error::input("internal: no prediction")),
+            };
+            sampler.accept(id);
+            out.tokens.push(id);
+            if !on(Event::Token(id)) {
+                out.finish = Finish::Cancelled;
+                break;
+            }
+            let stop_token = stop_ids.contains(&id);
+            if let Some(tok) = &self.tokenizer {
+                let body = if stop_token { &out.tokens[..out.tokens.len() - 1] } else { &out.tokens[..] };
+                let full = tok.decode(body, true)?;
+                let (stop_at, hold) = find_stop(&full, &opts.stop);
+                let end = match stop_at {
+                    Some(i) => i,
+                    None if stop_token => full.len(),
+                    // Hold back a possible stop-string prefix and an unfinished character.
+                    None => {
+                        full.len() - if full.ends_with('\u{FFFD}') { hold.max('\u{FFFD}'.len_utf8()) } else { hold }
+                    }
+                };
+                let end = (0..=end).rev().find(|&i| full.is_char_boundary(i)).unwrap_or(0);
+                if end > shown {
+                    if !on(Event::Text(&full[shown..end])) {
+                        out.finish = Finish::Cancelled;
+                        out.text = full[..end].to_string();
+                        break;
+                    }
+                    shown = end;
+                }
+                out.text = full[..end.max(shown)].to_string();
+                if stop_at.is_some() {
+                    out.text = full[..stop_at.unwrap_or(0)].to_string();
+                    out.finish = Finish::Stop;
+                    break;
+                }
+            }
+            if stop_token {
+                out.finish = Finish::Stop;
+                break;
+            }
+            if out.tokens.len() >= opts.max_tokens || self.cached.len() >= self.context {
+                out.finish = Finish::Length;
+                break;
+            }
+            pred = self.feed(&[id], want).await?;
+        }
+        Ok(out)
     }
 }

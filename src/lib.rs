@@ -18,6 +18,7 @@ pub mod model;
 pub mod platform;
 pub mod quant;
 pub mod safetensors;
+pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
 

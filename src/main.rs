@@ -1,10 +1,17 @@
-//! The native command line: `webmoe logits` and `webmoe generate`.
+//! The native command line: `logits`, `generate`, `chat` and `info`.
 
-use clap::{Parser, Subcommand, ValueEnum};
-use std::io::Write;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
-use webmoe::engine::{Device, Engine, EngineOptions};
+use std::rc::Rc;
+use std::time::Instant;
+use webmoe::chat::Message;
+use webmoe::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
+use webmoe::model::{ModelFiles, Progress};
 use webmoe::platform::{DirSource, block_on};
+use webmoe::sampling::SamplingParams;
+use webmoe::tensor::DType;
 use webmoe::{Error, Result};
 
 #[derive(Parser)]
@@ -20,14 +27,21 @@ enum DeviceArg {
     Cpu,
 }
 
-#[derive(clap::Args)]
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+}
+
+#[derive(Args)]
 struct ModelArgs {
-    /// Hugging Face model directory (config.json + safetensors)
+    /// A .gguf file, or a Hugging Face model directory (config.json + safetensors)
     #[arg(long)]
     model: std::path::PathBuf,
-    /// Token ids, comma separated, e.g. 1,17,300
-    #[arg(long)]
-    tokens: String,
     /// Where to run: the GPU kernels, or the CPU reference
     #[arg(long, value_enum, default_value = "gpu")]
     device: DeviceArg,
@@ -37,35 +51,145 @@ struct ModelArgs {
     /// Most prompt tokens per forward step (1 runs every token through the decode kernels)
     #[arg(long, default_value_t = webmoe::gpu::model::MAX_CHUNK)]
     prefill_chunk: usize,
+    /// Quantize f32/f16/bf16 weights on load
+    #[arg(long, value_enum)]
+    quant: Option<QuantArg>,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Tokens to generate at most
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 is greedy
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// 0 keeps every token
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Same seed, same output
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop before this text (repeatable)
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating through end-of-sequence tokens
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+impl SampleArgs {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repetition_penalty: self.repeat_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                logit_bias: Vec::new(),
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Print {"logits": [[...], ...]}: one row of vocabulary logits per input position
-    Logits(ModelArgs),
-    /// Print greedily generated token ids, one per line as they are produced
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Token ids, comma separated, e.g. 1,17,300
+        #[arg(long)]
+        tokens: String,
+    },
+    /// Stream a continuation of a prompt, a chat message, or token ids
     Generate {
         #[command(flatten)]
-        args: ModelArgs,
-        /// Tokens to generate
-        #[arg(long, default_value_t = 32)]
-        max_tokens: usize,
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// Plain text prompt (the tokenizer adds BOS where the model wants it)
+        #[arg(long, group = "input")]
+        prompt: Option<String>,
+        /// One user message, wrapped in the model's chat template
+        #[arg(long, group = "input")]
+        chat: Option<String>,
+        /// Token ids, comma separated
+        #[arg(long, group = "input")]
+        tokens: Option<String>,
+        /// System message for --chat
+        #[arg(long)]
+        system: Option<String>,
+        /// Print generated token ids, one per line, instead of text
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Interactive multi-turn chat (the KV cache is kept between turns)
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Architecture, tensor types, parameters (total and active per token), sizes
+    Info {
+        /// A .gguf file, or a Hugging Face model directory
+        #[arg(long)]
+        model: std::path::PathBuf,
     },
 }
 
 fn parse_tokens(s: &str) -> Result<Vec<u32>> {
-    s.split(',')
+    let t: Vec<u32> = s
+        .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| t.parse::<u32>().map_err(|_| Error::input(format!("--tokens: '{t}' is not a token id"))))
-        .collect()
-}
-
-fn open(a: &ModelArgs) -> Result<(Engine, Vec<u32>)> {
-    let tokens = parse_tokens(&a.tokens)?;
-    if tokens.is_empty() {
+        .collect::<Result<_>>()?;
+    if t.is_empty() {
         return Err(Error::input("--tokens: no token ids given"));
     }
+    Ok(t)
+}
+
+/// A progress bar on stderr while reading, quantizing and uploading (hidden when stderr
+/// is not a terminal).
+fn progress_bar() -> (ProgressBar, Progress) {
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:40!} [{bar:30}] {percent:>3}%")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let p = Progress(Rc::new(move |p: &webmoe::model::LoadProgress| {
+        b.set_length(p.total.max(1));
+        b.set_position(p.done);
+        b.set_message(format!("{} {}", p.phase, p.what));
+    }));
+    (bar, p)
+}
+
+fn open(a: &ModelArgs) -> Result<Engine> {
+    let (bar, progress) = progress_bar();
     let opts = EngineOptions {
         device: match a.device {
             DeviceArg::Gpu => Device::Gpu,
@@ -73,28 +197,185 @@ fn open(a: &ModelArgs) -> Result<(Engine, Vec<u32>)> {
         },
         context: a.context,
         prefill_chunk: a.prefill_chunk,
+        quant: a.quant.map(|q| match q {
+            QuantArg::Q8_0 => DType::Q8_0,
+            QuantArg::Q4_0 => DType::Q4_0,
+            QuantArg::Q4_1 => DType::Q4_1,
+        }),
+        progress: Some(progress.clone()),
     };
-    let engine = block_on(Engine::load(&DirSource::new(&a.model), opts, None))?;
-    Ok((engine, tokens))
+    let engine = block_on(Engine::load(&DirSource::new(&a.model).with_progress(progress), opts, None));
+    bar.finish_and_clear();
+    engine
+}
+
+/// Generates after `prompt`, streaming text (or ids) to stdout; returns the reply text.
+fn stream(engine: &mut Engine, prompt: &[u32], opts: &GenerateOptions, ids: bool) -> Result<String> {
+    let stdout = std::io::stdout();
+    let t0 = Instant::now();
+    let mut first: Option<Instant> = None;
+    let text_mode = !ids && engine.tokenizer.is_some();
+    let g = block_on(engine.generate(prompt, opts, |ev| {
+        first.get_or_insert_with(Instant::now);
+        let mut out = stdout.lock();
+        let r = match ev {
+            Event::Token(id) if !text_mode => writeln!(out, "{id}"),
+            Event::Text(t) if text_mode => write!(out, "{t}"),
+            _ => Ok(()),
+        };
+        r.and_then(|_| out.flush()).is_ok()
+    }))?;
+    if text_mode {
+        println!();
+    }
+    if std::io::stderr().is_terminal() {
+        let t1 = Instant::now();
+        let ttft = first.map_or(0.0, |f| (f - t0).as_secs_f64());
+        let decode = first.map_or(0.0, |f| (t1 - f).as_secs_f64());
+        let rate = if g.tokens.len() > 1 && decode > 0.0 { (g.tokens.len() - 1) as f64 / decode } else { 0.0 };
+        eprintln!(
+            "[{} prompt tokens ({} prefilled), first token after {:.2} s, {} tokens at {:.1} tok/s, {}]",
+            g.prompt_tokens,
+            g.prefilled_tokens,
+            ttft,
+            g.tokens.len(),
+            rate,
+            g.finish.as_str()
+        );
+    }
+    Ok(g.text)
+}
+
+fn info(path: &std::path::Path) -> Result<()> {
+    let files = block_on(ModelFiles::load(&DirSource::new(path)))?;
+    let c = &files.config;
+    let s = files.summary();
+    let human = |n: u64| -> String {
+        match n {
+            n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+            n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+            n => format!("{:.1} KiB", n as f64 / 1024.0),
+        }
+    };
+    let count = |n: u64| -> String {
+        match n {
+            n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+            n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+            n => format!("{:.1}K", n as f64 / 1e3),
+        }
+    };
+    println!("model:          {}", path.display());
+    if let Some(n) = files.meta_str("general.name") {
+        println!("name:           {n}");
+    }
+    println!(
+        "architecture:   {:?}{}",
+        c.arch,
+        if files.metadata.is_empty() { " (Hugging Face safetensors)" } else { " (GGUF llama)" }
+    );
+    println!("layers:         {}", c.layers);
+    println!("hidden:         {} (FFN {} per expert)", c.hidden, c.ff);
+    println!(
+        "attention:      {} heads, {} KV heads, head size {}{}",
+        c.heads,
+        c.kv_heads,
+        c.head_dim,
+        c.sliding_window.map(|w| format!(", sliding window {w}")).unwrap_or_default()
+    );
+    if c.is_moe() {
+        println!("experts:        {} per layer, {} chosen per token", c.experts, c.top_k);
+    } else {
+        println!("experts:        dense (one FFN)");
+    }
+    println!("vocabulary:     {}", c.vocab);
+    println!("context:        {} positions (rope theta {})", c.max_positions, c.rope_theta);
+    println!("parameters:     {} total, {} active per token", count(s.params), count(s.active_params));
+    println!("weights:        {}", human(s.weight_bytes));
+    for (t, (n, b)) in &s.types {
+        println!("  {t:<6} {n:>5} tensors  {}", human(*b));
+    }
+    println!("KV cache:       {} per token (f32 keys and values)", human(s.kv_bytes_per_token));
+    match webmoe::tokenizer::Tokenizer::from_model(&files)? {
+        Some(t) => println!(
+            "tokenizer:      {} tokens, BOS {:?}, EOS {:?}, chat template {}",
+            t.vocab_size(),
+            t.bos_token,
+            t.eos_token,
+            if t.chat_template.is_some() { "yes" } else { "no" }
+        ),
+        None => println!("tokenizer:      none (token ids only)"),
+    }
+    Ok(())
+}
+
+fn chat(engine: &mut Engine, system: Option<String>, opts: &GenerateOptions) -> Result<()> {
+    if !engine.has_chat_template() {
+        return Err(Error::input("this model has no chat template"));
+    }
+    let tty = std::io::stdin().is_terminal();
+    if tty {
+        eprintln!("webmoe chat on {} — /reset starts over, /exit (or Ctrl-D) quits", engine.device_name());
+    }
+    let mut messages: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
+    let stdin = std::io::stdin();
+    loop {
+        if tty {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).map_err(|e| Error::io("stdin", e))? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                engine.reset();
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message::new("user", line));
+        let prompt = engine.encode_chat(&messages)?;
+        let reply = stream(engine, &prompt, opts, false)?;
+        messages.push(Message::new("assistant", &reply));
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Logits(a) => {
-            let (mut engine, tokens) = open(&a)?;
+        Cmd::Logits { model, tokens } => {
+            let tokens = parse_tokens(&tokens)?;
+            let mut engine = open(&model)?;
             let logits = block_on(engine.logits(&tokens))?;
             let rows: Vec<&[f32]> = logits.chunks(engine.vocab).collect();
-            let json = serde_json::json!({ "logits": rows });
-            println!("{json}");
+            println!("{}", serde_json::json!({ "logits": rows }));
         }
-        Cmd::Generate { args, max_tokens } => {
-            let (mut engine, tokens) = open(&args)?;
-            let stdout = std::io::stdout();
-            block_on(engine.generate(&tokens, max_tokens, |id| {
-                let mut out = stdout.lock();
-                writeln!(out, "{id}").and_then(|_| out.flush()).is_ok()
-            }))?;
+        Cmd::Generate { model, sample, prompt, chat, tokens, system, ids } => {
+            let given_tokens = tokens.as_deref().map(parse_tokens).transpose()?;
+            if prompt.is_none() && chat.is_none() && given_tokens.is_none() {
+                return Err(Error::input("give one of --prompt, --chat or --tokens"));
+            }
+            let mut engine = open(&model)?;
+            let input = match (prompt, chat, given_tokens) {
+                (Some(p), _, _) => engine.encode(&p)?,
+                (_, Some(c), _) => {
+                    let mut m: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
+                    m.push(Message::new("user", &c));
+                    engine.encode_chat(&m)?
+                }
+                (_, _, Some(t)) => t,
+                _ => unreachable!("checked above"),
+            };
+            stream(&mut engine, &input, &sample.options(), ids)?;
         }
+        Cmd::Chat { model, sample, system } => {
+            let mut engine = open(&model)?;
+            chat(&mut engine, system, &sample.options())?;
+        }
+        Cmd::Info { model } => info(&model)?,
     }
     Ok(())
 }

@@ -50,8 +50,17 @@ fn generate_prints_greedy_token_ids() {
     let dir = &fixtures_dir().join("mixtral-e8-top2-gqa2-bf16-sharded");
     let r = reference(dir);
     let n = r.greedy_tokens.len().to_string();
-    let out =
-        webmoe(&["generate", "--model", dir.to_str().unwrap(), "--tokens", &csv(&r.greedy_prompt), "--max-tokens", &n]);
+    let out = webmoe(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--tokens",
+        &csv(&r.greedy_prompt),
+        "--max-tokens",
+        &n,
+        "--temperature",
+        "0",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(got, r.greedy_tokens);

@@ -5,16 +5,21 @@
 mod common;
 
 use common::*;
-use webmoe::engine::{Device, Engine, EngineOptions};
+use webmoe::engine::{Device, Engine, EngineOptions, Event, Finish, GenerateOptions};
 use webmoe::model::ModelFiles;
 use webmoe::platform::{DirSource, block_on};
+use webmoe::sampling::SamplingParams;
 
 /// The acceptance bound: max |Δ| against transformers at every position.
 const TOL: f32 = 1e-3;
 
 fn engine(files: &ModelFiles, device: Device, chunk: usize) -> Engine {
-    let opts = EngineOptions { device, context: None, prefill_chunk: chunk };
+    let opts = EngineOptions { device, prefill_chunk: chunk, ..Default::default() };
     block_on(Engine::from_files(files, opts, Some(gpu()))).expect("engine")
+}
+
+fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions { max_tokens: n, ..Default::default() }
 }
 
 fn max_diff(got: &[f32], want: &[Vec<f32>]) -> f32 {
@@ -52,7 +57,8 @@ fn gpu_decode_matches_transformers() {
 
 #[test]
 fn gpu_chunked_prefill_matches_transformers() {
-    check_logits(Device::Gpu, 5);
+    // 12 tokens as 9 (GEMM kernels) + 3 (GEMV kernels over several rows).
+    check_logits(Device::Gpu, 9);
 }
 
 #[test]
@@ -71,13 +77,17 @@ fn greedy_generation_matches_transformers() {
         for device in [Device::Gpu, Device::Cpu] {
             let mut e = engine(&files, device, 256);
             let mut streamed = Vec::new();
-            let got = block_on(e.generate(&r.greedy_prompt, r.greedy_tokens.len(), |t| {
-                streamed.push(t);
+            let opts = greedy(r.greedy_tokens.len());
+            let got = block_on(e.generate(&r.greedy_prompt, &opts, |ev| {
+                if let Event::Token(t) = ev {
+                    streamed.push(t);
+                }
                 true
             }))
             .expect("generate");
-            assert_eq!(got, r.greedy_tokens, "{} on {device:?}", dir.display());
-            assert_eq!(streamed, got);
+            assert_eq!(got.tokens, r.greedy_tokens, "{} on {device:?}", dir.display());
+            assert_eq!(streamed, got.tokens);
+            assert_eq!(got.finish, Finish::Length);
         }
     }
 }
@@ -88,8 +98,8 @@ fn generation_stops_when_asked() {
     let r = reference(dir);
     let files = block_on(ModelFiles::load(&DirSource::new(dir))).expect("load");
     let mut e = engine(&files, Device::Gpu, 256);
-    let got = block_on(e.generate(&r.greedy_prompt, 8, |_| false)).expect("generate");
-    assert_eq!(got.len(), 1);
+    let got = block_on(e.generate(&r.greedy_prompt, &greedy(8), |_| false)).expect("generate");
+    assert_eq!((got.tokens.len(), got.finish), (1, Finish::Cancelled));
 }
 
 #[test]
@@ -97,19 +107,22 @@ fn bad_requests_are_errors() {
     let dir = &fixtures_dir().join("mixtral-e4-top1-mha");
     let files = block_on(ModelFiles::load(&DirSource::new(dir))).expect("load");
     for device in [Device::Gpu, Device::Cpu] {
-        let opts = EngineOptions { device, context: Some(8), prefill_chunk: 256 };
+        let opts = EngineOptions { device, context: Some(8), ..Default::default() };
         let mut e = block_on(Engine::from_files(&files, opts, Some(gpu()))).expect("engine");
         let long: Vec<u32> = (0..9).collect();
         let err = block_on(e.logits(&long)).unwrap_err().to_string();
         assert!(err.contains("context"), "{device:?}: {err}");
         let err = block_on(e.logits(&[1, 256])).unwrap_err().to_string();
         assert!(err.contains("token id 256") && err.contains("vocabulary"), "{device:?}: {err}");
-        let err = block_on(e.generate(&[1, 2, 3], 7, |_| true)).unwrap_err().to_string();
+        let err = block_on(e.generate(&[1; 8], &greedy(7), |_| true)).unwrap_err().to_string();
         assert!(err.contains("context"), "{device:?}: {err}");
+        // A prompt that fits stops at the end of the context rather than failing.
+        let g = block_on(e.generate(&[1, 2, 3], &greedy(100), |_| true)).expect("generate");
+        assert_eq!((g.tokens.len(), g.finish), (6, Finish::Length));
         // The engine is still usable after refusing.
         assert_eq!(block_on(e.logits(&[1, 2])).expect("logits").len(), 2 * 256);
     }
-    let opts = EngineOptions { device: Device::Gpu, context: Some(1 << 20), prefill_chunk: 256 };
+    let opts = EngineOptions { device: Device::Gpu, context: Some(1 << 20), ..Default::default() };
     let err = block_on(Engine::from_files(&files, opts, Some(gpu()))).err().expect("too long").to_string();
     assert!(err.contains("max_position_embeddings"), "{err}");
 }
@@ -123,7 +136,7 @@ fn a_tensor_that_does_not_fit_is_named() {
     let mut g = fresh_gpu();
     // Pretend the adapter binds at most 32 KiB: the 64 KiB embedding table cannot fit.
     g.limits.max_storage_buffer_binding_size = 32 << 10;
-    let opts = EngineOptions { device: Device::Gpu, context: None, prefill_chunk: 256 };
+    let opts = EngineOptions::default();
     let err = block_on(Engine::from_files(&files, opts, Some(std::sync::Arc::new(g))))
         .err()
         .expect("must not fit")
@@ -134,4 +147,54 @@ fn a_tensor_that_does_not_fit_is_named() {
             && err.contains("max_storage_buffer_binding_size"),
         "{err}"
     );
+}
+
+/// A prompt that extends the cached sequence prefills only its new tokens, and gives what
+/// a fresh engine gives.
+#[test]
+fn kv_cache_is_reused_across_calls() {
+    let dir = fixtures_dir().join("mixtral-e8-top2-gqa2-bf16-sharded");
+    let files = block_on(ModelFiles::load(&DirSource::new(&dir))).expect("load");
+    for device in [Device::Gpu, Device::Cpu] {
+        let mut e = engine(&files, device, 256);
+        let first = block_on(e.generate(&[5, 6, 7, 8, 9], &greedy(4), |_| true)).unwrap();
+        assert_eq!(first.prefilled_tokens, 5);
+        // The next "turn": everything so far plus three new tokens.
+        let mut turn2: Vec<u32> = vec![5, 6, 7, 8, 9];
+        turn2.extend(&first.tokens);
+        turn2.extend([10, 11, 12]);
+        let second = block_on(e.generate(&turn2, &greedy(6), |_| true)).unwrap();
+        // The last generated token was never fed, so it is prefilled with the new ones.
+        assert_eq!(second.prefilled_tokens, 4, "{device:?}");
+        let mut fresh = engine(&files, device, 256);
+        let want = block_on(fresh.generate(&turn2, &greedy(6), |_| true)).unwrap();
+        assert_eq!(second.tokens, want.tokens, "{device:?}");
+        // A prompt that diverges early re-prefills from the divergence.
+        let third = block_on(e.generate(&[5, 6, 99, 100], &greedy(2), |_| true)).unwrap();
+        assert_eq!(third.prefilled_tokens, 2, "{device:?}");
+        let want = block_on(fresh.generate(&[5, 6, 99, 100], &greedy(2), |_| true)).unwrap();
+        assert_eq!(third.tokens, want.tokens, "{device:?}");
+    }
+}
+
+/// Seeded sampling repeats itself on every backend; other seeds explore.
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let dir = fixtures_dir().join("mixtral-e4-top1-mha");
+    let files = block_on(ModelFiles::load(&DirSource::new(&dir))).expect("load");
+    let opts = |seed| GenerateOptions {
+        max_tokens: 24,
+        sampling: SamplingParams { temperature: 1.5, top_p: 0.95, seed: Some(seed), ..Default::default() },
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    for device in [Device::Gpu, Device::Gpu, Device::Cpu] {
+        let mut e = engine(&files, device, 256);
+        runs.push(block_on(e.generate(&[1, 2, 3], &opts(7), |_| true)).unwrap().tokens);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[0], runs[2], "GPU and CPU logits agree closely enough to sample the same");
+    let mut e = engine(&files, Device::Gpu, 256);
+    let other = block_on(e.generate(&[1, 2, 3], &opts(8), |_| true)).unwrap().tokens;
+    assert_ne!(runs[0], other);
 }

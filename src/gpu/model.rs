@@ -18,7 +18,7 @@ use super::Gpu;
 use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
 use crate::config::{ModelConfig, rope_inv_freq, rope_table};
 use crate::error::{Error, Result};
-use crate::model::{ModelFiles, TensorRef};
+use crate::model::{ModelFiles, Progress, TensorRef};
 use crate::tensor::{DType, from_f32};
 use std::sync::Arc;
 use wgpu::Buffer;
@@ -34,8 +34,10 @@ struct Programs {
     /// Final norm + LM head for every row, GEMM / GEMV.
     head_all_prefill: Vec<Dispatch>,
     head_all_decode: Vec<Dispatch>,
-    /// Final norm of the last row + LM head + argmax into the token buffer.
+    /// Final norm of the last row + LM head: logits of the next token in row 0.
     head_last: Vec<Dispatch>,
+    /// Argmax of logits row 0 into the token buffer (greedy decoding stays on the GPU).
+    argmax: Dispatch,
 }
 
 pub struct GpuModel {
@@ -56,13 +58,43 @@ pub struct GpuModel {
     _buffers: Vec<Buffer>,
     /// Bytes of weights uploaded.
     pub weight_bytes: u64,
+    /// The token id the last argmax left in the token buffer, not yet fed.
+    on_gpu: Option<u32>,
 }
 
-/// How the step's matmuls are run: GEMM tiles for prompts, GEMV rows for single tokens.
+/// What a step should produce besides extending the KV cache.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Want {
+    Nothing,
+    /// The most likely next token, chosen on the GPU (4 bytes read back).
+    Token,
+    /// The next token's logits (one vocabulary row read back), for sampling.
+    Logits,
+}
+
+/// What a step produced.
+#[derive(Debug)]
+pub enum Pred {
+    None,
+    Token(u32),
+    Logits(Vec<f32>),
+}
+
+/// How the step's matmuls are run: GEMM tiles for prompts, GEMV rows for few tokens.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Path {
     Prefill,
     Decode,
+}
+
+/// Below this many rows a step runs the GEMV kernels (one weight pass per row beats a
+/// mostly empty 32-row tile), as llama.cpp switches to mat-vec for batches up to 8.
+pub const GEMM_MIN_ROWS: usize = 8;
+
+impl Path {
+    pub fn for_rows(n: usize) -> Path {
+        if n >= GEMM_MIN_ROWS { Path::Prefill } else { Path::Decode }
+    }
 }
 
 struct Uploader<'a> {
@@ -106,10 +138,10 @@ impl Uploader<'_> {
 
 impl GpuModel {
     /// Uploads the model and prepares every dispatch. `ctx` is the KV cache length.
-    pub async fn new(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize) -> Result<Self> {
+    pub async fn new(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::build(gpu.clone(), files, ctx);
+        let built = Self::build(gpu.clone(), files, ctx, progress);
         let oom_err = oom.pop().await;
         let val_err = validation.pop().await;
         let model = built?;
@@ -122,7 +154,7 @@ impl GpuModel {
         Ok(model)
     }
 
-    fn build(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize) -> Result<Self> {
+    fn build(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
         let c = files.config.clone();
         let n = &files.names;
         if ctx == 0 {
@@ -169,6 +201,9 @@ impl GpuModel {
         let mut dec = vec![ops::embed(g, &embed, &tokens, &x, d, c.vocab)?];
 
         for (li, l) in n.layers.iter().enumerate() {
+            if let Some(p) = progress {
+                p.report("upload", &format!("layer {li}"), li as u64, n.layers.len() as u64);
+            }
             let attn_norm = up.f32(files.expect(&l.attn_norm, &[d])?)?;
             let ffn_norm = up.f32(files.expect(&l.ffn_norm, &[d])?)?;
             // q, k and v as one matmul when they share a storage type (the usual case),
@@ -281,8 +316,8 @@ impl GpuModel {
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?,
             ops::gemv(g, &n.lm_head, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?
                 .with_grid(super::Grid { x: (c.vocab as u32).div_ceil(4), y: Rows::Fixed(1) }),
-            ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?,
         ];
+        let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
         let weight_bytes = up.bytes;
         Ok(GpuModel {
             cfg: c,
@@ -293,7 +328,15 @@ impl GpuModel {
             tokens,
             logits,
             staging,
-            programs: Programs { body_prefill: pre, body_decode: dec, head_all_prefill, head_all_decode, head_last },
+            programs: Programs {
+                body_prefill: pre,
+                body_decode: dec,
+                head_all_prefill,
+                head_all_decode,
+                head_last,
+                argmax,
+            },
+            on_gpu: None,
             _buffers: up.buffers,
             weight_bytes,
             gpu,
@@ -301,7 +344,14 @@ impl GpuModel {
     }
 
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.set_pos(0);
+    }
+
+    /// Forgets everything in the KV cache from `pos` on (the cache keeps its contents, but
+    /// attention never reads past the current position).
+    pub fn set_pos(&mut self, pos: usize) {
+        self.pos = pos.min(self.pos);
+        self.on_gpu = None;
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -323,9 +373,9 @@ impl GpuModel {
     }
 
     /// Records and submits one step of `n` rows: the body for `path`, then `head`, then a
-    /// copy of `read_bytes` of `read_from` into the staging buffer. `tokens`, if given,
-    /// are uploaded first; otherwise the token buffer already holds the previous argmax.
-    fn submit_step(&self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head, read_bytes: u64) {
+    /// copy of what the caller reads back into the staging buffer. `tokens`, if given, are
+    /// uploaded first; otherwise the token buffer already holds the previous argmax.
+    fn submit_step(&self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head) {
         let g = &self.gpu;
         if let Some(t) = tokens {
             g.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(t));
@@ -336,22 +386,28 @@ impl GpuModel {
             Path::Prefill => &p.body_prefill,
             Path::Decode => &p.body_decode,
         };
-        let (head, src): (&[Dispatch], _) = match (head, path) {
-            (Head::None, _) => (&[], &self.tokens),
-            (Head::AllLogits, Path::Prefill) => (&p.head_all_prefill, &self.logits),
-            (Head::AllLogits, Path::Decode) => (&p.head_all_decode, &self.logits),
-            (Head::NextToken, _) => (&p.head_last, &self.tokens),
+        let vocab_bytes = (self.cfg.vocab * 4) as u64;
+        let (head, argmax, read): (&[Dispatch], bool, Option<(&Buffer, u64)>) = match (head, path) {
+            (Head::None, _) => (&[], false, None),
+            (Head::AllLogits, Path::Prefill) => {
+                (&p.head_all_prefill, false, Some((&self.logits, n as u64 * vocab_bytes)))
+            }
+            (Head::AllLogits, Path::Decode) => {
+                (&p.head_all_decode, false, Some((&self.logits, n as u64 * vocab_bytes)))
+            }
+            (Head::LastLogits, _) => (&p.head_last, false, Some((&self.logits, vocab_bytes))),
+            (Head::NextToken, _) => (&p.head_last, true, Some((&self.tokens, 4))),
         };
         let mut enc = g.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let max = g.limits.max_compute_workgroups_per_dimension;
-            for d in body.iter().chain(head) {
+            for d in body.iter().chain(head).chain(argmax.then_some(&p.argmax)) {
                 d.encode(&mut pass, n as u32, max);
             }
         }
-        if read_bytes > 0 {
-            enc.copy_buffer_to_buffer(src, 0, &self.staging, 0, read_bytes.next_multiple_of(4));
+        if let Some((src, bytes)) = read {
+            enc.copy_buffer_to_buffer(src, 0, &self.staging, 0, bytes.next_multiple_of(4));
         }
         g.queue.submit([enc.finish()]);
     }
@@ -365,58 +421,48 @@ impl GpuModel {
         let vocab = self.cfg.vocab;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for part in tokens.chunks(chunk) {
-            let path = if part.len() == 1 { Path::Decode } else { Path::Prefill };
-            let bytes = (part.len() * vocab * 4) as u64;
-            self.submit_step(Some(part), part.len(), path, Head::AllLogits, bytes);
+            let path = Path::for_rows(part.len());
+            self.submit_step(Some(part), part.len(), path, Head::AllLogits);
             self.pos += part.len();
-            let raw = self.gpu.map_read(&self.staging, bytes).await?;
+            self.on_gpu = None;
+            let raw = self.gpu.map_read(&self.staging, (part.len() * vocab * 4) as u64).await?;
             out.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&raw));
         }
         Ok(out)
     }
 
-    /// Greedy generation: prefills `prompt`, then decodes up to `max_new` tokens, feeding
-    /// each argmax back on the GPU. `on_token` sees each id as it is read back and may
-    /// return false to stop.
-    pub async fn generate(
-        &mut self,
-        prompt: &[u32],
-        max_new: usize,
-        chunk: usize,
-        mut on_token: impl FnMut(u32) -> bool,
-    ) -> Result<Vec<u32>> {
-        self.check_tokens(prompt)?;
-        if self.pos + prompt.len() + max_new.saturating_sub(1) > self.ctx {
-            return Err(Error::input(format!(
-                "prompt of {} tokens plus {} new exceeds the context length {}",
-                prompt.len(),
-                max_new,
-                self.ctx
-            )));
-        }
-        let mut out = Vec::with_capacity(max_new);
-        if max_new == 0 {
-            return Ok(out);
-        }
+    /// Appends `tokens` to the sequence (in steps of at most `chunk`) and returns what
+    /// `want` asks for about the token after them. Feeding the single token that the last
+    /// `Want::Token` step chose skips its upload: it is already in the token buffer.
+    pub async fn feed(&mut self, tokens: &[u32], chunk: usize, want: Want) -> Result<Pred> {
+        self.check_tokens(tokens)?;
         let chunk = chunk.clamp(1, self.max_rows);
-        let parts: Vec<&[u32]> = prompt.chunks(chunk).collect();
+        let parts: Vec<&[u32]> = tokens.chunks(chunk).collect();
         for (i, part) in parts.iter().enumerate() {
-            let path = if part.len() == 1 { Path::Decode } else { Path::Prefill };
-            let (head, read) = if i + 1 == parts.len() { (Head::NextToken, 4) } else { (Head::None, 0) };
-            self.submit_step(Some(part), part.len(), path, head, read);
+            let path = Path::for_rows(part.len());
+            let head = match (i + 1 == parts.len(), want) {
+                (false, _) | (true, Want::Nothing) => Head::None,
+                (true, Want::Token) => Head::NextToken,
+                (true, Want::Logits) => Head::LastLogits,
+            };
+            let upload = if *part == [self.on_gpu.unwrap_or(u32::MAX)] { None } else { Some(*part) };
+            self.submit_step(upload, part.len(), path, head);
             self.pos += part.len();
+            self.on_gpu = None;
         }
-        loop {
-            let raw = self.gpu.map_read(&self.staging, 4).await?;
-            let id = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-            out.push(id);
-            if !on_token(id) || out.len() >= max_new {
-                return Ok(out);
+        Ok(match want {
+            Want::Nothing => Pred::None,
+            Want::Token => {
+                let raw = self.gpu.map_read(&self.staging, 4).await?;
+                let id = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+                self.on_gpu = Some(id);
+                Pred::Token(id)
             }
-            // The argmax already sits in the token buffer: nothing to upload.
-            self.submit_step(None, 1, Path::Decode, Head::NextToken, 4);
-            self.pos += 1;
-        }
+            Want::Logits => {
+                let raw = self.gpu.map_read(&self.staging, (self.cfg.vocab * 4) as u64).await?;
+                Pred::Logits(bytemuck::cast_slice::<u8, f32>(&raw).to_vec())
+            }
+        })
     }
 }
 
@@ -425,5 +471,35 @@ impl GpuModel {
 enum Head {
     None,
     AllLogits,
+    LastLogits,
     NextToken,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl GpuModel {
+    /// Runs one prefill (or, for one token, decode) step over `tokens` kernel by kernel,
+    /// waiting for each, and returns (kernel, seconds) in order: a coarse per-kernel time
+    /// breakdown for any adapter (timestamp queries are not everywhere).
+    pub fn profile_step(&mut self, tokens: &[u32]) -> Result<Vec<(&'static str, f64)>> {
+        self.check_tokens(tokens)?;
+        let n = tokens.len();
+        let g = self.gpu.clone();
+        g.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        g.queue.write_buffer(&self.step, 0, bytemuck::cast_slice(&[n as u32, self.pos as u32, 0, 0]));
+        let p = &self.programs;
+        let (body, head) = match Path::for_rows(n) {
+            Path::Decode => (&p.body_decode, &p.head_all_decode),
+            Path::Prefill => (&p.body_prefill, &p.head_all_prefill),
+        };
+        let mut out = Vec::new();
+        for d in body.iter().chain(head) {
+            let t = std::time::Instant::now();
+            g.run(&[d], n as u32);
+            crate::platform::poll_wait(&g.device)?;
+            out.push((d.shader.name(), t.elapsed().as_secs_f64()));
+        }
+        self.pos += n;
+        self.on_gpu = None;
+        Ok(out)
+    }
 }

@@ -83,6 +83,43 @@ pub struct ModelFiles {
     table: BTreeMap<String, (usize, TensorInfo)>,
 }
 
+/// Progress of a load: `phase` is "read", "quantize" or "upload"; `what` the file or
+/// tensor; `done` of `total` bytes (read) or steps (quantize, upload).
+#[derive(Clone, Debug)]
+pub struct LoadProgress {
+    pub phase: &'static str,
+    pub what: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A progress callback (a terminal progress bar, a browser event).
+#[derive(Clone)]
+pub struct Progress(pub std::rc::Rc<dyn Fn(&LoadProgress)>);
+
+impl Progress {
+    pub fn report(&self, phase: &'static str, what: &str, done: u64, total: u64) {
+        (self.0)(&LoadProgress { phase, what: what.to_string(), done, total });
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+pub struct Summary {
+    pub params: u64,
+    /// Parameters one token uses: everything but the experts it is not routed to.
+    pub active_params: u64,
+    pub weight_bytes: u64,
+    /// Storage type -> (tensors, bytes).
+    pub types: BTreeMap<&'static str, (usize, u64)>,
+    /// KV cache bytes per token of context (f32 keys and values).
+    pub kv_bytes_per_token: u64,
+}
+
 /// Files of a Hugging Face directory read when present, for the tokenizer and chat template.
 pub const HF_EXTRA_FILES: &[&str] =
     &["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
@@ -236,6 +273,83 @@ impl ModelFiles {
             }
         }
         Ok(())
+    }
+
+    /// Quantizes every f32/f16/bf16 matrix (embeddings, projections, experts) to `dtype`
+    /// (Q8_0, Q4_0 or Q4_1, bit-identical to gguf-py); norms and routers stay as they are.
+    pub fn quantize(&mut self, dtype: DType, progress: Option<&Progress>) -> Result<()> {
+        if !matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) {
+            return Err(Error::input(format!("cannot quantize to {} (q8_0, q4_0, q4_1)", dtype.name())));
+        }
+        let n = &self.names;
+        let mut targets: Vec<String> = vec![n.embed.clone(), n.lm_head.clone()];
+        for l in &n.layers {
+            targets.extend([l.wq.clone(), l.wk.clone(), l.wv.clone(), l.wo.clone()]);
+            match &l.experts {
+                Experts::Separate(v) => {
+                    v.iter().for_each(|e| targets.extend([e.w1.clone(), e.w2.clone(), e.w3.clone()]))
+                }
+                Experts::Stacked { gate, up, down } => targets.extend([gate.clone(), up.clone(), down.clone()]),
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        let total = targets.len() as u64;
+        for (i, name) in targets.into_iter().enumerate() {
+            if let Some(p) = progress {
+                p.report("quantize", &name, i as u64, total);
+            }
+            let t = self.get(&name)?;
+            if !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
+                continue;
+            }
+            let cols = t.shape.last().copied().unwrap_or(0);
+            if cols % 32 != 0 {
+                return Err(Error::tensor(
+                    t.file,
+                    &name,
+                    format!("rows of {cols} cannot be quantized in blocks of 32"),
+                ));
+            }
+            let q = crate::quant::quantize(dtype, &t.to_f32())?;
+            let info = TensorInfo { dtype, shape: t.shape.to_vec(), start: 0, end: q.len() };
+            self.blobs.push((format!("{name} ({} on load)", dtype.name()), q));
+            self.table.insert(name, (self.blobs.len() - 1, info));
+        }
+        Ok(())
+    }
+
+    /// Sizes for `webmoe info`: parameters in all and per token, bytes by storage type.
+    pub fn summary(&self) -> Summary {
+        let mut types: BTreeMap<&'static str, (usize, u64)> = BTreeMap::new();
+        let mut params = 0u64;
+        for (_, (_, i)) in self.table.iter() {
+            let e = types.entry(i.dtype.name()).or_default();
+            e.0 += 1;
+            e.1 += (i.end - i.start) as u64;
+            params += i.shape.iter().product::<usize>() as u64;
+        }
+        let c = &self.config;
+        let mut expert_params = 0u64;
+        if c.is_moe() {
+            for l in &self.names.layers {
+                let names: Vec<&String> = match &l.experts {
+                    Experts::Separate(v) => v.iter().flat_map(|e| [&e.w1, &e.w2, &e.w3]).collect(),
+                    Experts::Stacked { gate, up, down } => vec![gate, up, down],
+                };
+                for n in names {
+                    expert_params += self.table.get(n).map_or(0, |(_, i)| i.shape.iter().product::<usize>() as u64);
+                }
+            }
+        }
+        let active = params - expert_params + expert_params * c.top_k as u64 / c.experts as u64;
+        Summary {
+            params,
+            active_params: active,
+            weight_bytes: self.total_bytes(),
+            types,
+            kv_bytes_per_token: (2 * c.layers * c.kv_heads * c.head_dim * 4) as u64,
+        }
     }
 
     /// Total bytes of all stored tensors.

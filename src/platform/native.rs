@@ -8,6 +8,7 @@ use std::path::PathBuf;
 pub struct DirSource {
     pub dir: PathBuf,
     file: Option<String>,
+    progress: Option<crate::model::Progress>,
 }
 
 impl DirSource {
@@ -15,16 +16,48 @@ impl DirSource {
         let path: PathBuf = path.into();
         let gguf = path.to_str().and_then(super::split_gguf).map(|(_, f)| f.to_string());
         match gguf {
-            Some(f) => DirSource { dir: path.parent().map(|p| p.to_path_buf()).unwrap_or_default(), file: Some(f) },
-            None => DirSource { dir: path, file: None },
+            Some(f) => DirSource {
+                dir: path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+                file: Some(f),
+                progress: None,
+            },
+            None => DirSource { dir: path, file: None, progress: None },
         }
+    }
+
+    /// Reports bytes read, per file, as phase "read".
+    pub fn with_progress(mut self, p: crate::model::Progress) -> Self {
+        self.progress = Some(p);
+        self
+    }
+
+    fn read_reporting(&self, path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let total = f.metadata()?.len();
+        let Some(p) = &self.progress else {
+            let mut v = Vec::new();
+            f.read_to_end(&mut v)?;
+            return Ok(v);
+        };
+        let mut v = Vec::with_capacity(total as usize);
+        let mut buf = vec![0u8; 8 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            v.extend_from_slice(&buf[..n]);
+            p.report("read", name, v.len() as u64, total.max(v.len() as u64));
+        }
+        Ok(v)
     }
 }
 
 impl ModelSource for DirSource {
     async fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let path = self.dir.join(name);
-        match std::fs::read(&path) {
+        match self.read_reporting(&path, name) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if self.file.is_none() && !self.dir.is_dir() {

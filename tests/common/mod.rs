@@ -146,7 +146,9 @@ pub fn fixtures() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
         .expect("tests/fixtures")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.json").exists())
+        .filter(|p| {
+            p.join("reference.json").exists() && (p.join("config.json").exists() || p.join("model.gguf").exists())
+        })
         .collect();
     v.sort();
     assert!(v.len() >= 8, "expected the fixture models in tests/fixtures, found {}", v.len());
