@@ -8,6 +8,9 @@ cd "$ROOT"
 scripts/setup.sh
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 
+# The real model (SmolLM2-135M-Instruct Q4_1) for tests/real_model.rs.
+scripts/fetch-models.sh >/dev/null
+
 echo "== native: cargo test --release" >&2
 cargo test --release
 

@@ -2,7 +2,7 @@
 //! serialised there, and every failure becomes a rejected promise with a readable message:
 //! nothing panics across the JS boundary.
 
-use crate::engine::{Device, Engine, EngineOptions};
+use crate::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
 use crate::gpu::Gpu;
 use crate::platform::HttpSource;
 use js_sys::{Function, Promise, Reflect};
@@ -120,17 +120,20 @@ impl WebEngine {
         let state = self.state.clone();
         future_to_promise(async move {
             let mut engine = take_engine(&state)?;
+            // A new sequence, as before: generation reuses the cache only within a chat.
+            engine.reset();
+            let opts = GenerateOptions { max_tokens, ..Default::default() };
             let result = engine
-                .generate(&tokens, max_tokens, |id| match &on_token {
-                    Some(f) => {
+                .generate(&tokens, &opts, |ev| match (&on_token, ev) {
+                    (Some(f), Event::Token(id)) => {
                         f.call1(&JsValue::NULL, &JsValue::from(id)).map(|r| r.as_bool() != Some(false)).unwrap_or(false)
                     }
-                    None => true,
+                    _ => true,
                 })
                 .await;
             put_engine(&state, engine);
             let v = result.map_err(err)?;
-            Ok(js_sys::Uint32Array::from(v.as_slice()).into())
+            Ok(js_sys::Uint32Array::from(v.tokens.as_slice()).into())
         })
     }
 

@@ -198,3 +198,27 @@ fn seeded_sampling_is_reproducible() {
     let other = block_on(e.generate(&[1, 2, 3], &opts(8), |_| true)).unwrap().tokens;
     assert_ne!(runs[0], other);
 }
+
+/// `--quant` quantizes f32/f16/bf16 weights on load: the kernels and the CPU reference then
+/// agree on the quantized model, which stays close to the original.
+#[test]
+fn quantize_on_load() {
+    use webmoe::tensor::DType;
+    let dir = fixtures_dir().join("mixtral-e8-top2-gqa2-bf16-sharded");
+    let r = reference(&dir);
+    for q in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        let mut files = block_on(ModelFiles::load(&DirSource::new(&dir))).expect("load");
+        files.quantize(q, None).expect("quantize");
+        assert_eq!(files.get("model.layers.1.block_sparse_moe.experts.7.w2.weight").unwrap().dtype, q);
+        assert_eq!(files.get("model.norm.weight").unwrap().dtype, DType::BF16, "norms stay");
+        let gpu = block_on(engine(&files, Device::Gpu, 256).logits(&r.tokens)).unwrap();
+        let cpu = block_on(engine(&files, Device::Cpu, 256).logits(&r.tokens)).unwrap();
+        let d = gpu.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d < 1e-4, "{q:?}: GPU and CPU differ by {d}");
+        let drift = max_diff(&gpu, &r.logits);
+        // A 64-wide random model is as sensitive as models get: 4-bit weights move it a lot.
+        let bound = if q == DType::Q8_0 { 0.15 } else { 2.0 };
+        println!("{q:?}: GPU vs CPU {d:.1e}, vs unquantized transformers {drift:.3}");
+        assert!(drift < bound, "{q:?}: quantization moved logits by {drift}");
+    }
+}

@@ -13,6 +13,7 @@ const TOL = 1e-3;
 // Each fixture as (name, URL to load): a Hugging Face directory, or its model.gguf.
 const fixtures = fs.readdirSync(path.join(ROOT, 'tests/fixtures'))
   .filter((d) => fs.existsSync(path.join(ROOT, 'tests/fixtures', d, 'reference.json')))
+  .filter((d) => ['config.json', 'model.gguf'].some((f) => fs.existsSync(path.join(ROOT, 'tests/fixtures', d, f))))
   .sort()
   .map((d) => [d, fs.existsSync(path.join(ROOT, 'tests/fixtures', d, 'model.gguf')) ? `/tests/fixtures/${d}/model.gguf` : `/tests/fixtures/${d}/`]);
 if (!fs.existsSync(path.join(ROOT, 'pkg/wasm/webmoe_bg.wasm'))) {
