@@ -10,7 +10,9 @@ SECS=${2:-600}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 mkdir -p "$ROOT/fuzz/corpus/$TARGET"
 case $TARGET in
-  gguf) cp "$ROOT"/tests/fixtures/gguf-*/model.gguf "$ROOT/fuzz/corpus/gguf/" ;;
+  gguf)
+    for f in "$ROOT"/tests/fixtures/gguf-*/model.gguf; do cp "$f" "$ROOT/fuzz/corpus/gguf/$(basename "$(dirname "$f")").gguf"; done
+    cp "$ROOT"/tests/fixtures/tokenizers/spm-llama.gguf "$ROOT/fuzz/corpus/gguf/" ;;
   safetensors) cp "$ROOT"/tests/fixtures/mixtral-e8-top2-gqa2-bf16-sharded/model-0000[12]-*.safetensors "$ROOT/fuzz/corpus/safetensors/" ;;
 esac
 cd "$ROOT/fuzz"

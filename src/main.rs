@@ -228,7 +228,7 @@ fn stream(engine: &mut Engine, prompt: &[u32], opts: &GenerateOptions, ids: bool
     if text_mode {
         println!();
     }
-    if std::io::stderr().is_terminal() {
+    if std::io::stderr().is_terminal() || std::env::var_os("WEBMOE_STATS").is_some() {
         let t1 = Instant::now();
         let ttft = first.map_or(0.0, |f| (f - t0).as_secs_f64());
         let decode = first.map_or(0.0, |f| (t1 - f).as_secs_f64());

@@ -103,23 +103,24 @@ impl Tokenizer {
         if files.metadata.contains_key("tokenizer.ggml.tokens") {
             return Self::from_gguf(&files.metadata).map(Some);
         }
-        if let Some(json) = files.extra.get("tokenizer.json") {
-            let cfg = match files.extra.get("tokenizer_config.json") {
-                Some(b) => serde_json::from_slice(b).map_err(|e| Error::format("tokenizer_config.json", e))?,
-                None => Json::Null,
-            };
-            let template = match files.extra.get("chat_template.jinja") {
-                Some(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                None => cfg.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned),
-            };
-            let gen_cfg: Json = files
-                .extra
-                .get("generation_config.json")
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or(Json::Null);
-            return Self::from_hf(json, &cfg, template, &gen_cfg).map(Some);
-        }
-        Ok(None)
+        Self::from_hf_files(&files.extra)
+    }
+
+    /// From the files of a Hugging Face directory (`tokenizer.json`, and when present
+    /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`).
+    pub fn from_hf_files(extra: &BTreeMap<String, Vec<u8>>) -> Result<Option<Tokenizer>> {
+        let Some(json) = extra.get("tokenizer.json") else { return Ok(None) };
+        let cfg = match extra.get("tokenizer_config.json") {
+            Some(b) => serde_json::from_slice(b).map_err(|e| Error::format("tokenizer_config.json", e))?,
+            None => Json::Null,
+        };
+        let template = match extra.get("chat_template.jinja") {
+            Some(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            None => cfg.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned),
+        };
+        let gen_cfg: Json =
+            extra.get("generation_config.json").and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Json::Null);
+        Self::from_hf(json, &cfg, template, &gen_cfg).map(Some)
     }
 
     fn from_hf(json: &[u8], cfg: &Json, chat_template: Option<String>, gen_cfg: &Json) -> Result<Tokenizer> {

@@ -85,3 +85,17 @@ fn errors_are_one_line_and_exit_nonzero() {
         assert!(out.stdout.is_empty(), "{args:?}: printed to stdout");
     }
 }
+
+#[test]
+fn hostile_gguf_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("hostile.gguf");
+    let mut b = std::fs::read(fixtures_dir().join("gguf-mixtral-e4-top1-q4_0/model.gguf")).unwrap();
+    b[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(&p, &b).unwrap();
+    let out = webmoe(&["info", "--model", p.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("hostile.gguf") && err.contains("tensor count 1099511627776"), "{err}");
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use webmoe::chat::Message;
 use webmoe::engine::{Device, Engine, EngineOptions};
-use webmoe::platform::{block_on, DirSource};
+use webmoe::platform::{DirSource, block_on};
 
 /// Logit tolerance. Both sides compute in f32 from bit-identical dequantized weights
 /// (tests/quant.rs), so they differ only by summation order and fused multiply-adds: about
@@ -64,8 +64,9 @@ fn prompt_logits_match_transformers() {
     let q = r["question"].as_str().unwrap();
     let cols = u32s(&r["columns"]);
     for device in [Device::Gpu, Device::Cpu] {
-        let mut e = block_on(Engine::load(&DirSource::new(&model), EngineOptions { device, ..Default::default() }, None))
-            .expect("load");
+        let mut e =
+            block_on(Engine::load(&DirSource::new(&model), EngineOptions { device, ..Default::default() }, None))
+                .expect("load");
         let ids = e.encode_chat(&[Message::new("user", q)]).unwrap();
         assert_eq!(ids, u32s(&r["prompt_ids"]), "chat template + tokenizer differ from transformers");
         let logits = block_on(e.logits(&ids)).unwrap();
@@ -85,4 +86,39 @@ fn prompt_logits_match_transformers() {
         println!("{device:?}: max |Δ| over {} positions = {worst:.2e}", ids.len());
         assert!(worst <= TOL, "{device:?}: max |Δ| {worst} > {TOL}");
     }
+}
+
+/// `webmoe chat` keeps the KV cache between turns: the second turn prefills only the
+/// tokens the first did not already leave in the cache.
+#[test]
+fn chat_keeps_the_cache_between_turns() {
+    use std::io::Write;
+    let Some(model) = smollm2() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--temperature", "0", "--max-tokens", "12"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("WEBMOE_STATS", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is the capital of France?\nAnd of Italy?\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let turns: Vec<(usize, usize)> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .map(|l| {
+            let n: Vec<usize> = l.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse().ok()).take(2).collect();
+            (n[0], n[1])
+        })
+        .collect();
+    assert_eq!(turns.len(), 2, "{err}");
+    let (prompt2, prefilled2) = turns[1];
+    assert!(prompt2 > turns[0].0 && prefilled2 < prompt2 / 2, "second turn re-prefilled too much: {turns:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    println!("turns (prompt tokens, prefilled): {turns:?}\n{stdout}");
 }

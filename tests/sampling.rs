@@ -1,6 +1,6 @@
 //! The sampler on hand-made logits: each knob does what it says, and seeds reproduce.
 
-use webmoe::sampling::{find_stop, Sampler, SamplingParams};
+use webmoe::sampling::{Sampler, SamplingParams, find_stop};
 
 fn logits() -> Vec<f32> {
     // Token 3 is the most likely, then 1, then 4.

@@ -100,3 +100,38 @@ fn template_errors_are_errors() {
     let err = t.render(&[Message::new("user", "x")], true).unwrap_err().to_string();
     assert!(err.contains("roles must alternate"), "{err}");
 }
+
+/// A Hugging Face `tokenizer.json` goes through the `tokenizers` crate as it is: the
+/// SentencePiece tokenizer above, saved by transformers, gives the same encodings, and its
+/// `chat_template.jinja` the same renderings.
+#[test]
+fn hf_tokenizer_json_matches_transformers() {
+    use webmoe::chat::{ChatTemplate, Message};
+    let dir = fixtures_dir().join("tokenizers/hf-spm");
+    let files: std::collections::BTreeMap<String, Vec<u8>> =
+        ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+            .collect();
+    let tok = Tokenizer::from_hf_files(&files).unwrap().expect("tokenizer");
+    assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)));
+    let c = cases("spm-llama.gguf");
+    for case in c["strings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text, true).unwrap(), ids(&case["ids"]), "{text:?}");
+        assert_eq!(tok.decode(&ids(&case["ids"]), false).unwrap(), case["decoded"].as_str().unwrap());
+    }
+    let tpl = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), &tok.bos_token, &tok.eos_token).unwrap();
+    for case in c["chats"].as_array().unwrap() {
+        let m: Vec<Message> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            tpl.render(&m, case["add_generation_prompt"].as_bool().unwrap()).unwrap(),
+            case["text"].as_str().unwrap()
+        );
+    }
+}
