@@ -23,7 +23,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let tok = min(tokens[t], p.vocab - 1u);
-    let v = w4(tok * p.dim + i, vec2<u32>(p.s_off, p.h_off));
+    let v = w4(WLayout(0u, p.s_off, p.h_off), tok * p.dim + i);
     let b = t * p.dim + i;
     x[b] = v.x;
     x[b + 1u] = v.y;

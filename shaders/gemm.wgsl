@@ -42,7 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let k4 = p.k / 4u;
-    let o = vec2<u32>(p.s_off, p.h_off);
+    let o = WLayout(0u, p.s_off, p.h_off);
     let tx = lid % 8u;   // output columns n0 + 4*tx .. +3
     let ty = lid / 8u;   // output rows    m0 + 4*ty .. +3
     var acc: array<vec4<f32>, 4>;
@@ -59,7 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             var wv = vec4<f32>(0.0);
             if (n0 + r < p.n && kq < k4) {
-                wv = w4((n0 + r) * p.k + kq * 4u, o);
+                wv = w4(o, (n0 + r) * p.k + kq * 4u);
             }
             for (var c = 0u; c < 4u; c++) {
                 xs[(q * 4u + c) * 8u + r / 4u][r % 4u] = xv[c];

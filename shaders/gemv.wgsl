@@ -37,14 +37,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let t = wid.y;
     let k4 = p.k / 4u;
-    let o = vec2<u32>(p.s_off, p.h_off);
+    let o = WLayout(0u, p.s_off, p.h_off);
     var acc = vec4<f32>(0.0);
     for (var c = lid; c < k4; c += WG) {
         let xv = x[t * k4 + c];
         for (var r = 0u; r < ROWS; r++) {
             // Rows past N recompute row N-1; their sums are never stored.
             let row = min(row0 + r, p.n - 1u);
-            acc[r] += dot(w4(row * p.k + c * 4u, o), xv);
+            acc[r] += dot(w4(o, row * p.k + c * 4u), xv);
         }
     }
     red[lid] = acc;

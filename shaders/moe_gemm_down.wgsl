@@ -1,6 +1,6 @@
 // MoE expert down-projection for prefill, grouped by expert (after moe_gemm_gate_up.wgsl):
 //   y[q, n] = W2[e, n] . act[q]   for q in expert e's segment of the sorted order.
-//   w: [E, D, F] in WDTYPE (W2 of every expert), act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
+//   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
 // Tiling and worst-case grid as moe_gemm_gate_up.wgsl; moe_combine.wgsl then adds the
 // router-weighted rows into the residual stream.
 // Grid: x = ceil(D / 32) (folded), y = ceil(T*K / 32) + E.
@@ -10,9 +10,9 @@ struct Params {
     ff: u32,       // F
     k: u32,        // K
     experts: u32,  // E
-    s_off: u32,    // weight layout (lib/weights.wgsl)
+    s_off: u32,    // weight layout within an expert block (lib/weights.wgsl)
     h_off: u32,
-    _pad0: u32,
+    e_stride: u32, // words from one expert's block to the next
     _pad1: u32,
 }
 
@@ -60,8 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let q0 = my.y;
     let rows = my.z - my.y;
     let f4 = p.ff / 4u;
-    let wbase = e * p.dim * p.ff;
-    let o = vec2<u32>(p.s_off, p.h_off);
+    let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
     let tx = lid % 8u;   // outputs n0 + 4*tx .. +3
     let ty = lid / 8u;   // sorted rows q0 + 4*ty .. +3
     var acc: array<vec4<f32>, 4>;
@@ -77,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             var wv = vec4<f32>(0.0);
             if (n0 + r < p.dim && kq < f4) {
-                wv = w4(wbase + (n0 + r) * p.ff + kq * 4u, o);
+                wv = w4(o, (n0 + r) * p.ff + kq * 4u);
             }
             for (var c = 0u; c < 4u; c++) {
                 let at = (q * 4u + c) * 8u + r / 4u;

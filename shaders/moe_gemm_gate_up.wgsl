@@ -1,7 +1,8 @@
 // MoE expert up-projection for prefill, grouped by expert (after moe_group.wgsl):
 //   act[q, f] = silu(W1[e, f] . x[t]) * (W3[e, f] . x[t])   for q in expert e's segment,
 //   t = sorted[q] / K.  Rows of act follow the sorted order.
-//   w: [E, 2, F, D] in WDTYPE (each expert's W1 rows, then its W3 rows), x: [T, D] f32,
+//   w: E blocks `e_stride` words apart, each [2F, D] in WDTYPE (the expert's W1 rows, then
+//   its W3 rows), x: [T, D] f32,
 //   sorted: [T*K], starts: [E+1], act: [T*K, F].
 // Tiling as gemm.wgsl (32x32 tile, 4x4 per thread of 64) with gate and up tiles side by side.
 // The grid covers the worst case, ceil(T*K/32) + E row tiles; each workgroup finds its
@@ -13,9 +14,9 @@ struct Params {
     ff: u32,       // F
     k: u32,        // K
     experts: u32,  // E
-    s_off: u32,    // weight layout (lib/weights.wgsl)
+    s_off: u32,    // weight layout within an expert block (lib/weights.wgsl)
     h_off: u32,
-    _pad0: u32,
+    e_stride: u32, // words from one expert's block to the next
     _pad1: u32,
 }
 
@@ -66,9 +67,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let q0 = my.y;
     let rows = my.z - my.y;
     let d4 = p.dim / 4u;
-    let gate = e * 2u * p.ff * p.dim;   // W1[e]; W3[e] follows F rows later
-    let up = gate + p.ff * p.dim;
-    let o = vec2<u32>(p.s_off, p.h_off);
+    let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
+    let up = p.ff * p.dim;   // W3 rows follow the F rows of W1
     let tx = lid % 8u;   // outputs f0 + 4*tx .. +3
     let ty = lid / 8u;   // sorted rows q0 + 4*ty .. +3
     // The x rows this thread stages (row r = (lid + 64 j) / 8): tokens of their assignments.
@@ -93,8 +93,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             var uv = vec4<f32>(0.0);
             if (f0 + r < p.ff && kq < d4) {
                 let off = (f0 + r) * p.dim + kq * 4u;
-                gv = w4(gate + off, o);
-                uv = w4(up + off, o);
+                gv = w4(o, off);
+                uv = w4(o, up + off);
             }
             for (var c = 0u; c < 4u; c++) {
                 let at = (q * 4u + c) * 8u + r / 4u;

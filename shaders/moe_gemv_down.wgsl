@@ -1,6 +1,6 @@
 // MoE expert down-projection for decode, fused with the router-weighted sum and the
 // residual add:  x[t, n] += sum_s weights[t*K+s] * (W2[e_s, n] . act[t*K+s])
-//   w: [E, D, F] in WDTYPE (W2 of every expert), act: [T*K, F] f32, ids/weights: [T*K] from the router,
+//   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, ids/weights: [T*K] from the router,
 //   x: [T, D] f32 residual stream (read-modify-write).
 // Grid: x = ceil(D / ROWS), y = T.
 
@@ -8,9 +8,9 @@ struct Params {
     dim: u32,   // D
     ff: u32,    // F
     k: u32,     // K
-    s_off: u32, // weight layout (lib/weights.wgsl)
+    s_off: u32, // weight layout within an expert block (lib/weights.wgsl)
     h_off: u32,
-    _pad0: u32,
+    e_stride: u32, // words from one expert's block to the next
     _pad1: u32,
     _pad2: u32,
 }
@@ -37,17 +37,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let t = wid.y;
     let f4 = p.ff / 4u;
-    let o = vec2<u32>(p.s_off, p.h_off);
     var acc = vec4<f32>(0.0);
     for (var s = 0u; s < p.k; s++) {
         let a = t * p.k + s;
         let e = ids[a];
         let wt = weights[a];
-        let base = e * p.dim * p.ff;
+        let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
         for (var c = lid; c < f4; c += WG) {
             let av = act[a * f4 + c] * wt;
             for (var r = 0u; r < ROWS; r++) {
-                acc[r] += dot(w4(base + min(n0 + r, p.dim - 1u) * p.ff + c * 4u, o), av);
+                acc[r] += dot(w4(o, min(n0 + r, p.dim - 1u) * p.ff + c * 4u), av);
             }
         }
     }

@@ -1,6 +1,7 @@
 // MoE expert up-projection for decode: for each (token t, slot s) with expert e = ids[t*K+s]
 // read on the GPU, act[t*K+s, f] = silu(W1[e, f] . x[t]) * (W3[e, f] . x[t]).
-//   w: [E, 2, F, D] in WDTYPE: each expert's gate (W1) rows, then its up (W3) rows,
+//   w: E blocks `e_stride` words apart, each one [2F, D] matrix in WDTYPE: the expert's
+//   gate (W1) rows, then its up (W3) rows,
 //   x: [T, D] f32 (normed hidden), ids: [T*K] u32 from the router, act: [T*K, F] f32.
 // Same structure as gemv.wgsl (ROWS outputs per workgroup, threads split D), with the gate
 // and up rows computed together so x is read once for both. Grid: x = ceil(F/ROWS), y = T*K.
@@ -9,9 +10,9 @@ struct Params {
     dim: u32,   // D
     ff: u32,    // F
     k: u32,     // K
-    s_off: u32, // weight layout (lib/weights.wgsl)
+    s_off: u32, // weight layout within an expert block (lib/weights.wgsl)
     h_off: u32,
-    _pad0: u32,
+    e_stride: u32, // words from one expert's block to the next
     _pad1: u32,
     _pad2: u32,
 }
@@ -40,17 +41,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let t = a / p.k;
     let e = ids[a];
     let d4 = p.dim / 4u;
-    let gate = e * 2u * p.ff * p.dim;   // W1[e] starts here, W3[e] F rows later
-    let up = gate + p.ff * p.dim;
-    let o = vec2<u32>(p.s_off, p.h_off);
+    let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
+    let up = p.ff * p.dim;   // W3 rows follow the F rows of W1
     var g = vec4<f32>(0.0);
     var u = vec4<f32>(0.0);
     for (var c = lid; c < d4; c += WG) {
         let xv = x[t * d4 + c];
         for (var r = 0u; r < ROWS; r++) {
             let off = min(f0 + r, p.ff - 1u) * p.dim + c * 4u;
-            g[r] += dot(w4(gate + off, o), xv);
-            u[r] += dot(w4(up + off, o), xv);
+            g[r] += dot(w4(o, off), xv);
+            u[r] += dot(w4(o, up + off), xv);
         }
     }
     red_g[lid] = g;

@@ -183,11 +183,53 @@ pub struct Packed {
     pub scales: Vec<u8>,
 }
 
-/// The packed buffer's bytes and the word offsets of its regions.
+/// A weight buffer as the kernels read it: its bytes and the word offsets of its regions.
+/// Stacked experts are `experts` blocks of `expert_stride` words, each a matrix with the
+/// same region offsets, so one expert's weights sit together (and can move alone).
+#[derive(Clone, Debug)]
 pub struct PackedBuffer {
+    pub dtype: DType,
     pub bytes: Vec<u8>,
     pub s_off: u32,
     pub h_off: u32,
+    pub experts: u32,
+    pub expert_stride: u32,
+}
+
+/// Parts of one matrix (concatenated along the first dimension) in the GPU layout.
+pub fn pack_matrix(dtype: DType, parts: &[&[u8]]) -> Result<PackedBuffer> {
+    let mut p = Packed::default();
+    for part in parts {
+        p.append(repack(dtype, part));
+    }
+    p.finish(dtype)
+}
+
+/// Stacked experts: expert e's matrix is the concatenation of `experts[e]`'s parts (gate
+/// and up rows for the up-projection, the down matrix alone for the down-projection).
+pub fn pack_experts(dtype: DType, experts: &[Vec<&[u8]>]) -> Result<PackedBuffer> {
+    let mut bytes = Vec::new();
+    let mut first: Option<PackedBuffer> = None;
+    for (e, parts) in experts.iter().enumerate() {
+        let b = pack_matrix(dtype, parts)?;
+        if let Some(f) = &first {
+            if (b.bytes.len(), b.s_off, b.h_off) != (f.bytes.len(), f.s_off, f.h_off) {
+                return Err(Error::input(format!("expert {e} does not have the shape of expert 0")));
+            }
+        }
+        bytes.extend_from_slice(&b.bytes);
+        first.get_or_insert(b);
+    }
+    let f = first.ok_or_else(|| Error::input("no experts"))?;
+    let stride = u32::try_from(f.bytes.len() / 4).map_err(|_| Error::gpu("an expert exceeds 16 GiB"))?;
+    Ok(PackedBuffer {
+        dtype,
+        bytes,
+        s_off: f.s_off,
+        h_off: f.h_off,
+        experts: experts.len() as u32,
+        expert_stride: stride,
+    })
 }
 
 impl Packed {
@@ -197,7 +239,7 @@ impl Packed {
         self.scales.extend(other.scales);
     }
 
-    pub fn finish(mut self) -> Result<PackedBuffer> {
+    pub fn finish(mut self, dtype: DType) -> Result<PackedBuffer> {
         let pad = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(4), 0);
         pad(&mut self.quants);
         pad(&mut self.high);
@@ -208,7 +250,7 @@ impl Packed {
         let mut bytes = self.quants;
         bytes.extend(self.high);
         bytes.extend(self.scales);
-        Ok(PackedBuffer { bytes, s_off: s_off_u32, h_off: h_off as u32 })
+        Ok(PackedBuffer { dtype, bytes, s_off: s_off_u32, h_off: h_off as u32, experts: 1, expert_stride: 0 })
     }
 }
 

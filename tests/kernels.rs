@@ -239,17 +239,24 @@ struct Experts {
     w1: Vec<Vec<f32>>,
     w3: Vec<Vec<f32>>,
     w2: Vec<Vec<f32>>,
-    /// Gate and up interleaved per expert [E, 2, ff, dim]; down [E, dim, ff].
+    /// Stacked expert blocks: gate and up rows [2 ff, dim]; down [dim, ff].
     gate_up: GpuWeight,
     down: GpuWeight,
 }
 
 fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DType) -> Experts {
-    let (gate_up, gu) = weight(g, rng, dt, 2 * e, ff * dim, 0.3);
-    let (down, w2) = weight(g, rng, dt, e, dim * ff, 0.3);
-    let w1 = gu.iter().step_by(2).cloned().collect();
-    let w3 = gu.iter().skip(1).step_by(2).cloned().collect();
-    Experts { w1, w3, w2, gate_up, down }
+    let mut raw = |n| random_blocks(rng, dt, n, 0.3);
+    let blocks: Vec<[Vec<u8>; 3]> = (0..e).map(|_| [raw(ff * dim), raw(ff * dim), raw(dim * ff)]).collect();
+    let gu: Vec<Vec<&[u8]>> = blocks.iter().map(|b| vec![b[0].as_slice(), b[1].as_slice()]).collect();
+    let dn: Vec<Vec<&[u8]>> = blocks.iter().map(|b| vec![b[2].as_slice()]).collect();
+    let vals = |i: usize| blocks.iter().map(|b| to_f32(dt, &b[i])).collect();
+    Experts {
+        w1: vals(0),
+        w3: vals(1),
+        w2: vals(2),
+        gate_up: g.upload_experts("gate|up", dt, &gu).unwrap(),
+        down: g.upload_experts("down", dt, &dn).unwrap(),
+    }
 }
 
 /// Reference activation of assignment (token t, expert id).

@@ -1,7 +1,15 @@
 // Weight loading, prepended to every kernel that reads a weight matrix. The kernel binds
-// the weights as `w: array<u32>` in the layout of src/quant.rs (quants at word 0, Q6_K's
-// high bits at word o.y, scales at word o.x) and calls w4(i, o) for the four weights at
-// element index i (a multiple of 4). Every format is widened to f32 in registers.
+// the weights as `w: array<u32>` in the layout of src/quant.rs and calls w4(l, i) for the
+// four weights at element index i (a multiple of 4) of the matrix that starts at word
+// l.base: its quants at l.base, Q6_K's high bits at l.base + l.h_off, scales at
+// l.base + l.s_off. (Stacked experts are one such matrix each, `base` apart.) Every
+// format is widened to f32 in registers.
+
+struct WLayout {
+    base: u32,
+    s_off: u32,
+    h_off: u32,
+}
 
 const DT_Q8_0: u32 = 3u;
 const DT_Q4_0: u32 = 4u;
@@ -23,34 +31,37 @@ fn sign_extend8(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
 }
 
-fn w4(i: u32, o: vec2<u32>) -> vec4<f32> {
+fn w4(l: WLayout, i: u32) -> vec4<f32> {
+    let q0 = l.base;
+    let s0 = l.base + l.s_off;
     switch WDTYPE {
         case 0u: {   // F32
-            return vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
+            let j = q0 + i;
+            return vec4<f32>(bitcast<f32>(w[j]), bitcast<f32>(w[j + 1u]), bitcast<f32>(w[j + 2u]), bitcast<f32>(w[j + 3u]));
         }
         case 1u, 2u: {   // F16, BF16: two per word
-            let j = i >> 1u;
+            let j = q0 + (i >> 1u);
             return vec4<f32>(half2(w[j]), half2(w[j + 1u]));
         }
         case 3u: {   // Q8_0: x * d
-            let q = w[i >> 2u];
-            let d = unpack2x16float(w[o.x + (i >> 6u)])[(i >> 5u) & 1u];
+            let q = w[q0 + (i >> 2u)];
+            let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
             return vec4<f32>(sign_extend8(q & 255u), sign_extend8((q >> 8u) & 255u),
                              sign_extend8((q >> 16u) & 255u), sign_extend8(q >> 24u)) * d;
         }
         case 4u: {   // Q4_0: d * (q - 8)
-            let q = nibbles4(w[i >> 3u] >> ((i & 4u) * 4u));
-            let d = unpack2x16float(w[o.x + (i >> 6u)])[(i >> 5u) & 1u];
+            let q = nibbles4(w[q0 + (i >> 3u)] >> ((i & 4u) * 4u));
+            let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
             return d * (q - vec4<f32>(8.0));
         }
         case 5u: {   // Q4_1: d * q + m
-            let q = nibbles4(w[i >> 3u] >> ((i & 4u) * 4u));
-            let dm = unpack2x16float(w[o.x + (i >> 5u)]);
+            let q = nibbles4(w[q0 + (i >> 3u)] >> ((i & 4u) * 4u));
+            let dm = unpack2x16float(w[s0 + (i >> 5u)]);
             return dm.x * q + vec4<f32>(dm.y);
         }
         case 6u: {   // Q4_K: (d * scale_j) * q - dmin * min_j, j the 32-element sub-block
-            let q = nibbles4(w[i >> 3u] >> ((i & 4u) * 4u));
-            let base = o.x + (i >> 8u) * 4u;
+            let q = nibbles4(w[q0 + (i >> 3u)] >> ((i & 4u) * 4u));
+            let base = s0 + (i >> 8u) * 4u;
             let dd = unpack2x16float(w[base]);
             let j = (i >> 5u) & 7u;
             let sb = base + 1u;
@@ -66,11 +77,11 @@ fn w4(i: u32, o: vec2<u32>) -> vec4<f32> {
             return (dd.x * f32(sc)) * q - vec4<f32>(dd.y * f32(mn));
         }
         case 7u: {   // Q6_K: (d * scale_g) * (q - 32), g the 16-element group
-            let lo = w[i >> 3u] >> ((i & 4u) * 4u);
-            let hi = w[o.y + (i >> 4u)] >> ((i & 12u) * 2u);
+            let lo = w[q0 + (i >> 3u)] >> ((i & 4u) * 4u);
+            let hi = w[l.base + l.h_off + (i >> 4u)] >> ((i & 12u) * 2u);
             let q = vec4<f32>(f32((lo & 15u) | ((hi & 3u) << 4u)), f32(((lo >> 4u) & 15u) | (((hi >> 2u) & 3u) << 4u)),
                               f32(((lo >> 8u) & 15u) | (((hi >> 4u) & 3u) << 4u)), f32(((lo >> 12u) & 15u) | (((hi >> 6u) & 3u) << 4u)));
-            let base = o.x + (i >> 8u) * 5u;
+            let base = s0 + (i >> 8u) * 5u;
             let sc = sign_extend8(scale_byte(base, (i >> 4u) & 15u));
             let d = unpack2x16float(w[base + 4u]).x;
             return (d * sc) * (q - vec4<f32>(32.0));

@@ -231,9 +231,11 @@ impl Gpu {
 pub struct GpuWeight {
     pub buf: wgpu::Buffer,
     pub dtype: DType,
-    /// Word offsets of the scale and (Q6_K) high-bit regions.
+    /// Word offsets of the scale and (Q6_K) high-bit regions (within each expert's block).
     pub s_off: u32,
     pub h_off: u32,
+    /// Words between stacked experts' blocks; 0 for a single matrix.
+    pub expert_stride: u32,
 }
 
 /// Where a matmul writes: columns `off..off+n` of rows `stride` wide, written or added.
@@ -397,7 +399,7 @@ pub mod ops {
         g.make(Shader::Router, DType::F32, &params, &[wg, x, ids, weights], Grid { x: 1, y: Rows::PER_TOKEN })
     }
 
-    /// `w`: every expert's gate (W1) then up (W3) rows, [E, 2, ff, dim].
+    /// `w`: stacked experts, each its gate (W1) then up (W3) rows, [2 ff, dim].
     pub fn moe_gemv_gate_up(
         g: &Gpu,
         w: &GpuWeight,
@@ -409,12 +411,12 @@ pub mod ops {
         k: usize,
     ) -> Result<Dispatch> {
         let (ff, k) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?);
-        let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, w.s_off, w.h_off];
+        let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, w.s_off, w.h_off, w.expert_stride];
         let grid = Grid { x: ff.div_ceil(GEMV_ROWS), y: Rows::Tokens { mul: k, div: 1, add: 0 } };
         g.make(Shader::MoeGemvGateUp, w.dtype, &params, &[&w.buf, x, ids, act], grid)
     }
 
-    /// `w`: every expert's down projection (W2), [E, dim, ff].
+    /// `w`: stacked experts, each its down projection (W2), [dim, ff].
     pub fn moe_gemv_down(
         g: &Gpu,
         w: &GpuWeight,
@@ -427,7 +429,7 @@ pub mod ops {
         k: usize,
     ) -> Result<Dispatch> {
         let d = u32_of("hidden", dim)?;
-        let params = [d, inner("experts' w2", w.dtype, ff)?, u32_of("top-k", k)?, w.s_off, w.h_off];
+        let params = [d, inner("experts' w2", w.dtype, ff)?, u32_of("top-k", k)?, w.s_off, w.h_off, w.expert_stride];
         let grid = Grid { x: d.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
         g.make(Shader::MoeGemvDown, w.dtype, &params, &[&w.buf, act, ids, weights, x], grid)
     }
@@ -460,7 +462,7 @@ pub mod ops {
         experts: usize,
     ) -> Result<Dispatch> {
         let (ff, k, e) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
-        let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, e, w.s_off, w.h_off];
+        let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, e, w.s_off, w.h_off, w.expert_stride];
         let grid = Grid { x: ff.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } };
         g.make(Shader::MoeGemmGateUp, w.dtype, &params, &[&w.buf, x, sorted, starts, act], grid)
     }
@@ -477,7 +479,7 @@ pub mod ops {
         experts: usize,
     ) -> Result<Dispatch> {
         let (d, k, e) = (u32_of("hidden", dim)?, u32_of("top-k", k)?, u32_of("experts", experts)?);
-        let params = [d, inner("experts' w2", w.dtype, ff)?, k, e, w.s_off, w.h_off];
+        let params = [d, inner("experts' w2", w.dtype, ff)?, k, e, w.s_off, w.h_off, w.expert_stride];
         let grid = Grid { x: d.div_ceil(TILE), y: Rows::Tokens { mul: k, div: TILE, add: e } };
         g.make(Shader::MoeGemmDown, w.dtype, &params, &[&w.buf, act, starts, y], grid)
     }

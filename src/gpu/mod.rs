@@ -6,7 +6,7 @@ pub mod model;
 
 use crate::error::{Error, Result};
 use crate::platform;
-use crate::quant::{Packed, repack};
+use crate::quant::{PackedBuffer, pack_experts, pack_matrix};
 use crate::tensor::DType;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -140,19 +140,24 @@ impl Gpu {
         }
     }
 
-    /// Uploads tensors of one storage type, concatenated along their first dimension, in
-    /// the kernels' layout (`crate::quant::repack`).
-    pub fn upload_weight(&self, name: &str, dtype: DType, parts: &[&[u8]]) -> Result<GpuWeight> {
-        if !dtype.is_supported() {
-            return Err(Error::gpu(format!("tensor '{name}': storage type {} has no kernel", dtype.name())));
+    /// Uploads a weight buffer in the kernels' layout (`crate::quant::PackedBuffer`).
+    pub fn upload_packed(&self, name: &str, b: &PackedBuffer) -> Result<GpuWeight> {
+        if !b.dtype.is_supported() {
+            return Err(Error::gpu(format!("tensor '{name}': storage type {} has no kernel", b.dtype.name())));
         }
-        let mut packed = Packed::default();
-        for p in parts {
-            packed.append(repack(dtype, p));
-        }
-        let b = packed.finish()?;
         let buf = self.storage_init(name, &b.bytes)?;
-        Ok(GpuWeight { buf, dtype, s_off: b.s_off, h_off: b.h_off })
+        Ok(GpuWeight { buf, dtype: b.dtype, s_off: b.s_off, h_off: b.h_off, expert_stride: b.expert_stride })
+    }
+
+    /// Uploads tensors of one storage type as one matrix, concatenated along their first
+    /// dimension, in the kernels' layout.
+    pub fn upload_weight(&self, name: &str, dtype: DType, parts: &[&[u8]]) -> Result<GpuWeight> {
+        self.upload_packed(name, &pack_matrix(dtype, parts)?)
+    }
+
+    /// Uploads stacked experts (see `crate::quant::pack_experts`).
+    pub fn upload_experts(&self, name: &str, dtype: DType, experts: &[Vec<&[u8]>]) -> Result<GpuWeight> {
+        self.upload_packed(name, &pack_experts(dtype, experts)?)
     }
 
     pub fn uniform(&self, name: &str, words: &[u32]) -> wgpu::Buffer {

@@ -121,6 +121,25 @@ impl Uploader<'_> {
         Ok(w)
     }
 
+    /// Stacked experts: expert e's matrix is `experts[e]` concatenated, in one storage type
+    /// (widened to f32 if the parts disagree).
+    fn experts(&mut self, label: &str, experts: &[Vec<TensorRef<'_>>]) -> Result<GpuWeight> {
+        let first = experts.first().and_then(|p| p.first()).map(|p| p.dtype).unwrap_or(DType::F32);
+        let same = experts.iter().flatten().all(|p| p.dtype == first);
+        let w = if same {
+            let raw: Vec<Vec<&[u8]>> = experts.iter().map(|e| e.iter().map(|p| p.data).collect()).collect();
+            self.gpu.upload_experts(label, first, &raw)?
+        } else {
+            let wide: Vec<Vec<Vec<u8>>> =
+                experts.iter().map(|e| e.iter().map(|p| from_f32(DType::F32, &p.to_f32())).collect()).collect();
+            let raw: Vec<Vec<&[u8]>> = wide.iter().map(|e| e.iter().map(|p| p.as_slice()).collect()).collect();
+            self.gpu.upload_experts(label, DType::F32, &raw)?
+        };
+        self.bytes += w.buf.size();
+        self.buffers.push(w.buf.clone());
+        Ok(w)
+    }
+
     /// Small tensors (norms, router) are used as f32 whatever their storage type.
     fn f32(&mut self, t: TensorRef<'_>) -> Result<Buffer> {
         let buf = self.gpu.storage_init(t.name, &from_f32(DType::F32, &t.to_f32()))?;
@@ -223,16 +242,16 @@ impl GpuModel {
                 ]
             };
             let wo = up.weight(&l.wo, &[files.expect(&l.wo, &[d, c.q_dim()])?])?;
-            // Experts stacked: gate/up interleaved per expert [E, 2, F, D], down [E, D, F].
-            let mut gate_up = Vec::with_capacity(2 * e);
+            // Experts stacked, one block each: gate rows then up rows [2F, D]; down [D, F].
+            let mut gate_up = Vec::with_capacity(e);
             let mut down = Vec::with_capacity(e);
             for x in 0..e {
                 let [w1, w3, w2] = files.expert(li, x)?;
-                gate_up.extend([w1, w3]);
-                down.push(w2);
+                gate_up.push(vec![w1, w3]);
+                down.push(vec![w2]);
             }
-            let w13 = up.weight(&format!("layer {li} experts' gate|up"), &gate_up)?;
-            let w2 = up.weight(&format!("layer {li} experts' down"), &down)?;
+            let w13 = up.experts(&format!("layer {li} experts' gate|up"), &gate_up)?;
+            let w2 = up.experts(&format!("layer {li} experts' down"), &down)?;
             let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
             let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
             let router = match &l.router {
