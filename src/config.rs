@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use serde_json::Value;
 
 /// Model families we run. Dense Llama/Mistral run as a MoE with one expert of weight 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Arch {
     Mixtral,
     Llama,
@@ -15,7 +15,7 @@ pub enum Arch {
 }
 
 /// How rotary frequencies are derived from `theta` (see `rope::inv_freq`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (transformers "linear").
@@ -31,7 +31,7 @@ pub enum RopeScaling {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     pub arch: Arch,
     pub hidden: usize,

@@ -21,6 +21,7 @@ pub mod safetensors;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
+pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
 mod web;

@@ -18,8 +18,8 @@ use super::Gpu;
 use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
 use crate::config::{ModelConfig, rope_inv_freq, rope_table};
 use crate::error::{Error, Result};
-use crate::model::{ModelFiles, Progress, TensorRef};
-use crate::tensor::{DType, from_f32};
+use crate::model::Progress;
+use crate::weights::{Slot, WeightSource};
 use std::sync::Arc;
 use wgpu::Buffer;
 
@@ -99,53 +99,23 @@ impl Path {
 
 struct Uploader<'a> {
     gpu: &'a Gpu,
+    src: &'a dyn WeightSource,
     buffers: Vec<Buffer>,
     bytes: u64,
 }
 
 impl Uploader<'_> {
-    /// Uploads tensors concatenated along their first dimension in the kernels' packed
-    /// layout: in their own type when they agree, else widened to f32.
-    fn weight(&mut self, label: &str, parts: &[TensorRef<'_>]) -> Result<GpuWeight> {
-        let first = parts.first().map(|p| p.dtype).unwrap_or(DType::F32);
-        let w = if parts.iter().all(|p| p.dtype == first) {
-            let raw: Vec<&[u8]> = parts.iter().map(|p| p.data).collect();
-            self.gpu.upload_weight(label, first, &raw)?
-        } else {
-            let wide: Vec<Vec<u8>> = parts.iter().map(|p| from_f32(DType::F32, &p.to_f32())).collect();
-            let raw: Vec<&[u8]> = wide.iter().map(|v| v.as_slice()).collect();
-            self.gpu.upload_weight(label, DType::F32, &raw)?
-        };
+    /// The weight buffer for `slot`, if the model has one.
+    fn slot(&mut self, slot: Slot) -> Result<Option<GpuWeight>> {
+        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
+        let w = self.gpu.upload_packed(&self.src.describe(slot), &b)?;
         self.bytes += w.buf.size();
         self.buffers.push(w.buf.clone());
-        Ok(w)
+        Ok(Some(w))
     }
 
-    /// Stacked experts: expert e's matrix is `experts[e]` concatenated, in one storage type
-    /// (widened to f32 if the parts disagree).
-    fn experts(&mut self, label: &str, experts: &[Vec<TensorRef<'_>>]) -> Result<GpuWeight> {
-        let first = experts.first().and_then(|p| p.first()).map(|p| p.dtype).unwrap_or(DType::F32);
-        let same = experts.iter().flatten().all(|p| p.dtype == first);
-        let w = if same {
-            let raw: Vec<Vec<&[u8]>> = experts.iter().map(|e| e.iter().map(|p| p.data).collect()).collect();
-            self.gpu.upload_experts(label, first, &raw)?
-        } else {
-            let wide: Vec<Vec<Vec<u8>>> =
-                experts.iter().map(|e| e.iter().map(|p| from_f32(DType::F32, &p.to_f32())).collect()).collect();
-            let raw: Vec<Vec<&[u8]>> = wide.iter().map(|e| e.iter().map(|p| p.as_slice()).collect()).collect();
-            self.gpu.upload_experts(label, DType::F32, &raw)?
-        };
-        self.bytes += w.buf.size();
-        self.buffers.push(w.buf.clone());
-        Ok(w)
-    }
-
-    /// Small tensors (norms, router) are used as f32 whatever their storage type.
-    fn f32(&mut self, t: TensorRef<'_>) -> Result<Buffer> {
-        let buf = self.gpu.storage_init(t.name, &from_f32(DType::F32, &t.to_f32()))?;
-        self.bytes += buf.size();
-        self.buffers.push(buf.clone());
-        Ok(buf)
+    fn need(&mut self, slot: Slot) -> Result<GpuWeight> {
+        self.slot(slot)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", slot.name())))
     }
 
     fn scratch(&mut self, label: &str, bytes: usize) -> Result<Buffer> {
@@ -157,10 +127,10 @@ impl Uploader<'_> {
 
 impl GpuModel {
     /// Uploads the model and prepares every dispatch. `ctx` is the KV cache length.
-    pub async fn new(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
+    pub async fn new(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::build(gpu.clone(), files, ctx, progress);
+        let built = Self::build(gpu.clone(), src, ctx, progress);
         let oom_err = oom.pop().await;
         let val_err = validation.pop().await;
         let model = built?;
@@ -173,14 +143,13 @@ impl GpuModel {
         Ok(model)
     }
 
-    fn build(gpu: Arc<Gpu>, files: &ModelFiles, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
-        let c = files.config.clone();
-        let n = &files.names;
+    fn build(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
+        let c = src.config().clone();
         if ctx == 0 {
             return Err(Error::input("context length must be at least 1"));
         }
         let g: &Gpu = &gpu;
-        let mut up = Uploader { gpu: g, buffers: Vec::new(), bytes: 0 };
+        let mut up = Uploader { gpu: g, src, buffers: Vec::new(), bytes: 0 };
         let (d, hd, k, e, ff) = (c.hidden, c.head_dim, c.top_k, c.experts, c.ff);
         let qkv_w = c.q_dim() + 2 * c.kv_dim();
 
@@ -215,49 +184,33 @@ impl GpuModel {
             g.write(&weights, 0, bytemuck::cast_slice(&vec![1.0f32; max_rows]));
         }
 
-        let embed = up.weight(&n.embed, &[files.expect(&n.embed, &[c.vocab, d])?])?;
+        let embed = up.need(Slot::Embed)?;
         let mut pre = vec![ops::embed(g, &embed, &tokens, &x, d, c.vocab)?];
         let mut dec = vec![ops::embed(g, &embed, &tokens, &x, d, c.vocab)?];
 
-        for (li, l) in n.layers.iter().enumerate() {
+        for li in 0..c.layers {
+            let l = li as u32;
             if let Some(p) = progress {
-                p.report("upload", &format!("layer {li}"), li as u64, n.layers.len() as u64);
+                p.report("upload", &format!("layer {li}"), li as u64, c.layers as u64);
             }
-            let attn_norm = up.f32(files.expect(&l.attn_norm, &[d])?)?;
-            let ffn_norm = up.f32(files.expect(&l.ffn_norm, &[d])?)?;
+            let attn_norm = up.need(Slot::AttnNorm(l))?.buf;
+            let ffn_norm = up.need(Slot::FfnNorm(l))?.buf;
             // q, k and v as one matmul when they share a storage type (the usual case),
             // else three matmuls writing their columns of the same qkv rows.
-            let (wq, wk, wv) = (
-                files.expect(&l.wq, &[c.q_dim(), d])?,
-                files.expect(&l.wk, &[c.kv_dim(), d])?,
-                files.expect(&l.wv, &[c.kv_dim(), d])?,
-            );
-            let qkv_w8: Vec<(GpuWeight, usize, usize)> = if wq.dtype == wk.dtype && wk.dtype == wv.dtype {
-                vec![(up.weight(&format!("layer {li} q|k|v projection"), &[wq, wk, wv])?, qkv_w, 0)]
-            } else {
-                vec![
-                    (up.weight(wq.name, &[wq])?, c.q_dim(), 0),
-                    (up.weight(wk.name, &[wk])?, c.kv_dim(), c.q_dim()),
-                    (up.weight(wv.name, &[wv])?, c.kv_dim(), c.q_dim() + c.kv_dim()),
-                ]
+            let qkv_w8: Vec<(GpuWeight, usize, usize)> = match up.slot(Slot::Qkv(l))? {
+                Some(w) => vec![(w, qkv_w, 0)],
+                None => vec![
+                    (up.need(Slot::Q(l))?, c.q_dim(), 0),
+                    (up.need(Slot::K(l))?, c.kv_dim(), c.q_dim()),
+                    (up.need(Slot::V(l))?, c.kv_dim(), c.q_dim() + c.kv_dim()),
+                ],
             };
-            let wo = up.weight(&l.wo, &[files.expect(&l.wo, &[d, c.q_dim()])?])?;
-            // Experts stacked, one block each: gate rows then up rows [2F, D]; down [D, F].
-            let mut gate_up = Vec::with_capacity(e);
-            let mut down = Vec::with_capacity(e);
-            for x in 0..e {
-                let [w1, w3, w2] = files.expert(li, x)?;
-                gate_up.push(vec![w1, w3]);
-                down.push(vec![w2]);
-            }
-            let w13 = up.experts(&format!("layer {li} experts' gate|up"), &gate_up)?;
-            let w2 = up.experts(&format!("layer {li} experts' down"), &down)?;
+            let wo = up.need(Slot::Wo(l))?;
+            let w13 = up.need(Slot::GateUp(l))?;
+            let w2 = up.need(Slot::Down(l))?;
             let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
             let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
-            let router = match &l.router {
-                Some(r) => Some(up.f32(files.expect(r, &[e, d])?)?),
-                None => None,
-            };
+            let router = if c.is_moe() { Some(up.need(Slot::Router(l))?.buf) } else { None };
 
             for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
                 prog.push(ops::rms_norm(g, &step, &attn_norm, &x, &xn, d, c.eps, false)?);
@@ -295,8 +248,10 @@ impl GpuModel {
                     c.sliding_window,
                 )?);
                 prog.push(match path {
-                    Path::Prefill => ops::gemm(g, &l.wo, &step, &wo, &attn, Out::add(&x, d), d, c.q_dim())?,
-                    Path::Decode => ops::gemv(g, &l.wo, &wo, &attn, Out::add(&x, d), d, c.q_dim())?,
+                    Path::Prefill => {
+                        ops::gemm(g, "attention output", &step, &wo, &attn, Out::add(&x, d), d, c.q_dim())?
+                    }
+                    Path::Decode => ops::gemv(g, "attention output", &wo, &attn, Out::add(&x, d), d, c.q_dim())?,
                 });
                 prog.push(ops::rms_norm(g, &step, &ffn_norm, &x, &xn, d, c.eps, false)?);
                 if let Some(r) = &router {
@@ -317,23 +272,22 @@ impl GpuModel {
             }
         }
 
-        let final_norm = up.f32(files.expect(&n.final_norm, &[d])?)?;
-        let lm_head = if n.lm_head == n.embed {
-            embed.clone()
-        } else {
-            up.weight(&n.lm_head, &[files.expect(&n.lm_head, &[c.vocab, d])?])?
+        let final_norm = up.need(Slot::FinalNorm)?.buf;
+        let lm_head = match up.slot(Slot::LmHead)? {
+            Some(w) => w,
+            None => embed.clone(),
         };
         let head_all_prefill = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
-            ops::gemm(g, &n.lm_head, &step, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
+            ops::gemm(g, "LM head", &step, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
         ];
         let head_all_decode = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
-            ops::gemv(g, &n.lm_head, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
+            ops::gemv(g, "LM head", &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
         ];
         let head_last = vec![
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?,
-            ops::gemv(g, &n.lm_head, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?
+            ops::gemv(g, "LM head", &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?
                 .with_grid(super::Grid { x: (c.vocab as u32).div_ceil(4), y: Rows::Fixed(1) }),
         ];
         let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
