@@ -10,10 +10,12 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::model::{GpuModel, MAX_CHUNK, Pred, Want};
 use crate::model::{ModelFiles, Progress};
+use crate::pack::PackedModel;
 use crate::platform::ModelSource;
 use crate::sampling::{Sampler, SamplingParams, find_stop};
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
+use crate::weights::WeightSource;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +118,12 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 impl Engine {
+    /// A model from a directory, a `.gguf` file, or a packed model's `manifest.json`.
     pub async fn load<S: ModelSource>(src: &S, opts: EngineOptions, gpu: Option<Arc<Gpu>>) -> Result<Engine> {
+        if let Some(name) = src.single_file().filter(|n| n.ends_with(".json")) {
+            let packed = crate::pack::load(src, name).await?;
+            return Engine::from_packed(packed, opts, gpu).await;
+        }
         let mut files = ModelFiles::load(src).await?;
         if let Some(q) = opts.quant {
             files.quantize(q, opts.progress.as_ref())?;
@@ -125,7 +132,32 @@ impl Engine {
     }
 
     pub async fn from_files(files: &ModelFiles, opts: EngineOptions, gpu: Option<Arc<Gpu>>) -> Result<Engine> {
-        let max_pos = files.config.max_positions;
+        let tokenizer = Tokenizer::from_model(files)?;
+        let cpu = match opts.device {
+            Device::Cpu => Some(files),
+            Device::Gpu => None,
+        };
+        Engine::from_parts(files, cpu, tokenizer, opts, gpu).await
+    }
+
+    /// A packed web model (`crate::pack`); it runs on the GPU only.
+    pub async fn from_packed(model: PackedModel, opts: EngineOptions, gpu: Option<Arc<Gpu>>) -> Result<Engine> {
+        if opts.device == Device::Cpu {
+            return Err(Error::input("packed models run on the GPU only (use the original model with --device cpu)"));
+        }
+        let tokenizer = model.manifest.tokenizer.as_ref().map(Tokenizer::from_spec).transpose()?;
+        Engine::from_parts(&model, None, tokenizer, opts, gpu).await
+    }
+
+    async fn from_parts(
+        weights: &dyn WeightSource,
+        cpu: Option<&ModelFiles>,
+        tokenizer: Option<Tokenizer>,
+        opts: EngineOptions,
+        gpu: Option<Arc<Gpu>>,
+    ) -> Result<Engine> {
+        let cfg = weights.config().clone();
+        let max_pos = cfg.max_positions;
         let context = match opts.context {
             Some(c) if c == 0 || c > max_pos => {
                 return Err(Error::input(format!(
@@ -135,7 +167,6 @@ impl Engine {
             Some(c) => c,
             None => max_pos.min(DEFAULT_CONTEXT),
         };
-        let tokenizer = Tokenizer::from_model(files)?;
         let template = match &tokenizer {
             Some(t) => match &t.chat_template {
                 Some(src) => Some(ChatTemplate::new(src, &t.bos_token, &t.eos_token)?),
@@ -143,17 +174,17 @@ impl Engine {
             },
             None => None,
         };
-        let backend = match opts.device {
-            Device::Cpu => Backend::Cpu(CpuModel::new(files, context)?),
-            Device::Gpu => {
+        let backend = match cpu {
+            Some(files) => Backend::Cpu(CpuModel::new(files, context)?),
+            None => {
                 let gpu = match gpu {
                     Some(g) => g,
                     None => Arc::new(Gpu::new().await?),
                 };
-                Backend::Gpu(GpuModel::new(gpu, files, context, opts.progress.as_ref()).await?)
+                Backend::Gpu(GpuModel::new(gpu, weights, context, opts.progress.as_ref()).await?)
             }
         };
-        Ok(Engine { backend, opts, vocab: files.config.vocab, context, tokenizer, template, cached: Vec::new() })
+        Ok(Engine { backend, opts, vocab: cfg.vocab, context, tokenizer, template, cached: Vec::new() })
     }
 
     /// A one-line description of where the model runs.

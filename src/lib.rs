@@ -15,6 +15,7 @@ pub mod error;
 pub mod gguf;
 pub mod gpu;
 pub mod model;
+pub mod pack;
 pub mod platform;
 pub mod quant;
 pub mod safetensors;

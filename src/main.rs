@@ -37,9 +37,20 @@ enum QuantArg {
     Q4_1,
 }
 
+impl QuantArg {
+    fn dtype(self) -> DType {
+        match self {
+            QuantArg::Q8_0 => DType::Q8_0,
+            QuantArg::Q4_0 => DType::Q4_0,
+            QuantArg::Q4_1 => DType::Q4_1,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ModelArgs {
-    /// A .gguf file, or a Hugging Face model directory (config.json + safetensors)
+    /// A .gguf file, a Hugging Face model directory (config.json + safetensors), or a
+    /// packed model's manifest.json
     #[arg(long)]
     model: std::path::PathBuf,
     /// Where to run: the GPU kernels, or the CPU reference
@@ -150,6 +161,21 @@ enum Cmd {
         #[arg(long)]
         system: Option<String>,
     },
+    /// Write a packed web model: manifest.json and shards the browser uploads as they are
+    Pack {
+        /// A .gguf file, or a Hugging Face model directory
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Output directory
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Target shard size in MiB
+        #[arg(long, default_value_t = 32)]
+        shard_mb: usize,
+        /// Quantize f32/f16/bf16 weights first
+        #[arg(long, value_enum)]
+        quant: Option<QuantArg>,
+    },
     /// Architecture, tensor types, parameters (total and active per token), sizes
     Info {
         /// A .gguf file, or a Hugging Face model directory
@@ -197,11 +223,7 @@ fn open(a: &ModelArgs) -> Result<Engine> {
         },
         context: a.context,
         prefill_chunk: a.prefill_chunk,
-        quant: a.quant.map(|q| match q {
-            QuantArg::Q8_0 => DType::Q8_0,
-            QuantArg::Q4_0 => DType::Q4_0,
-            QuantArg::Q4_1 => DType::Q4_1,
-        }),
+        quant: a.quant.map(QuantArg::dtype),
         progress: Some(progress.clone()),
     };
     let engine = block_on(Engine::load(&DirSource::new(&a.model).with_progress(progress), opts, None));
@@ -308,6 +330,34 @@ fn info(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+fn pack(model: &std::path::Path, out: &std::path::Path, shard_mb: usize, quant: Option<QuantArg>) -> Result<()> {
+    let (bar, progress) = progress_bar();
+    let mut files = block_on(ModelFiles::load(&DirSource::new(model).with_progress(progress.clone())))?;
+    if let Some(q) = quant.map(QuantArg::dtype) {
+        files.quantize(q, Some(&progress))?;
+    }
+    let tokenizer = webmoe::tokenizer::Tokenizer::from_model(&files)?.map(|t| t.to_spec()).transpose()?;
+    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (manifest, shards) = webmoe::pack::pack(&files, &name, tokenizer, shard_mb.max(1) << 20, Some(&progress))?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out.display(), e))?;
+    for (info, bytes) in manifest.shards.iter().zip(&shards) {
+        let p = out.join(&info.file);
+        std::fs::write(&p, bytes).map_err(|e| Error::io(p.display(), e))?;
+    }
+    let json = serde_json::to_vec(&manifest).map_err(|e| Error::input(e.to_string()))?;
+    let p = out.join("manifest.json");
+    std::fs::write(&p, json).map_err(|e| Error::io(p.display(), e))?;
+    println!(
+        "{}: {} tensors in {} shards, {:.1} MiB",
+        p.display(),
+        manifest.tensors.len(),
+        manifest.shards.len(),
+        manifest.total_bytes as f64 / (1u64 << 20) as f64
+    );
+    Ok(())
+}
+
 fn chat(engine: &mut Engine, system: Option<String>, opts: &GenerateOptions) -> Result<()> {
     if !engine.has_chat_template() {
         return Err(Error::input("this model has no chat template"));
@@ -376,6 +426,7 @@ fn run(cli: Cli) -> Result<()> {
             chat(&mut engine, system, &sample.options())?;
         }
         Cmd::Info { model } => info(&model)?,
+        Cmd::Pack { model, out, shard_mb, quant } => pack(&model, &out, shard_mb, quant)?,
     }
     Ok(())
 }

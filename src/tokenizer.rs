@@ -26,6 +26,19 @@ pub struct Tokenizer {
     pub eos_token: String,
 }
 
+/// A tokenizer as a packed web model's manifest carries it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TokenizerSpec {
+    /// The `tokenizers` JSON (tokenizer.json format).
+    pub json: String,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub stop_ids: Vec<u32>,
+    pub chat_template: Option<String>,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
 fn tk_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::input(format!("tokenizer: {what}: {e}"))
 }
@@ -301,6 +314,32 @@ impl Tokenizer {
         };
         t.add_end_of_turn_markers();
         Ok(t)
+    }
+
+    pub fn to_spec(&self) -> Result<TokenizerSpec> {
+        Ok(TokenizerSpec {
+            json: self.inner.to_string(false).map_err(|e| tk_err("serializing", e))?,
+            bos: self.bos,
+            eos: self.eos,
+            stop_ids: self.stop_ids.clone(),
+            chat_template: self.chat_template.clone(),
+            bos_token: self.bos_token.clone(),
+            eos_token: self.eos_token.clone(),
+        })
+    }
+
+    pub fn from_spec(s: &TokenizerSpec) -> Result<Tokenizer> {
+        let inner: tokenizers::Tokenizer =
+            s.json.parse().map_err(|e| Error::format("manifest.json", format!("tokenizer: {e}")))?;
+        Ok(Tokenizer {
+            inner,
+            bos: s.bos,
+            eos: s.eos,
+            stop_ids: s.stop_ids.clone(),
+            chat_template: s.chat_template.clone(),
+            bos_token: s.bos_token.clone(),
+            eos_token: s.eos_token.clone(),
+        })
     }
 
     /// Chat templates end turns with markers other than EOS; generation stops on them too.

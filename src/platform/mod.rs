@@ -25,10 +25,12 @@ pub trait ModelSource {
     fn single_file(&self) -> Option<&str>;
 }
 
-/// Splits a path or URL naming a `.gguf` file into (directory, file name).
+/// Splits a path or URL naming a single-file model — a `.gguf` file or a packed model's
+/// `manifest.json` — into (directory, file name).
 pub fn split_gguf(location: &str) -> Option<(&str, &str)> {
     let path = location.split(['?', '#']).next().unwrap_or(location);
-    if !path.to_ascii_lowercase().ends_with(".gguf") {
+    let lower = path.to_ascii_lowercase();
+    if !lower.ends_with(".gguf") && !lower.ends_with("manifest.json") {
         return None;
     }
     match path.rfind('/') {

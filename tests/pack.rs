@@ -1,0 +1,96 @@
+//! Packed web models: packing then loading gives bit-identical logits to loading the
+//! original files (the shards hold exactly what the GPU reads); experts are stored expert
+//! by expert; a shard that does not match its SHA-256, or a manifest that lies, is refused.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use webmoe::engine::{Engine, EngineOptions};
+use webmoe::model::ModelFiles;
+use webmoe::pack::{Manifest, pack};
+use webmoe::platform::{DirSource, block_on};
+use webmoe::tokenizer::Tokenizer;
+
+fn write_packed(src: &Path, out: &Path, shard_bytes: usize) -> Manifest {
+    let files = block_on(ModelFiles::load(&DirSource::new(model_path(src)))).expect("load");
+    let tok = Tokenizer::from_model(&files).unwrap().map(|t| t.to_spec().unwrap());
+    let (m, shards) = pack(&files, "fixture", tok, shard_bytes, None).expect("pack");
+    std::fs::create_dir_all(out).unwrap();
+    for (info, b) in m.shards.iter().zip(&shards) {
+        std::fs::write(out.join(&info.file), b).unwrap();
+    }
+    std::fs::write(out.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    m
+}
+
+fn engine_for(path: &Path) -> webmoe::Result<Engine> {
+    block_on(Engine::load(&DirSource::new(path), EngineOptions::default(), Some(gpu())))
+}
+
+#[test]
+fn packed_models_give_identical_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in fixtures() {
+        let out = tmp.path().join(dir.file_name().unwrap());
+        let m = write_packed(&dir, &out, 64 << 10);
+        let r = reference(&dir);
+        let want = block_on(engine_for(&model_path(&dir)).unwrap().logits(&r.tokens)).unwrap();
+        let got = block_on(engine_for(&out.join("manifest.json")).unwrap().logits(&r.tokens)).unwrap();
+        assert!(got == want, "{}: packed logits differ", dir.display());
+        println!(
+            "{:40} {} shards, {} bytes",
+            dir.file_name().unwrap().to_string_lossy(),
+            m.shards.len(),
+            m.total_bytes
+        );
+    }
+}
+
+#[test]
+fn experts_are_stored_expert_by_expert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write_packed(&fixtures_dir().join("mixtral-e16-top4-gqa4-hd16-f16"), tmp.path(), 32 << 10);
+    assert!(m.shards.len() > 2, "small shards to make it interesting");
+    for l in 0..m.config.layers {
+        let up = m.tensors.iter().find(|t| t.slot == format!("layer.{l}.experts.gate_up")).unwrap();
+        let down = m.tensors.iter().find(|t| t.slot == format!("layer.{l}.experts.down")).unwrap();
+        assert_eq!((up.experts, down.experts), (16, 16));
+        for e in 0..16u32 {
+            let u: Vec<_> = up.pieces.iter().filter(|p| p.expert == Some(e)).collect();
+            let d: Vec<_> = down.pieces.iter().filter(|p| p.expert == Some(e)).collect();
+            assert_eq!((u.len(), d.len()), (1, 1), "an expert's block fits a shard and is not split");
+            // Expert e's down block follows its up block directly.
+            assert_eq!((d[0].shard, d[0].offset), (u[0].shard, u[0].offset + u[0].length), "layer {l} expert {e}");
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_shard_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write_packed(&fixtures_dir().join("mixtral-e4-top1-mha"), tmp.path(), 64 << 10);
+    let victim = tmp.path().join(&m.shards[1].file);
+    let mut b = std::fs::read(&victim).unwrap();
+    b[100] ^= 1;
+    std::fs::write(&victim, &b).unwrap();
+    let err = engine_for(&tmp.path().join("manifest.json")).err().expect("must fail").to_string();
+    assert!(err.contains(&m.shards[1].file) && err.contains("SHA-256"), "{err}");
+    std::fs::remove_file(&victim).unwrap();
+    let err = engine_for(&tmp.path().join("manifest.json")).err().expect("must fail").to_string();
+    assert!(err.contains(&m.shards[1].file) && err.contains("not found"), "{err}");
+}
+
+#[test]
+fn a_lying_manifest_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write_packed(&fixtures_dir().join("mixtral-e4-top1-mha"), tmp.path(), 64 << 10);
+    let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
+    v["tensors"][2]["pieces"][0]["length"] = serde_json::json!(1u64 << 40);
+    let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("manifest.json") && err.contains(m.tensors[2].slot.as_str()), "{err}");
+    let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
+    v["tensors"][0]["dtype"] = serde_json::json!("Q3_K");
+    assert!(Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string().contains("Q3_K"));
+    assert!(Manifest::parse(b"{}").is_err());
+}
