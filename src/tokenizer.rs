@@ -85,11 +85,11 @@ fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)
         merges.extend(local);
     }
     let clen = |s: &str| s.chars().count();
-    // Python's sorted(..., reverse=True) is stable: equal keys keep their order.
+    // Python's sorted(..., reverse=True) is stable: equal keys keep their order. Scores
+    // compare as a total order (a file may hold NaN; -0 and +0 count as equal).
+    let key = |x: f32| if x == 0.0 { 0.0 } else { x };
     merges.sort_by(|a, b| {
-        let ka = (a.2, clen(a.0), clen(a.1));
-        let kb = (b.2, clen(b.0), clen(b.1));
-        kb.partial_cmp(&ka).unwrap_or(std::cmp::Ordering::Equal)
+        key(b.2).total_cmp(&key(a.2)).then(clen(b.0).cmp(&clen(a.0))).then(clen(b.1).cmp(&clen(a.1)))
     });
     merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
 }

@@ -135,3 +135,19 @@ fn hf_tokenizer_json_matches_transformers() {
         );
     }
 }
+
+/// Found by the fuzzer: NaN scores once broke the merge sort's total order (a panic).
+#[test]
+fn nan_scores_do_not_panic() {
+    use webmoe::gguf::Value;
+    let path = fixtures_dir().join("tokenizers/spm-llama.gguf");
+    let mut g = Gguf::parse("spm-llama.gguf", std::fs::read(&path).unwrap()).unwrap();
+    if let Some(Value::Array(scores)) = g.metadata.get_mut("tokenizer.ggml.scores") {
+        for (i, s) in scores.iter_mut().enumerate() {
+            if i % 3 == 0 {
+                *s = Value::F32(f32::NAN);
+            }
+        }
+    }
+    let _ = Tokenizer::from_gguf(&g.metadata);
+}
