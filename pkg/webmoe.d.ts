@@ -1,16 +1,17 @@
 /** Progress of a model load. */
 export interface LoadProgress {
-  phase: 'download';
-  /** File within the model directory, e.g. "model.safetensors". */
+  /** 'download' and 'verify' (packed models, bytes over the whole model), 'upload' (to the GPU). */
+  phase: 'download' | 'verify' | 'upload' | 'quantize' | 'read';
+  /** The file (or layer) being worked on. */
   file: string;
-  /** Bytes of `file` received so far. */
   loaded: number;
-  /** Bytes of `file` in all (0 when the server sends no Content-Length). */
+  /** 0 when unknown (a server without Content-Length). */
   total: number;
 }
 
 export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
+  signal?: AbortSignal;
 }
 
 export interface EngineOptions {
@@ -22,21 +23,99 @@ export interface EngineOptions {
   wasmUrl?: string | URL;
 }
 
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | string;
+  content: string;
+}
+
+export interface ChatCompletionRequest {
+  messages: ChatMessage[];
+  stream?: boolean;
+  max_tokens?: number;
+  /** Default 1; 0 is greedy. */
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  seed?: number;
+  stop?: string | string[];
+  frequency_penalty?: number;
+  presence_penalty?: number;
+  repetition_penalty?: number;
+  logit_bias?: Record<string, number>;
+  signal?: AbortSignal;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string | null;
+  choices: { index: number; message: { role: 'assistant'; content: string }; finish_reason: 'stop' | 'length' | 'abort' }[];
+  usage: Usage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string | null;
+  choices: { index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: 'stop' | 'length' | 'abort' | null }[];
+  /** On the last chunk only. */
+  usage?: Usage;
+}
+
+export interface CompletionStats {
+  promptTokens: number;
+  /** Prompt tokens that were not already in the KV cache from the previous turn. */
+  prefilledTokens: number;
+  completionTokens: number;
+  timeToFirstToken: number;
+  prefillTokensPerSecond: number | null;
+  decodeTokensPerSecond: number | null;
+  /** MoE models: per layer, how often each expert was chosen during the completion. */
+  expertCounts: number[][];
+}
+
+export interface StoredModel {
+  url: string;
+  source: string;
+  bytes: number;
+  storedBytes: number;
+  complete: boolean;
+}
+
 export interface Engine {
-  /** Loads a Hugging Face model directory (config.json + safetensors) served over HTTP. */
   load(url: string, options?: LoadOptions): Promise<void>;
-  /** Logits for `tokens` as a new sequence: tokens.length x vocabSize floats, row-major. */
   logits(tokens: ArrayLike<number>): Promise<Float32Array>;
-  /**
-   * Greedy continuation of `tokens` (a new sequence) by up to `maxTokens` ids (default 32).
-   * `onToken` sees each id as it is produced; returning false stops generation.
-   */
   generate(tokens: ArrayLike<number>, options?: { maxTokens?: number; onToken?: (id: number) => boolean | void }): Promise<Uint32Array>;
-  /** Vocabulary size of the loaded model (0 before load). */
-  readonly vocabSize: number;
-  /** The GPU adapter the engine runs on. */
+  chat: {
+    completions: {
+      create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+      create(req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+    };
+  };
+  tokenize(text: string, options?: { addSpecialTokens?: boolean }): Promise<Uint32Array>;
+  detokenize(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): Promise<string>;
+  info(): Promise<Record<string, unknown>>;
+  unload(): Promise<void>;
+  hasModel(url: string): Promise<boolean>;
+  deleteModel(url: string): Promise<boolean>;
+  listModels(): Promise<StoredModel[]>;
   readonly adapter: string;
+  lastStats: CompletionStats | null;
 }
 
 /** Creates an engine on this page's WebGPU device. Rejects when WebGPU is unavailable. */
 export function createEngine(options?: EngineOptions): Promise<Engine>;
+/** The same engine inside a module Web Worker whose script calls serveWorker(). */
+export function createWorkerEngine(worker: Worker, options?: EngineOptions): Promise<Engine & { terminate(): void }>;
+export function hasModel(url: string): Promise<boolean>;
+export function deleteModel(url: string): Promise<boolean>;
+export function listModels(): Promise<StoredModel[]>;

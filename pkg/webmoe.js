@@ -1,8 +1,16 @@
 // webmoe: the npm entry point. Wraps the wasm-bindgen module (./wasm/, built by
-// scripts/build-wasm.sh) in a small promise-based API. Calls on one engine run one at a
-// time, in order; every failure is a rejected promise with a readable Error.
+// scripts/build-wasm.sh) in a promise-based API: models from Hugging Face directories,
+// GGUF files or packed models kept in browser storage; an OpenAI-style
+// `chat.completions.create`; tokenization; stats. Calls on one engine run one at a time,
+// in order; every failure is a rejected promise with a readable Error.
+//
+//   const engine = await createEngine();                     // this page's WebGPU device
+//   const engine = await createWorkerEngine(new Worker(...)); // the same, in a Web Worker
 
 import init, { WebEngine } from './wasm/webmoe.js';
+import { ensureModel, readShard, hasModel, deleteModel, listModels } from './storage.js';
+
+export { hasModel, deleteModel, listModels };
 
 let ready = null;
 
@@ -24,14 +32,86 @@ function toIds(tokens, what) {
   });
 }
 
+function abortError() {
+  return new DOMException('The operation was aborted', 'AbortError');
+}
+
+const FINISH = { stop: 'stop', length: 'length', cancelled: 'abort' };
+
+/**
+ * A single-consumer async queue: push() values, end() or fail(); iterate with for await.
+ * `onReturn` runs when the consumer stops early.
+ */
+export class ChunkStream {
+  #items = [];
+  #waiting = null;
+  #done = false;
+  #error = null;
+  #onReturn;
+  constructor(onReturn) {
+    this.#onReturn = onReturn;
+  }
+  push(v) {
+    if (this.#waiting) {
+      this.#waiting.resolve({ value: v, done: false });
+      this.#waiting = null;
+    } else this.#items.push(v);
+  }
+  end() {
+    this.#done = true;
+    this.#waiting?.resolve({ value: undefined, done: true });
+    this.#waiting = null;
+  }
+  fail(e) {
+    this.#error = e;
+    this.#waiting?.reject(e);
+    this.#waiting = null;
+  }
+  [Symbol.asyncIterator]() {
+    return {
+      next: () => {
+        if (this.#items.length) return Promise.resolve({ value: this.#items.shift(), done: false });
+        if (this.#error) return Promise.reject(this.#error);
+        if (this.#done) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve, reject) => (this.#waiting = { resolve, reject }));
+      },
+      return: () => {
+        this.#onReturn?.();
+        this.#done = true;
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+}
+
+/** OpenAI-shaped objects around one completion's events. */
+export function completionShapes(model) {
+  const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+  const created = Math.floor(Date.now() / 1000);
+  const usage = (r) => ({ prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, total_tokens: r.prompt_tokens + r.completion_tokens });
+  return {
+    chunk: (delta, finish = null) => ({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: finish }] }),
+    last: (r) => ({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta: {}, finish_reason: FINISH[r.finish_reason] ?? r.finish_reason }], usage: usage(r) }),
+    full: (r) => ({
+      id, object: 'chat.completion', created, model,
+      choices: [{ index: 0, message: { role: 'assistant', content: r.text }, finish_reason: FINISH[r.finish_reason] ?? r.finish_reason }],
+      usage: usage(r),
+    }),
+  };
+}
+
 class Engine {
   #inner;
   #adapterInfo;
   #queue = Promise.resolve();
+  #model = null;
+  /** Timings and counts of the last completion. */
+  lastStats = null;
 
   constructor(inner, adapterInfo) {
     this.#inner = inner;
     this.#adapterInfo = adapterInfo;
+    this.chat = { completions: { create: (req) => this.#create(req) } };
   }
 
   // Runs `fn` after every earlier call on this engine has settled.
@@ -42,15 +122,27 @@ class Engine {
   }
 
   /**
-   * Loads a Hugging Face model directory served over HTTP (config.json and
-   * model.safetensors, or model.safetensors.index.json and its shards).
+   * Loads a model: a packed model's manifest.json (stored in the browser, verified, resumable),
+   * a .gguf file, or a Hugging Face directory. onProgress({phase, file, loaded, total}) with
+   * phase 'download', 'verify' or 'upload'.
    */
-  load(url, { onProgress } = {}) {
+  load(url, { onProgress, signal } = {}) {
     if (typeof url !== 'string' || url.length === 0) {
       return Promise.reject(new TypeError('load(url): url must be a non-empty string'));
     }
     const cb = typeof onProgress === 'function' ? onProgress : null;
-    return this.#serial(() => this.#inner.load(url, cb));
+    return this.#serial(async () => {
+      if (signal?.aborted) throw abortError();
+      if (/manifest\.json(\?|#|$)/.test(url)) {
+        const { manifest, text } = await ensureModel(url, { onProgress: cb, signal });
+        if (signal?.aborted) throw abortError();
+        const abs = new URL(url, globalThis.location?.href).href;
+        await this.#inner.loadPacked(abs, text, (i) => readShard(abs, manifest, i), cb);
+      } else {
+        await this.#inner.load(url, cb);
+      }
+      this.#model = url;
+    });
   }
 
   /** Logits for `tokens` as a new sequence: Float32Array of tokens.length x vocabSize, row-major. */
@@ -82,6 +174,88 @@ class Engine {
     return this.#serial(() => this.#inner.generate(ids, maxTokens, cb));
   }
 
+  // One completion; `onDelta(text)` returns false to stop. Resolves to the raw result.
+  #complete(body, onDelta, signal) {
+    return this.#serial(async () => {
+      if (signal?.aborted) throw abortError();
+      const t0 = performance.now();
+      let first = null;
+      const raw = await this.#inner.complete(JSON.stringify(body), (d) => {
+        first ??= performance.now();
+        if (signal?.aborted) return false;
+        return onDelta(d) !== false;
+      });
+      const t1 = performance.now();
+      const r = JSON.parse(raw);
+      const ttft = ((first ?? t1) - t0) / 1000;
+      const decode = (t1 - (first ?? t1)) / 1000;
+      this.lastStats = {
+        promptTokens: r.prompt_tokens,
+        prefilledTokens: r.prefilled_tokens,
+        completionTokens: r.completion_tokens,
+        timeToFirstToken: ttft,
+        prefillTokensPerSecond: ttft > 0 ? r.prefilled_tokens / ttft : null,
+        decodeTokensPerSecond: decode > 0 && r.completion_tokens > 1 ? (r.completion_tokens - 1) / decode : null,
+        expertCounts: JSON.parse(await this.#inner.expertCounts()),
+      };
+      if (signal?.aborted) throw abortError();
+      return r;
+    });
+  }
+
+  // chat.completions.create: OpenAI's request and response shapes.
+  #create(req = {}) {
+    const { stream = false, signal, model: _model, stream_options: _so, ...body } = req;
+    if (!Array.isArray(body.messages) && body.prompt === undefined) {
+      return Promise.reject(new TypeError('chat.completions.create: messages is required'));
+    }
+    const shapes = completionShapes(this.#model);
+    if (!stream) return this.#complete(body, () => true, signal).then(shapes.full);
+    let stopped = false;
+    const out = new ChunkStream(() => (stopped = true));
+    let sentRole = false;
+    this.#complete(body, (d) => {
+      if (stopped) return false;
+      out.push(shapes.chunk(sentRole ? { content: d } : { role: 'assistant', content: d }));
+      sentRole = true;
+      return true;
+    }, signal).then((r) => {
+      out.push(shapes.last(r));
+      out.end();
+    }, (e) => out.fail(e));
+    return Promise.resolve(out);
+  }
+
+  /** Token ids of `text` (with the special tokens the model's tokenizer adds, by default). */
+  tokenize(text, { addSpecialTokens = true } = {}) {
+    return this.#serial(() => this.#inner.tokenize(String(text), addSpecialTokens));
+  }
+
+  detokenize(ids, { skipSpecialTokens = false } = {}) {
+    return this.#serial(() => this.#inner.detokenize(toIds(ids, 'detokenize'), skipSpecialTokens));
+  }
+
+  /** Adapter, features used, limits, and model facts. */
+  info() {
+    return this.#serial(() => {
+      const i = JSON.parse(this.#inner.info());
+      i.adapter = this.adapter;
+      return i;
+    });
+  }
+
+  /** Frees the model and its GPU memory (the engine stays usable for another load). */
+  unload() {
+    return this.#serial(() => {
+      this.#inner.unload();
+      this.#model = null;
+    });
+  }
+
+  hasModel(url) { return hasModel(url); }
+  deleteModel(url) { return deleteModel(url); }
+  listModels() { return listModels(); }
+
   /** Vocabulary size of the loaded model (0 before load). */
   get vocabSize() {
     return this.#inner.vocabSize;
@@ -97,7 +271,7 @@ class Engine {
 }
 
 /**
- * Creates an engine on this page's WebGPU device.
+ * Creates an engine on this page's (or worker's) WebGPU device.
  * options: { context?: number (KV cache length), prefillChunk?: number, wasmUrl?: string | URL }
  */
 export async function createEngine(options = {}) {
@@ -114,3 +288,5 @@ export async function createEngine(options = {}) {
   }
   return new Engine(inner, info);
 }
+
+export { createWorkerEngine } from './worker-client.js';

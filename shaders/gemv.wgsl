@@ -1,9 +1,11 @@
 // Decode matmul (GEMV): y[t, y_off + n] (+)= sum_k W[n, k] * x[t, k]
 //   W: [N, K] in WDTYPE (HF Linear layout, any format of lib/weights.wgsl),
 //   x: [T, K] f32, y: [T, y_stride] f32 (y_off/y_stride let q, k, v write one buffer).
-// One workgroup computes ROWS consecutive outputs of one token; its threads split K in
-// chunks of 4 (one vec4 of x reused across the ROWS weight rows), then reduce through
-// workgroup memory. With `accumulate` the result is added into y (fuses the residual add).
+// One workgroup computes ROWS consecutive outputs of one token: LANES threads per row
+// split K in vec4 steps (neighbouring threads read neighbouring words), then one barrier
+// and a LANES-wide sum through workgroup memory. Many rows per workgroup and a single
+// barrier keep the cost per workgroup low on every device (few workgroups, no reduction
+// tree). With `accumulate` the result is added into y (fuses the residual add).
 // Grid: x = ceil(N / ROWS) (folded), y = T.
 
 struct Params {
@@ -23,9 +25,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 128u;
-const ROWS: u32 = 4u;
+const LANES: u32 = 8u;
+const ROWS: u32 = WG / LANES;
 
-var<workgroup> red: array<vec4<f32>, WG>;
+var<workgroup> part: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -38,31 +41,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let t = wid.y;
     let k4 = p.k / 4u;
     let o = WLayout(0u, p.s_off, p.h_off);
-    var acc = vec4<f32>(0.0);
-    for (var c = lid; c < k4; c += WG) {
-        let xv = x[t * k4 + c];
-        for (var r = 0u; r < ROWS; r++) {
-            // Rows past N recompute row N-1; their sums are never stored.
-            let row = min(row0 + r, p.n - 1u);
-            acc[r] += dot(w4(o, row * p.k + c * 4u), xv);
-        }
+    let r = lid / LANES;
+    let lane = lid % LANES;
+    // Rows past N recompute row N-1; their sums are never stored.
+    let row = min(row0 + r, p.n - 1u);
+    var acc = 0.0;
+    for (var c = lane; c < k4; c += LANES) {
+        acc += dot(w4(o, row * p.k + c * 4u), x[t * k4 + c]);
     }
-    red[lid] = acc;
+    part[lid] = acc;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
+    if (lane == 0u && row0 + r < p.n) {
+        var v = 0.0;
+        for (var j = 0u; j < LANES; j++) {
+            v += part[lid + j];
         }
-        workgroupBarrier();
-    }
-    let row = row0 + lid;
-    if (lid < ROWS && row < p.n) {
-        let o = t * p.y_stride + p.y_off + row;
-        let v = red[0][lid];
+        let i = t * p.y_stride + p.y_off + row0 + r;
         if (p.accumulate != 0u) {
-            y[o] += v;
+            y[i] += v;
         } else {
-            y[o] = v;
+            y[i] = v;
         }
     }
 }

@@ -2,6 +2,7 @@
 // residual add:  x[t, n] += sum_s weights[t*K+s] * (W2[e_s, n] . act[t*K+s])
 //   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, ids/weights: [T*K] from the router,
 //   x: [T, D] f32 residual stream (read-modify-write).
+// ROWS rows per workgroup, LANES threads per row splitting F (as gemv.wgsl).
 // Grid: x = ceil(D / ROWS), y = T.
 
 struct Params {
@@ -23,9 +24,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;
 
 const WG: u32 = 128u;
-const ROWS: u32 = 4u;
+const LANES: u32 = 8u;
+const ROWS: u32 = WG / LANES;
 
-var<workgroup> red: array<vec4<f32>, WG>;
+var<workgroup> part: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -37,29 +39,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let t = wid.y;
     let f4 = p.ff / 4u;
-    var acc = vec4<f32>(0.0);
+    let r = lid / LANES;
+    let lane = lid % LANES;
+    let row = min(n0 + r, p.dim - 1u) * p.ff;
+    var acc = 0.0;
     for (var s = 0u; s < p.k; s++) {
         let a = t * p.k + s;
-        let e = ids[a];
-        let wt = weights[a];
-        let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
-        for (var c = lid; c < f4; c += WG) {
-            let av = act[a * f4 + c] * wt;
-            for (var r = 0u; r < ROWS; r++) {
-                acc[r] += dot(w4(o, min(n0 + r, p.dim - 1u) * p.ff + c * 4u), av);
-            }
+        let o = WLayout(ids[a] * p.e_stride, p.s_off, p.h_off);
+        var dot_ = 0.0;
+        for (var c = lane; c < f4; c += LANES) {
+            dot_ += dot(w4(o, row + c * 4u), act[a * f4 + c]);
         }
+        acc += weights[a] * dot_;
     }
-    red[lid] = acc;
+    part[lid] = acc;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
+    if (lane == 0u && n0 + r < p.dim) {
+        var v = 0.0;
+        for (var j = 0u; j < LANES; j++) {
+            v += part[lid + j];
         }
-        workgroupBarrier();
-    }
-    let n = n0 + lid;
-    if (lid < ROWS && n < p.dim) {
-        x[t * p.dim + n] += red[0][lid];
+        x[t * p.dim + n0 + r] += v;
     }
 }

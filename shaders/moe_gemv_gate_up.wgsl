@@ -3,8 +3,9 @@
 //   w: E blocks `e_stride` words apart, each one [2F, D] matrix in WDTYPE: the expert's
 //   gate (W1) rows, then its up (W3) rows,
 //   x: [T, D] f32 (normed hidden), ids: [T*K] u32 from the router, act: [T*K, F] f32.
-// Same structure as gemv.wgsl (ROWS outputs per workgroup, threads split D), with the gate
-// and up rows computed together so x is read once for both. Grid: x = ceil(F/ROWS), y = T*K.
+// Same structure as gemv.wgsl (ROWS rows per workgroup, LANES threads per row splitting D),
+// with the gate and up rows computed together so x is read once for both.
+// Grid: x = ceil(F / ROWS), y = T*K.
 
 struct Params {
     dim: u32,   // D
@@ -24,10 +25,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> act: array<f32>;
 
 const WG: u32 = 128u;
-const ROWS: u32 = 4u;
+const LANES: u32 = 8u;
+const ROWS: u32 = WG / LANES;
 
-var<workgroup> red_g: array<vec4<f32>, WG>;
-var<workgroup> red_u: array<vec4<f32>, WG>;
+var<workgroup> part_g: array<f32, WG>;
+var<workgroup> part_u: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -43,28 +45,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let d4 = p.dim / 4u;
     let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
     let up = p.ff * p.dim;   // W3 rows follow the F rows of W1
-    var g = vec4<f32>(0.0);
-    var u = vec4<f32>(0.0);
-    for (var c = lid; c < d4; c += WG) {
+    let r = lid / LANES;
+    let lane = lid % LANES;
+    let row = min(f0 + r, p.ff - 1u) * p.dim;
+    var g = 0.0;
+    var u = 0.0;
+    for (var c = lane; c < d4; c += LANES) {
         let xv = x[t * d4 + c];
-        for (var r = 0u; r < ROWS; r++) {
-            let off = min(f0 + r, p.ff - 1u) * p.dim + c * 4u;
-            g[r] += dot(w4(o, off), xv);
-            u[r] += dot(w4(o, up + off), xv);
-        }
+        g += dot(w4(o, row + c * 4u), xv);
+        u += dot(w4(o, up + row + c * 4u), xv);
     }
-    red_g[lid] = g;
-    red_u[lid] = u;
+    part_g[lid] = g;
+    part_u[lid] = u;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red_g[lid] += red_g[lid + s];
-            red_u[lid] += red_u[lid + s];
+    if (lane == 0u && f0 + r < p.ff) {
+        var gs = 0.0;
+        var us = 0.0;
+        for (var j = 0u; j < LANES; j++) {
+            gs += part_g[lid + j];
+            us += part_u[lid + j];
         }
-        workgroupBarrier();
-    }
-    let f = f0 + lid;
-    if (lid < ROWS && f < p.ff) {
-        act[a * p.ff + f] = silu(red_g[0][lid]) * red_u[0][lid];
+        act[a * p.ff + f0 + r] = silu(gs) * us;
     }
 }

@@ -1,7 +1,9 @@
 // Fused MoE router: logits = Wg x, softmax over experts, top-k, optional renormalisation,
 // all in one kernel; the chosen expert ids and weights stay on the GPU for the expert
 // kernels to read (no host round trip).
-//   wg: [E, D] f32, x: [T, D] f32 (normed hidden), ids: [T, K] u32, weights: [T, K] f32.
+//   wg: [E, D] f32, x: [T, D] f32 (normed hidden), ids: [T, K] u32, weights: [T, K] f32,
+//   hist: [layers, E] u32, counts of how often each expert of each layer was chosen (for
+//   the statistics users see; read back only when asked, never inside the forward pass).
 // One workgroup per token: threads split D for each expert's dot product; thread 0 then
 // does the O(E*K) selection. Ties go to the lower expert index (as the CPU reference).
 // Grid: y = T.
@@ -11,6 +13,10 @@ struct Params {
     experts: u32,
     k: u32,
     norm: u32,     // 1: chosen weights renormalised to sum to 1 (Mixtral)
+    layer: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -18,6 +24,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> weights: array<f32>;
+@group(0) @binding(5) var<storage, read_write> hist: array<atomic<u32>>;
 
 const WG: u32 = 64u;
 const MAX_E: u32 = 256u;
@@ -75,6 +82,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let prob = best_v / sum;
         ids[t * p.k + s] = best;
         weights[t * p.k + s] = prob;
+        atomicAdd(&hist[p.layer * p.experts + best], 1u);
         chosen_sum += prob;
     }
     if (p.norm != 0u) {

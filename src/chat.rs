@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use minijinja::{Environment, Error as JErr, ErrorKind, Value};
 use serde::Serialize;
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Message {
     pub role: String,
     pub content: String,

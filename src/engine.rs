@@ -102,6 +102,7 @@ enum Backend {
 
 pub struct Engine {
     backend: Backend,
+    cfg: crate::config::ModelConfig,
     opts: EngineOptions,
     pub vocab: usize,
     pub context: usize,
@@ -184,7 +185,28 @@ impl Engine {
                 Backend::Gpu(GpuModel::new(gpu, weights, context, opts.progress.as_ref()).await?)
             }
         };
-        Ok(Engine { backend, opts, vocab: cfg.vocab, context, tokenizer, template, cached: Vec::new() })
+        Ok(Engine { backend, opts, vocab: cfg.vocab, context, tokenizer, template, cached: Vec::new(), cfg })
+    }
+
+    /// Model facts for users (architecture, sizes, experts), as JSON.
+    pub fn describe(&self) -> serde_json::Value {
+        let c = &self.cfg;
+        serde_json::json!({
+            "architecture": format!("{:?}", c.arch),
+            "layers": c.layers,
+            "hidden": c.hidden,
+            "heads": c.heads,
+            "kv_heads": c.kv_heads,
+            "head_dim": c.head_dim,
+            "experts": c.experts,
+            "experts_per_token": c.top_k,
+            "vocab": c.vocab,
+            "context": self.context,
+            "sliding_window": c.sliding_window,
+            "device": self.device_name(),
+            "has_tokenizer": self.tokenizer.is_some(),
+            "has_chat_template": self.template.is_some(),
+        })
     }
 
     /// A one-line description of where the model runs.
@@ -220,6 +242,15 @@ impl Engine {
 
     pub fn has_chat_template(&self) -> bool {
         self.template.is_some()
+    }
+
+    /// Per layer, how often each expert was chosen since the last call (GPU only; empty
+    /// for dense models and the CPU reference).
+    pub async fn take_expert_counts(&mut self) -> Result<Vec<Vec<u32>>> {
+        match &mut self.backend {
+            Backend::Gpu(m) => m.take_expert_counts().await,
+            Backend::Cpu(_) => Ok(Vec::new()),
+        }
     }
 
     /// Forgets the cached sequence.

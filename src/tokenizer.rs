@@ -88,9 +88,8 @@ fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)
     // Python's sorted(..., reverse=True) is stable: equal keys keep their order. Scores
     // compare as a total order (a file may hold NaN; -0 and +0 count as equal).
     let key = |x: f32| if x == 0.0 { 0.0 } else { x };
-    merges.sort_by(|a, b| {
-        key(b.2).total_cmp(&key(a.2)).then(clen(b.0).cmp(&clen(a.0))).then(clen(b.1).cmp(&clen(a.1)))
-    });
+    merges
+        .sort_by(|a, b| key(b.2).total_cmp(&key(a.2)).then(clen(b.0).cmp(&clen(a.0))).then(clen(b.1).cmp(&clen(a.1))));
     merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
 }
 

@@ -1,16 +1,23 @@
-//! The browser API (wasm-bindgen). `pkg/webmoe.js` wraps it as `createEngine()`; calls are
-//! serialised there, and every failure becomes a rejected promise with a readable message:
-//! nothing panics across the JS boundary.
+//! The browser API (wasm-bindgen). `pkg/webmoe.js` wraps it: storage of packed models,
+//! the OpenAI-style `chat.completions.create`, the worker proxy. Calls are serialised there,
+//! and every failure becomes a rejected promise with a readable message: nothing panics
+//! across the JS boundary.
 
+use crate::chat::Message;
 use crate::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
 use crate::gpu::Gpu;
+use crate::model::Progress;
+use crate::pack::{Assembler, Manifest};
 use crate::platform::HttpSource;
-use js_sys::{Function, Promise, Reflect};
+use crate::sampling::SamplingParams;
+use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
+use serde::Deserialize;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::future_to_promise;
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -23,6 +30,8 @@ struct State {
     /// Taken out while a call runs, so no borrow is held across an await.
     engine: Option<Engine>,
     loaded: bool,
+    /// What was loaded (for info()).
+    model_url: String,
 }
 
 #[wasm_bindgen]
@@ -63,6 +72,76 @@ fn put_engine(state: &Rc<RefCell<State>>, engine: Engine) {
     }
 }
 
+/// `progress(phase, what, done, total)` as the JS object `{phase, file, loaded, total}`.
+fn js_progress(f: Option<Function>) -> Option<Progress> {
+    let f = f?;
+    Some(Progress(Rc::new(move |p: &crate::model::LoadProgress| {
+        let o = Object::new();
+        let _ = Reflect::set(&o, &"phase".into(), &p.phase.into());
+        let _ = Reflect::set(&o, &"file".into(), &p.what.as_str().into());
+        let _ = Reflect::set(&o, &"loaded".into(), &(p.done as f64).into());
+        let _ = Reflect::set(&o, &"total".into(), &(p.total as f64).into());
+        let _ = f.call1(&JsValue::NULL, &o);
+    })))
+}
+
+/// The body of `chat.completions.create` (OpenAI names), plus the prompt forms webmoe
+/// also takes.
+#[derive(Deserialize, Default)]
+struct CompleteRequest {
+    messages: Option<Vec<Message>>,
+    prompt: Option<String>,
+    prompt_ids: Option<Vec<u32>>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    min_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    logit_bias: Option<HashMap<String, f32>>,
+    ignore_eos: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl CompleteRequest {
+    fn options(&self, context: usize) -> Result<GenerateOptions, JsValue> {
+        let mut bias = Vec::new();
+        for (k, v) in self.logit_bias.iter().flatten() {
+            bias.push((k.parse::<u32>().map_err(|_| err(format!("logit_bias: '{k}' is not a token id")))?, *v));
+        }
+        Ok(GenerateOptions {
+            max_tokens: self.max_tokens.unwrap_or(context),
+            sampling: SamplingParams {
+                temperature: self.temperature.unwrap_or(1.0),
+                top_k: self.top_k.unwrap_or(0),
+                top_p: self.top_p.unwrap_or(1.0),
+                min_p: self.min_p.unwrap_or(0.0),
+                repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+                presence_penalty: self.presence_penalty.unwrap_or(0.0),
+                frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+                logit_bias: bias,
+                seed: self.seed,
+            },
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s.clone()],
+                Some(Stop::Many(v)) => v.clone(),
+            },
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        })
+    }
+}
+
 #[wasm_bindgen]
 impl WebEngine {
     /// `WebEngine.create({ context?, prefillChunk? })`: opens the WebGPU device.
@@ -75,30 +154,72 @@ impl WebEngine {
             if let Some(c) = chunk {
                 opts.prefill_chunk = c;
             }
-            let state = State { gpu: Arc::new(gpu), opts, engine: None, loaded: false };
+            let state = State { gpu: Arc::new(gpu), opts, engine: None, loaded: false, model_url: String::new() };
             Ok(WebEngine { state: Rc::new(RefCell::new(state)) }.into())
         })
     }
 
-    /// Loads the Hugging Face model directory at `url`; `on_progress({phase, file, loaded, total})`.
+    fn begin_load(&self, url: &str) -> Result<(Arc<Gpu>, EngineOptions), JsValue> {
+        let mut s = self.state.try_borrow_mut().map_err(|_| err("engine is busy"))?;
+        // Replacing a model: drop the old one first so its GPU memory is free.
+        s.engine = None;
+        s.loaded = false;
+        s.model_url = url.to_string();
+        Ok((s.gpu.clone(), s.opts.clone()))
+    }
+
+    fn finish_load(state: &Rc<RefCell<State>>, engine: Engine) -> Result<JsValue, JsValue> {
+        let mut s = state.try_borrow_mut().map_err(|_| err("engine is busy"))?;
+        s.engine = Some(engine);
+        s.loaded = true;
+        Ok(JsValue::UNDEFINED)
+    }
+
+    /// Loads a Hugging Face model directory or a .gguf file at `url`;
+    /// `on_progress({phase, file, loaded, total})`.
     pub fn load(&self, url: String, on_progress: Option<Function>) -> Promise {
         let state = self.state.clone();
+        let begun = self.begin_load(&url);
         future_to_promise(async move {
-            let (gpu, opts) = {
-                let s = state.try_borrow().map_err(|_| err("engine is busy"))?;
-                (s.gpu.clone(), s.opts.clone())
-            };
-            let src = HttpSource::new(&url, on_progress);
-            // Replacing a model: drop the old one first so its GPU memory is free.
-            if let Ok(mut s) = state.try_borrow_mut() {
-                s.engine = None;
-                s.loaded = false;
-            }
+            let (gpu, mut opts) = begun?;
+            let src = HttpSource::new(&url, on_progress.clone());
+            opts.progress = js_progress(on_progress);
             let engine = Engine::load(&src, opts, Some(gpu)).await.map_err(err)?;
-            let mut s = state.try_borrow_mut().map_err(|_| err("engine is busy"))?;
-            s.engine = Some(engine);
-            s.loaded = true;
-            Ok(JsValue::UNDEFINED)
+            Self::finish_load(&state, engine)
+        })
+    }
+
+    /// Loads a packed model: `manifest` is its manifest.json text, `get_shard(i)` resolves to
+    /// shard i's bytes (already verified against the manifest's SHA-256 by the caller).
+    #[wasm_bindgen(js_name = loadPacked)]
+    pub fn load_packed(
+        &self,
+        url: String,
+        manifest: String,
+        get_shard: Function,
+        on_progress: Option<Function>,
+    ) -> Promise {
+        let state = self.state.clone();
+        let begun = self.begin_load(&url);
+        future_to_promise(async move {
+            let (gpu, mut opts) = begun?;
+            let manifest = Manifest::parse(manifest.as_bytes()).map_err(err)?;
+            let progress = js_progress(on_progress);
+            let n = manifest.shards.len();
+            let mut a = Assembler::new(manifest);
+            for i in 0..n {
+                let p = get_shard.call1(&JsValue::NULL, &JsValue::from(i as u32))?;
+                let bytes = JsFuture::from(Promise::resolve(&p)).await?;
+                let bytes = Uint8Array::new(&bytes).to_vec();
+                a.add_shard(i, &bytes).map_err(err)?;
+                if let Some(p) = &progress {
+                    p.report("upload", &a.manifest.shards[i].file, (i + 1) as u64, n as u64);
+                }
+            }
+            let packed = a.finish().map_err(err)?;
+            opts.progress = progress;
+            let engine = Engine::from_packed(packed, opts, Some(gpu)).await.map_err(err)?;
+            Self::finish_load(&state, engine)
         })
     }
 
@@ -120,7 +241,6 @@ impl WebEngine {
         let state = self.state.clone();
         future_to_promise(async move {
             let mut engine = take_engine(&state)?;
-            // A new sequence, as before: generation reuses the cache only within a chat.
             engine.reset();
             let opts = GenerateOptions { max_tokens, ..Default::default() };
             let result = engine
@@ -135,6 +255,103 @@ impl WebEngine {
             let v = result.map_err(err)?;
             Ok(js_sys::Uint32Array::from(v.tokens.as_slice()).into())
         })
+    }
+
+    /// One completion: `request` is the JSON of an OpenAI chat completion request (or
+    /// `prompt` / `prompt_ids` instead of `messages`); `on_delta(text)` sees the reply as it
+    /// grows and may return false to stop. Resolves to the JSON of
+    /// `{text, finish_reason, prompt_tokens, completion_tokens, prefilled_tokens}`.
+    /// The KV cache is kept between calls, so a chat's next turn prefills only new tokens.
+    pub fn complete(&self, request: String, on_delta: Option<Function>) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let req: CompleteRequest =
+                serde_json::from_str(&request).map_err(|e| err(format!("bad completion request: {e}")))?;
+            let mut engine = take_engine(&state)?;
+            let result = async {
+                let prompt = match (&req.messages, &req.prompt, &req.prompt_ids) {
+                    (Some(m), _, _) => engine.encode_chat(m).map_err(err)?,
+                    (_, Some(p), _) => engine.encode(p).map_err(err)?,
+                    (_, _, Some(ids)) => ids.clone(),
+                    _ => return Err(err("give messages, prompt or prompt_ids")),
+                };
+                let opts = req.options(engine.context)?;
+                let g = engine
+                    .generate(&prompt, &opts, |ev| match (&on_delta, ev) {
+                        (Some(f), Event::Text(t)) => {
+                            f.call1(&JsValue::NULL, &t.into()).map(|r| r.as_bool() != Some(false)).unwrap_or(false)
+                        }
+                        _ => true,
+                    })
+                    .await
+                    .map_err(err)?;
+                Ok(serde_json::json!({
+                    "text": g.text,
+                    "finish_reason": g.finish.as_str(),
+                    "prompt_tokens": g.prompt_tokens,
+                    "completion_tokens": g.tokens.len(),
+                    "prefilled_tokens": g.prefilled_tokens,
+                })
+                .to_string())
+            }
+            .await;
+            put_engine(&state, engine);
+            Ok(JsValue::from(result?))
+        })
+    }
+
+    /// Per layer, how often each expert was chosen since the last call (MoE models).
+    #[wasm_bindgen(js_name = expertCounts)]
+    pub fn expert_counts(&self) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut engine = take_engine(&state)?;
+            let r = engine.take_expert_counts().await;
+            put_engine(&state, engine);
+            Ok(JsValue::from(serde_json::to_string(&r.map_err(err)?).unwrap_or_default()))
+        })
+    }
+
+    pub fn tokenize(&self, text: String, add_special: bool) -> Result<js_sys::Uint32Array, JsValue> {
+        let s = self.state.try_borrow().map_err(|_| err("engine is busy"))?;
+        let e = s.engine.as_ref().ok_or_else(|| err("no model loaded"))?;
+        let t = e.tokenizer.as_ref().ok_or_else(|| err("this model carries no tokenizer"))?;
+        Ok(js_sys::Uint32Array::from(t.encode(&text, add_special).map_err(err)?.as_slice()))
+    }
+
+    pub fn detokenize(&self, ids: Vec<u32>, skip_special: bool) -> Result<String, JsValue> {
+        let s = self.state.try_borrow().map_err(|_| err("engine is busy"))?;
+        let e = s.engine.as_ref().ok_or_else(|| err("no model loaded"))?;
+        e.decode(&ids, skip_special).map_err(err)
+    }
+
+    /// Adapter, features, limits and (once loaded) model facts, as JSON.
+    pub fn info(&self) -> Result<String, JsValue> {
+        let s = self.state.try_borrow().map_err(|_| err("engine is busy"))?;
+        let l = &s.gpu.limits;
+        let model = s.engine.as_ref().map(|e| e.describe());
+        Ok(serde_json::json!({
+            "adapter": s.gpu.adapter_name(),
+            "backend": format!("{:?}", s.gpu.info.backend),
+            "features": {"shader_f16": false, "subgroups": false, "note": "every kernel runs without shader-f16 or subgroups"},
+            "limits": {
+                "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+                "max_buffer_size": l.max_buffer_size,
+                "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+            },
+            "device_lost": s.gpu.lost(),
+            "model_url": if s.loaded { Some(s.model_url.clone()) } else { None },
+            "model": model,
+        })
+        .to_string())
+    }
+
+    /// Frees the model (its GPU buffers go with it).
+    pub fn unload(&self) -> Result<(), JsValue> {
+        let mut s = self.state.try_borrow_mut().map_err(|_| err("engine is busy"))?;
+        s.engine = None;
+        s.loaded = false;
+        Ok(())
     }
 
     /// Vocabulary size of the loaded model (0 before load).

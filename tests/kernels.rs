@@ -206,9 +206,15 @@ fn check_router(g: &Gpu, seed: u64) -> Result<(), String> {
         let (ids, ws) = cpu::route(&x, dim, &wg, e, k, norm);
         let (xb, wb, ib, wsb) =
             (upload_f32(g, "x", &x), upload_f32(g, "wg", &wg), poisoned_u32(g, "ids", t * k), poisoned(g, "w", t * k));
-        let d = ops::router(g, &wb, &xb, &ib, &wsb, dim, e, k, norm).map_err(|e| e.to_string())?;
+        // Counts of layer 1 of 3 start from arbitrary values and gain one per choice.
+        let hist0: Vec<u32> = (0..3 * e as u32).collect();
+        let hb = upload_u32(g, "hist", &hist0);
+        let d = ops::router(g, &wb, &xb, &ib, &wsb, &hb, dim, e, k, norm, 1).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         same_u32(&format!("router ids norm={norm}"), &read_u32(g, &ib, t * k), &ids)?;
+        let mut hist = hist0.clone();
+        ids.iter().for_each(|&i| hist[e + i as usize] += 1);
+        same_u32(&format!("router choice counts norm={norm}"), &read_u32(g, &hb, 3 * e), &hist)?;
         close(&format!("router weights norm={norm}"), &read_f32(g, &wsb, t * k), &ws, 1e-6, 1e-5)?;
     }
     Ok(())
@@ -427,13 +433,13 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
         "for (var i = lid; i < p.dim; i += WG) {\n        y[",
         "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y[",
     ),
-    (Shader::Gemv, check_gemv, "if (lid < ROWS && row < p.n) {", "if (lid < ROWS && row + 1u < p.n) {"),
+    (Shader::Gemv, check_gemv, "if (lane == 0u && row0 + r < p.n) {", "if (lane == 0u && row0 + r + 1u < p.n) {"),
     (Shader::Gemm, check_gemm, "if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
     (Shader::RopeKv, check_rope_kv, "k_cache[cb + e.y] =", "k_cache[cb + e.x] ="),
     (Shader::Attention, check_attention, "if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"),
     (Shader::Router, check_router, "weights[t * p.k + s] = prob;", "weights[t * p.k + s] = best_v;"),
     (Shader::MoeGemvGateUp, check_moe_gemv_gate_up, "let e = ids[a];", "let e = ids[t * p.k];"),
-    (Shader::MoeGemvDown, check_moe_gemv_down, "let wt = weights[a];", "let wt = weights[t * p.k];"),
+    (Shader::MoeGemvDown, check_moe_gemv_down, "acc += weights[a] * dot_;", "acc += weights[t * p.k] * dot_;"),
     (Shader::MoeGroup, check_moe_group, "starts[p.experts] = acc;", "starts[p.experts] = acc - 1u;"),
     (Shader::MoeGemmGateUp, check_moe_gemm_gate_up, "if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
     (

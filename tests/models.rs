@@ -222,3 +222,21 @@ fn quantize_on_load() {
         assert!(drift < bound, "{q:?}: quantization moved logits by {drift}");
     }
 }
+
+/// The router counts its choices on the GPU; reading them is separate from any step.
+#[test]
+fn expert_choice_counts() {
+    let dir = fixtures_dir().join("mixtral-e16-top4-gqa4-hd16-f16");
+    let files = block_on(ModelFiles::load(&DirSource::new(&dir))).expect("load");
+    let mut e = engine(&files, Device::Gpu, 256);
+    let r = reference(&dir);
+    block_on(e.logits(&r.tokens)).unwrap();
+    let counts = block_on(e.take_expert_counts()).unwrap();
+    assert_eq!(counts.len(), 2);
+    for layer in &counts {
+        assert_eq!(layer.len(), 16);
+        assert_eq!(layer.iter().sum::<u32>() as usize, r.tokens.len() * 4, "T x top-4 choices per layer");
+    }
+    // Taking resets them.
+    assert!(block_on(e.take_expert_counts()).unwrap().iter().flatten().all(|&c| c == 0));
+}

@@ -278,7 +278,8 @@ fn u32_of(what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::gpu(format!("{what}: size {n} exceeds 32-bit indexing")))
 }
 
-const GEMV_ROWS: u32 = 4;
+/// Rows per workgroup of the GEMV kernels (WG / LANES in gemv.wgsl, moe_gemv_*.wgsl).
+const GEMV_ROWS: u32 = 16;
 const TILE: u32 = 32;
 
 /// Kernel constructors. Shapes follow the .wgsl headers; `name` is the tensor named in errors.
@@ -384,19 +385,28 @@ pub mod ops {
         g.make(Shader::Attention, DType::F32, &params, &[step, qkv, k_cache, v_cache, out], grid)
     }
 
+    /// `hist` [layers, experts] counts the choices; this router is layer `layer`.
     pub fn router(
         g: &Gpu,
         wg: &Buffer,
         x: &Buffer,
         ids: &Buffer,
         weights: &Buffer,
+        hist: &Buffer,
         dim: usize,
         experts: usize,
         k: usize,
         norm: bool,
+        layer: usize,
     ) -> Result<Dispatch> {
-        let params = [u32_of("router", dim)?, u32_of("experts", experts)?, u32_of("top-k", k)?, norm as u32];
-        g.make(Shader::Router, DType::F32, &params, &[wg, x, ids, weights], Grid { x: 1, y: Rows::PER_TOKEN })
+        let params = [
+            u32_of("router", dim)?,
+            u32_of("experts", experts)?,
+            u32_of("top-k", k)?,
+            norm as u32,
+            u32_of("layer", layer)?,
+        ];
+        g.make(Shader::Router, DType::F32, &params, &[wg, x, ids, weights, hist], Grid { x: 1, y: Rows::PER_TOKEN })
     }
 
     /// `w`: stacked experts, each its gate (W1) then up (W3) rows, [2 ff, dim].

@@ -22,6 +22,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     /// Errors wgpu reported outside an error scope (it would panic otherwise).
     errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once it has been.
+    lost: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<(Shader, u32), wgpu::ComputePipeline>>,
     /// Kernel sources replaced at run time (tests build deliberately broken kernels).
     sources: Mutex<HashMap<Shader, String>>,
@@ -60,12 +62,20 @@ impl Gpu {
                 v.push(e.to_string());
             }
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
         Ok(Gpu {
             device,
             queue,
             limits,
             info,
             errors,
+            lost,
             pipelines: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
         })
@@ -83,8 +93,17 @@ impl Gpu {
         format!("{name} ({:?})", i.backend)
     }
 
+    /// Why the device was lost, if it was (driver reset, browser reclaiming the GPU...).
+    /// A lost device never comes back: create a new engine (weights reload from storage).
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
     /// Fails with the first error wgpu reported asynchronously, if any.
     pub fn check_errors(&self) -> Result<()> {
+        if let Some(why) = self.lost() {
+            return Err(Error::gpu(format!("the GPU device was lost ({why}); create the engine again")));
+        }
         let mut v = self.errors.lock().map_err(|_| Error::gpu("error log poisoned"))?;
         if let Some(first) = v.first().cloned() {
             let n = v.len();

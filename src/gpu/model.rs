@@ -51,6 +51,8 @@ pub struct GpuModel {
     pub pos: usize,
     step: Buffer,
     tokens: Buffer,
+    /// [layers, experts] how often each expert was chosen since the last read.
+    hist: Buffer,
     logits: Buffer,
     staging: Buffer,
     programs: Programs,
@@ -171,6 +173,8 @@ impl GpuModel {
         let sorted = up.scratch("expert order", max_rows * k * 4)?;
         let pos_of = up.scratch("expert positions", max_rows * k * 4)?;
         let starts = up.scratch("expert starts", (e + 1) * 4)?;
+        let hist = up.scratch("expert choice counts", c.layers * e * 4)?;
+        g.write(&hist, 0, &vec![0u8; c.layers * e * 4]);
         let logits = up.scratch("logits", max_rows * c.vocab * 4)?;
         let staging = g.staging("logits read-back", (max_rows * c.vocab * 4) as u64);
         let table = {
@@ -255,7 +259,7 @@ impl GpuModel {
                 });
                 prog.push(ops::rms_norm(g, &step, &ffn_norm, &x, &xn, d, c.eps, false)?);
                 if let Some(r) = &router {
-                    prog.push(ops::router(g, r, &xn, &ids, &weights, d, e, k, c.norm_topk)?);
+                    prog.push(ops::router(g, r, &xn, &ids, &weights, &hist, d, e, k, c.norm_topk, li)?);
                 }
                 match path {
                     Path::Prefill => {
@@ -285,11 +289,13 @@ impl GpuModel {
             ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
             ops::gemv(g, "LM head", &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
         ];
-        let head_last = vec![
-            ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?,
-            ops::gemv(g, "LM head", &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?
-                .with_grid(super::Grid { x: (c.vocab as u32).div_ceil(4), y: Rows::Fixed(1) }),
-        ];
+        // The last row only: normalised into row 0, one GEMV row of logits.
+        let lm_last = ops::gemv(g, "LM head", &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?;
+        let lm_last = {
+            let x = lm_last.grid.x;
+            lm_last.with_grid(super::Grid { x, y: Rows::Fixed(1) })
+        };
+        let head_last = vec![ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?, lm_last];
         let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
         let weight_bytes = up.bytes;
         Ok(GpuModel {
@@ -299,6 +305,7 @@ impl GpuModel {
             pos: 0,
             step,
             tokens,
+            hist,
             logits,
             staging,
             programs: Programs {
@@ -318,6 +325,19 @@ impl GpuModel {
 
     pub fn reset(&mut self) {
         self.set_pos(0);
+    }
+
+    /// How often each expert of each layer was chosen since the last call ([layer][expert];
+    /// empty for a dense model), then zeroes the counts. One small read, outside any step.
+    pub async fn take_expert_counts(&mut self) -> Result<Vec<Vec<u32>>> {
+        let (l, e) = (self.cfg.layers, self.cfg.experts);
+        if !self.cfg.is_moe() {
+            return Ok(Vec::new());
+        }
+        let raw = self.gpu.read(&self.hist, 0, (l * e * 4) as u64).await?;
+        self.gpu.write(&self.hist, 0, &vec![0u8; l * e * 4]);
+        let v: &[u32] = bytemuck::cast_slice(&raw);
+        Ok(v.chunks(e).map(|c| c.to_vec()).collect())
     }
 
     /// Forgets everything in the KV cache from `pos` on (the cache keeps its contents, but
@@ -389,6 +409,7 @@ impl GpuModel {
     /// than `chunk` (at most `max_rows`) run as several steps; a chunk of 1 uses the
     /// decode kernels throughout.
     pub async fn logits(&mut self, tokens: &[u32], chunk: usize) -> Result<Vec<f32>> {
+        self.gpu.check_errors()?;
         self.check_tokens(tokens)?;
         let chunk = chunk.clamp(1, self.max_rows);
         let vocab = self.cfg.vocab;
@@ -408,6 +429,7 @@ impl GpuModel {
     /// `want` asks for about the token after them. Feeding the single token that the last
     /// `Want::Token` step chose skips its upload: it is already in the token buffer.
     pub async fn feed(&mut self, tokens: &[u32], chunk: usize, want: Want) -> Result<Pred> {
+        self.gpu.check_errors()?;
         self.check_tokens(tokens)?;
         let chunk = chunk.clamp(1, self.max_rows);
         let parts: Vec<&[u32]> = tokens.chunks(chunk).collect();

@@ -1,0 +1,2 @@
+/** Serves createWorkerEngine() calls from inside a module Web Worker. */
+export function serveWorker(scope?: typeof globalThis): void;
