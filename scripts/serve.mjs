@@ -16,19 +16,32 @@ const TYPES = {
   '.svg': 'image/svg+xml',
 };
 
-export function serve(root, { port = 0, log = false } = {}) {
+/**
+ * Serves `root` on 127.0.0.1. `mounts` maps URL prefixes to other directories (the demo
+ * serves packed models at /models/); `overrides` maps paths to bytes served instead of the
+ * file (tests corrupt a shard this way). `counts` counts requests per path.
+ */
+export function serve(root, { port = 0, log = false, mounts = {}, overrides = new Map() } = {}) {
   const counts = new Map();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://localhost');
     const rel = decodeURIComponent(url.pathname);
     counts.set(rel, (counts.get(rel) ?? 0) + 1);
-    const file = path.normalize(path.join(root, rel));
+    const mount = Object.keys(mounts).find((m) => rel.startsWith(m));
+    const base = mount ? mounts[mount] : root;
+    const file = path.normalize(path.join(base, mount ? rel.slice(mount.length) : rel));
     const headers = {
       'Cross-Origin-Opener-Policy': 'same-origin',
       'Cross-Origin-Embedder-Policy': 'require-corp',
       'Cache-Control': 'no-store',
     };
-    if (!file.startsWith(path.resolve(root))) {
+    if (overrides.has(rel)) {
+      const body = overrides.get(rel);
+      res.writeHead(200, { ...headers, 'Content-Type': 'application/octet-stream', 'Content-Length': body.length });
+      res.end(body);
+      return;
+    }
+    if (!file.startsWith(path.resolve(base))) {
       res.writeHead(403, headers).end('forbidden');
       return;
     }
@@ -53,15 +66,22 @@ export function serve(root, { port = 0, log = false } = {}) {
   return new Promise((resolve) => {
     server.listen(port, '127.0.0.1', () => {
       const { port: p } = server.address();
-      resolve({ server, url: `http://127.0.0.1:${p}`, counts, close: () => new Promise((r) => server.close(r)) });
+      resolve({
+        server,
+        url: `http://127.0.0.1:${p}`,
+        counts,
+        overrides,
+        close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
+      });
     });
   });
 }
 
-// `node scripts/serve.mjs [port]`: serves the repository root and prints the demo URL.
+// `node scripts/serve.mjs [port]`: serves the repository root, with packed models from
+// target/packed/ at /models/, and prints the chat page's URL.
 if (import.meta.url === `file://${process.argv[1]}`) {
   const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
   const port = Number(process.argv[2] ?? 8080);
-  const s = await serve(root, { port });
-  console.log(`webmoe demo: ${s.url}/web/  (Ctrl-C to stop)`);
+  const s = await serve(root, { port, mounts: { '/models/': path.join(root, 'target/packed') } });
+  console.log(`webmoe chat: ${s.url}/web/  (Ctrl-C to stop)`);
 }

@@ -17,5 +17,7 @@ cargo test --release
 echo "== browser: build pkg/ and run it in headless Chromium" >&2
 scripts/build-wasm.sh
 node tests/browser/run.mjs
-node tests/browser/demo.mjs
+# The chat page and the package's storage, API and worker engine on the packed real model.
+target/release/webmoe pack --model "$(scripts/fetch-models.sh)" --out target/packed/smollm2 >&2
+node tests/browser/chat.mjs
 echo "== all tests passed" >&2

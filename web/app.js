@@ -1,109 +1,243 @@
-// The demo page: load a model directory, run greedy generation or inspect logits.
-// Everything the page shows is set through textContent, never as HTML.
-import { createEngine } from '../pkg/webmoe.js';
+// The chat page: pick a model, load it once (packed models are kept in browser storage),
+// then chat. Everything shown to the user is set through textContent, never as HTML.
+import { createEngine, listModels, deleteModel } from '../pkg/webmoe.js';
 
 const $ = (id) => document.getElementById(id);
+const KNOWN = [
+  { name: 'SmolLM2 135M Instruct · Q4_1 · packed', url: '/models/smollm2/manifest.json' },
+  { name: 'Other URL…', url: '' },
+];
+
 let engine = null;
+let messages = [];
+let running = null; // AbortController of the reply being generated
+let loadCtl = null;
 
-function status(el, text, bad = false) {
+const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+function setStatus(el, text, bad = false) {
   el.textContent = text;
-  el.classList.toggle('bad', bad);
+  el.classList.toggle('error', bad);
 }
 
-function parseTokens() {
-  const ids = $('tokens').value.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
-  if (ids.length === 0 || ids.some((t) => !Number.isInteger(t) || t < 0)) throw new Error('token ids must be non-negative integers, comma separated');
-  return ids;
+function bubble(role, text) {
+  $('empty')?.remove();
+  const el = document.createElement('div');
+  el.className = `msg ${role}`;
+  el.textContent = text;
+  $('messages').append(el);
+  $('messages').scrollTop = $('messages').scrollHeight;
+  return el;
 }
 
-function setBusy(busy) {
-  for (const id of ['load', 'generate', 'logits']) $(id).disabled = busy || (id !== 'load' && !engine?.vocabSize);
+function setBusy() {
+  const loaded = engine && $('model-name').dataset.loaded === '1';
+  $('load').disabled = !engine || !!running || !!loadCtl;
+  $('send').disabled = !loaded || !!running;
+  $('input').disabled = !loaded;
+  $('stop').hidden = !running;
+  $('send').hidden = !!running;
+  $('cancel-load').hidden = !loadCtl;
+}
+
+async function refreshStored() {
+  const ul = $('stored');
+  ul.replaceChildren();
+  let models = [];
+  try {
+    models = await listModels();
+  } catch {
+    // No Cache API (insecure context): nothing to list.
+  }
+  if (!models.length) {
+    const li = document.createElement('li');
+    li.className = 'muted';
+    li.textContent = 'Nothing stored yet';
+    ul.append(li);
+  }
+  for (const m of models) {
+    const li = document.createElement('li');
+    const name = document.createElement('span');
+    name.textContent = `${m.source} — ${mb(m.storedBytes)}${m.complete ? '' : ` of ${mb(m.bytes)}`}`;
+    const del = document.createElement('button');
+    del.className = 'ghost';
+    del.textContent = 'Delete';
+    del.onclick = async () => {
+      await deleteModel(m.url);
+      refreshStored();
+    };
+    li.append(name, del);
+    ul.append(li);
+  }
+}
+
+function showStats() {
+  const s = engine?.lastStats;
+  const box = $('stats');
+  box.replaceChildren();
+  const item = (label, value) => {
+    const span = document.createElement('span');
+    const b = document.createElement('b');
+    b.textContent = value;
+    span.append(`${label} `, b);
+    box.append(span);
+  };
+  item('GPU', engine?.adapter ?? '–');
+  if (!s) return;
+  item('prefill', s.prefillTokensPerSecond ? `${s.prefillTokensPerSecond.toFixed(1)} tok/s (${s.prefilledTokens} of ${s.promptTokens} tokens)` : '–');
+  item('decode', s.decodeTokensPerSecond ? `${s.decodeTokensPerSecond.toFixed(1)} tok/s` : '–');
+  item('first token', `${s.timeToFirstToken.toFixed(2)} s`);
+  if (s.expertCounts?.length) {
+    // Which experts fired in each layer during the last reply.
+    const fired = s.expertCounts.map((layer) => layer.filter((c) => c > 0).length);
+    item('experts fired per layer', fired.join(' '));
+    const grid = document.createElement('div');
+    grid.className = 'experts';
+    grid.style.gridTemplateColumns = `repeat(${s.expertCounts[0].length}, 10px)`;
+    grid.title = 'rows: layers, columns: experts; darker = chosen more often';
+    const max = Math.max(1, ...s.expertCounts.flat());
+    for (const layer of s.expertCounts) {
+      for (const c of layer) {
+        const cell = document.createElement('div');
+        cell.className = 'cell';
+        cell.style.opacity = c ? 0.15 + 0.85 * (c / max) : 0.05;
+        grid.append(cell);
+      }
+    }
+    box.append(grid);
+  }
+}
+
+async function load() {
+  const url = $('model-url').value.trim();
+  if (!url) return;
+  loadCtl = new AbortController();
+  setBusy();
+  $('progress-box').hidden = false;
+  setStatus($('load-status'), '');
+  const t0 = performance.now();
+  try {
+    await engine.load(url, {
+      signal: loadCtl.signal,
+      onProgress: (p) => {
+        const frac = p.total ? p.loaded / p.total : 0;
+        $('progress-fill').style.width = `${(100 * frac).toFixed(1)}%`;
+        const what = p.phase === 'upload' ? `uploading to the GPU (${p.file})` : p.phase === 'verify' ? `verifying ${p.file}` : `downloading ${p.file}`;
+        $('progress-text').textContent = p.phase === 'upload' ? what : `${what} — ${mb(p.loaded)} / ${mb(p.total)}`;
+      },
+    });
+    $('progress-fill').style.width = '100%';
+    $('progress-text').textContent = /manifest\.json/.test(url) ? 'Ready — stored in this browser for next time' : 'Ready';
+    $('model-name').textContent = url.split('/').slice(-2).join('/');
+    $('model-name').dataset.loaded = '1';
+    setStatus($('load-status'), `Loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    newChat();
+  } catch (e) {
+    setStatus($('load-status'), e.name === 'AbortError' ? 'Load cancelled' : e.message, true);
+  } finally {
+    loadCtl = null;
+    setBusy();
+    refreshStored();
+  }
+}
+
+function newChat() {
+  running?.abort();
+  messages = [];
+  $('messages').replaceChildren();
+  showStats();
+}
+
+async function send(text) {
+  if (!text.trim() || running) return;
+  const system = $('system').value.trim();
+  if (!messages.length && system) messages.push({ role: 'system', content: system });
+  messages.push({ role: 'user', content: text });
+  bubble('user', text);
+  const out = bubble('assistant', '');
+  out.classList.add('streaming');
+  running = new AbortController();
+  setBusy();
+  let reply = '';
+  try {
+    const seed = $('seed').value === '' ? undefined : Number($('seed').value);
+    const stream = await engine.chat.completions.create({
+      messages,
+      stream: true,
+      temperature: Number($('temperature').value),
+      top_p: Number($('top-p').value),
+      max_tokens: Number($('max-tokens').value),
+      seed,
+      signal: running.signal,
+    });
+    for await (const chunk of stream) {
+      const d = chunk.choices[0]?.delta?.content;
+      if (d) {
+        reply += d;
+        out.textContent = reply;
+        $('messages').scrollTop = $('messages').scrollHeight;
+      }
+    }
+  } catch (e) {
+    if (e.name !== 'AbortError') bubble('error', e.message);
+  } finally {
+    out.classList.remove('streaming');
+    if (!reply) out.textContent = '…';
+    messages.push({ role: 'assistant', content: reply });
+    out.dataset.done = '1';
+    running = null;
+    setBusy();
+    showStats();
+  }
 }
 
 async function start() {
+  for (const k of KNOWN) {
+    const o = document.createElement('option');
+    o.value = k.url;
+    o.textContent = k.name;
+    $('known-models').append(o);
+  }
+  const params = new URLSearchParams(location.search);
+  $('model-url').value = params.get('model') ?? KNOWN[0].url;
+  $('known-models').onchange = () => {
+    $('model-url').value = $('known-models').value;
+    $('model-url').focus();
+  };
+  $('load').onclick = load;
+  $('cancel-load').onclick = () => loadCtl?.abort();
+  $('new-chat').onclick = newChat;
+  $('stop').onclick = () => running?.abort();
+  $('composer').onsubmit = (e) => {
+    e.preventDefault();
+    const text = $('input').value;
+    $('input').value = '';
+    send(text);
+  };
+  $('input').onkeydown = (e) => {
+    if (e.key === 'Enter' && !e.shiftKey) {
+      e.preventDefault();
+      $('composer').requestSubmit();
+    }
+  };
+  refreshStored();
   if (!navigator.gpu) {
-    status($('gpu-status'), 'This browser has no WebGPU. Try a recent Chrome or Edge, or Firefox/Safari with WebGPU enabled.', true);
+    $('nogpu').hidden = false;
+    $('gpu-status').textContent = 'No WebGPU';
+    $('gpu-status').classList.add('bad');
     return;
   }
   try {
     engine = await createEngine();
-    status($('gpu-status'), `WebGPU adapter: ${engine.adapter}`);
-    setBusy(false);
+    $('gpu-status').textContent = engine.adapter;
+    window.webmoeEngine = engine; // for tests and the console
+    setBusy();
+    showStats();
+    if (params.get('autoload') === '1') load();
   } catch (e) {
-    status($('gpu-status'), `Could not start the engine: ${e.message}`, true);
+    $('gpu-status').textContent = `GPU unavailable: ${e.message}`;
+    $('gpu-status').classList.add('bad');
   }
 }
-
-$('load').addEventListener('click', async () => {
-  const url = $('model-url').value.trim();
-  const bar = $('progress');
-  const files = new Map();
-  bar.hidden = false;
-  bar.value = 0;
-  setBusy(true);
-  const t0 = performance.now();
-  try {
-    await engine.load(url, {
-      onProgress: (p) => {
-        files.set(p.file, p);
-        const done = [...files.values()].reduce((s, f) => s + f.loaded, 0);
-        const total = [...files.values()].reduce((s, f) => s + Math.max(f.total, f.loaded), 0);
-        bar.value = total ? done / total : 0;
-        status($('load-status'), `Downloading ${p.file}: ${(done / 1e6).toFixed(2)} / ${(total / 1e6).toFixed(2)} MB`);
-      },
-    });
-    bar.value = 1;
-    status($('load-status'), `Loaded ${url} in ${((performance.now() - t0) / 1000).toFixed(2)} s (vocabulary ${engine.vocabSize})`);
-  } catch (e) {
-    status($('load-status'), e.message, true);
-  } finally {
-    setBusy(false);
-  }
-});
-
-$('generate').addEventListener('click', async () => {
-  setBusy(true);
-  const out = $('output');
-  try {
-    const prompt = parseTokens();
-    const maxTokens = Number($('max-tokens').value) || 16;
-    out.textContent = `${prompt.join(' ')} →`;
-    const t0 = performance.now();
-    let first = 0;
-    const ids = await engine.generate(prompt, {
-      maxTokens,
-      onToken: (id) => {
-        if (!first) first = performance.now();
-        out.textContent += ` ${id}`;
-      },
-    });
-    const t1 = performance.now();
-    const rate = ids.length > 1 ? ((ids.length - 1) / ((t1 - first) / 1000)).toFixed(1) : '–';
-    status($('stats'), `${ids.length} tokens; first after ${(first - t0).toFixed(0)} ms; decode ${rate} tokens/s`);
-  } catch (e) {
-    status($('stats'), e.message, true);
-  } finally {
-    setBusy(false);
-  }
-});
-
-$('logits').addEventListener('click', async () => {
-  setBusy(true);
-  try {
-    const prompt = parseTokens();
-    const logits = await engine.logits(prompt);
-    const v = engine.vocabSize;
-    const lines = prompt.map((tok, t) => {
-      const row = Array.from(logits.subarray(t * v, (t + 1) * v), (x, i) => [x, i]).sort((a, b) => b[0] - a[0]).slice(0, 5);
-      return `pos ${t} (token ${tok}): ` + row.map(([x, i]) => `${i}:${x.toFixed(3)}`).join('  ');
-    });
-    $('output').textContent = lines.join('\n');
-    status($('stats'), `top-5 next-token logits at each of ${prompt.length} positions`);
-  } catch (e) {
-    status($('stats'), e.message, true);
-  } finally {
-    setBusy(false);
-  }
-});
 
 start();

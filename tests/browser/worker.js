@@ -1,0 +1,3 @@
+// The worker file a user of createWorkerEngine() writes: a few lines.
+import { serveWorker } from '/pkg/worker.js';
+serveWorker();
