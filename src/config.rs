@@ -224,12 +224,12 @@ impl ModelConfig {
             None if hidden % heads == 0 => hidden / heads,
             None => return Err(bad(format!("embedding_length {hidden} is not divisible by head_count {heads}"))),
         };
-        if let Some(r) = num("rope.dimension_count", MAX_HEAD_DIM)? {
-            if r != head_dim {
-                return Err(bad(format!(
-                    "partial rotary (rope.dimension_count {r} of head size {head_dim}) is not supported"
-                )));
-            }
+        if let Some(r) = num("rope.dimension_count", MAX_HEAD_DIM)?
+            && r != head_dim
+        {
+            return Err(bad(format!(
+                "partial rotary (rope.dimension_count {r} of head size {head_dim}) is not supported"
+            )));
         }
         let vocab = match num("vocab_size", MAX_VOCAB)? {
             Some(v) => v,
@@ -283,10 +283,10 @@ impl ModelConfig {
 
     /// Relations between sizes that every source must satisfy.
     fn check(&self) -> Result<()> {
-        if self.head_dim % 2 != 0 || self.head_dim > MAX_HEAD_DIM {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim > MAX_HEAD_DIM {
             return Err(Error::config(format!("head size {} must be even and at most {MAX_HEAD_DIM}", self.head_dim)));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::config(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.heads, self.kv_heads

@@ -96,8 +96,8 @@ pub enum Event<'a> {
 }
 
 enum Backend {
-    Gpu(GpuModel),
-    Cpu(CpuModel),
+    Gpu(Box<GpuModel>),
+    Cpu(Box<CpuModel>),
 }
 
 pub struct Engine {
@@ -176,13 +176,13 @@ impl Engine {
             None => None,
         };
         let backend = match cpu {
-            Some(files) => Backend::Cpu(CpuModel::new(files, context)?),
+            Some(files) => Backend::Cpu(Box::new(CpuModel::new(files, context)?)),
             None => {
                 let gpu = match gpu {
                     Some(g) => g,
                     None => Arc::new(Gpu::new().await?),
                 };
-                Backend::Gpu(GpuModel::new(gpu, weights, context, opts.progress.as_ref()).await?)
+                Backend::Gpu(Box::new(GpuModel::new(gpu, weights, context, opts.progress.as_ref()).await?))
             }
         };
         Ok(Engine { backend, opts, vocab: cfg.vocab, context, tokenizer, template, cached: Vec::new(), cfg })
@@ -326,14 +326,14 @@ impl Engine {
         opts: &GenerateOptions,
         mut on: impl FnMut(Event<'_>) -> bool,
     ) -> Result<Generation> {
-        if prompt.len() + opts.max_tokens.saturating_sub(1) > self.context && opts.max_tokens > 0 {
-            if prompt.len() >= self.context {
-                return Err(Error::input(format!(
-                    "prompt of {} tokens does not fit the context length {}",
-                    prompt.len(),
-                    self.context
-                )));
-            }
+        // A prompt that fills the context leaves no room for a reply; a reply that would
+        // overflow it stops there with finish "length".
+        if prompt.len() >= self.context {
+            return Err(Error::input(format!(
+                "prompt of {} tokens does not fit the context length {}",
+                prompt.len(),
+                self.context
+            )));
         }
         let mut sampler = Sampler::new(opts.sampling.clone());
         sampler.add_context(prompt);

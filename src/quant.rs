@@ -118,7 +118,7 @@ fn roundf(x: f32) -> f32 {
 /// f32 rows to Q8_0/Q4_0/Q4_1 blocks, bit-identical to gguf-py `quantize` (which works in
 /// f32 and stores scales as f16). `v.len()` must be a multiple of 32.
 pub fn quantize(dtype: DType, v: &[f32]) -> Result<Vec<u8>> {
-    if v.len() % 32 != 0 {
+    if !v.len().is_multiple_of(32) {
         return Err(Error::input(format!(
             "{} quantization needs a multiple of 32 values, got {}",
             dtype.name(),
@@ -212,10 +212,10 @@ pub fn pack_experts(dtype: DType, experts: &[Vec<&[u8]>]) -> Result<PackedBuffer
     let mut first: Option<PackedBuffer> = None;
     for (e, parts) in experts.iter().enumerate() {
         let b = pack_matrix(dtype, parts)?;
-        if let Some(f) = &first {
-            if (b.bytes.len(), b.s_off, b.h_off) != (f.bytes.len(), f.s_off, f.h_off) {
-                return Err(Error::input(format!("expert {e} does not have the shape of expert 0")));
-            }
+        if let Some(f) = &first
+            && (b.bytes.len(), b.s_off, b.h_off) != (f.bytes.len(), f.s_off, f.h_off)
+        {
+            return Err(Error::input(format!("expert {e} does not have the shape of expert 0")));
         }
         bytes.extend_from_slice(&b.bytes);
         first.get_or_insert(b);

@@ -92,14 +92,14 @@ impl SafeTensors {
             }
             let elems = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
             let Some(elems) = elems else { return Err(bad(format!("shape {shape:?} overflows"))) };
-            if let Some(want) = dtype.block().map(|_| dtype.bytes_for(elems)) {
-                if want != Some(e - b) {
-                    return Err(bad(format!(
-                        "shape {shape:?} of {dtype_s} needs {} bytes but data_offsets span {}",
-                        want.map_or("too many".to_string(), |w| w.to_string()),
-                        e - b
-                    )));
-                }
+            if let Some(want) = dtype.block().map(|_| dtype.bytes_for(elems))
+                && want != Some(e - b)
+            {
+                return Err(bad(format!(
+                    "shape {shape:?} of {dtype_s} needs {} bytes but data_offsets span {}",
+                    want.map_or("too many".to_string(), |w| w.to_string()),
+                    e - b
+                )));
             }
             tensors.insert(
                 name.clone(),

@@ -62,7 +62,7 @@ impl DType {
     /// Bytes `numel` elements occupy, `None` if unsized, not whole blocks, or overflowing.
     pub fn bytes_for(self, numel: u64) -> Option<u64> {
         let (b, bytes) = self.block()?;
-        if numel % b as u64 != 0 {
+        if !numel.is_multiple_of(b as u64) {
             return None;
         }
         (numel / b as u64).checked_mul(bytes as u64)

@@ -344,10 +344,10 @@ impl Tokenizer {
     /// Chat templates end turns with markers other than EOS; generation stops on them too.
     fn add_end_of_turn_markers(&mut self) {
         for m in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>"] {
-            if let Some(id) = self.inner.token_to_id(m) {
-                if !self.stop_ids.contains(&id) {
-                    self.stop_ids.push(id);
-                }
+            if let Some(id) = self.inner.token_to_id(m)
+                && !self.stop_ids.contains(&id)
+            {
+                self.stop_ids.push(id);
             }
         }
     }

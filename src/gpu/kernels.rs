@@ -265,7 +265,7 @@ impl<'a> Out<'a> {
 /// The reduction dimension must be whole vec4s and whole quantization blocks.
 fn inner(what: &str, dtype: DType, n: usize) -> Result<u32> {
     let block = dtype.block().map_or(1, |b| b.0).max(4);
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(Error::gpu(format!(
             "{what}: inner dimension {n} is not a multiple of {block}, which {} matmuls need",
             dtype.name()
