@@ -253,6 +253,14 @@ impl Engine {
         }
     }
 
+    /// The GPU model, when the engine runs on the GPU (benchmarks look inside).
+    pub fn gpu_model(&mut self) -> Option<&mut GpuModel> {
+        match &mut self.backend {
+            Backend::Gpu(m) => Some(m),
+            Backend::Cpu(_) => None,
+        }
+    }
+
     /// Forgets the cached sequence.
     pub fn reset(&mut self) {
         self.cached.clear();

@@ -7,6 +7,7 @@
 //! - `engine`: the user-facing API shared by the CLI and the browser bindings.
 //! - `platform`: the only place native and wasm differ.
 
+pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod cpu;

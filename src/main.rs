@@ -161,6 +161,23 @@ enum Cmd {
         #[arg(long)]
         system: Option<String>,
     },
+    /// Prefill and decode speed, time to first token, load time, GPU memory
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Per-kernel times and each decode GEMV's bandwidth against a copy kernel
+        #[arg(long)]
+        kernels: bool,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a packed web model: manifest.json and shards the browser uploads as they are
     Pack {
         /// A .gguf file, or a Hugging Face model directory
@@ -330,6 +347,56 @@ fn info(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+fn bench(m: &ModelArgs, opts: webmoe::bench::BenchOptions, json: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let mut engine = open(m)?;
+    let load = t0.elapsed().as_secs_f64();
+    let r = block_on(webmoe::bench::run(&mut engine, &opts))?;
+    if json {
+        let mut v = serde_json::to_value(&r).map_err(|e| Error::input(e.to_string()))?;
+        v["model"] = serde_json::json!(m.model.display().to_string());
+        v["load_seconds"] = serde_json::json!(load);
+        println!("{v}");
+        return Ok(());
+    }
+    let s = |x: &webmoe::bench::Stat| format!("{:8.2} (min {:.2}, max {:.2})", x.median, x.min, x.max);
+    println!("model        {}", m.model.display());
+    println!("adapter      {}", r.adapter);
+    println!(
+        "load         {load:.2} s, GPU memory {:.1} MiB in {} buffers",
+        r.gpu_bytes as f64 / (1u64 << 20) as f64,
+        r.gpu_buffers
+    );
+    println!("prefill      {} tok/s   ({} tokens, median of {})", s(&r.prefill_tokens_per_s), r.prompt_tokens, r.reps);
+    println!("decode       {} tok/s   ({} tokens)", s(&r.decode_tokens_per_s), r.gen_tokens);
+    println!("first token  {} s", s(&r.time_to_first_token_s));
+    println!("buffers created while generating: {}", r.buffers_created_while_generating);
+    if let Some(bw) = r.copy_gb_per_s {
+        println!(
+            "copy kernel  {bw:.2} GB/s   (kernel times from {})",
+            if r.timestamps { "GPU timestamps" } else { "wall clock" }
+        );
+        for (title, rows) in [("prefill step", &r.prefill_kernels), ("decode step", &r.decode_kernels)] {
+            let total: f64 = rows.iter().map(|k| k.seconds).sum();
+            println!("{title}: {:.1} ms", total * 1e3);
+            for k in rows {
+                let bw = match (k.gb_per_s, k.of_copy) {
+                    (Some(g), Some(f)) => format!("{g:7.2} GB/s  {:5.1}% of copy", f * 100.0),
+                    _ => String::new(),
+                };
+                println!(
+                    "  {:18} {:4} x {:9.3} ms  {:5.1}%  {bw}",
+                    k.kernel,
+                    k.calls,
+                    k.seconds * 1e3,
+                    100.0 * k.seconds / total
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn pack(model: &std::path::Path, out: &std::path::Path, shard_mb: usize, quant: Option<QuantArg>) -> Result<()> {
     let (bar, progress) = progress_bar();
     let mut files = block_on(ModelFiles::load(&DirSource::new(model).with_progress(progress.clone())))?;
@@ -426,6 +493,9 @@ fn run(cli: Cli) -> Result<()> {
             chat(&mut engine, system, &sample.options())?;
         }
         Cmd::Info { model } => info(&model)?,
+        Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json } => {
+            bench(&model, webmoe::bench::BenchOptions { prompt_tokens, gen_tokens, reps, kernels }, json)?
+        }
         Cmd::Pack { model, out, shard_mb, quant } => pack(&model, &out, shard_mb, quant)?,
     }
     Ok(())

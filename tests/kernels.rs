@@ -424,6 +424,16 @@ fn check_argmax(g: &Gpu, seed: u64) -> Result<(), String> {
     same_u32("argmax", &read_u32(g, &ob, rows), &want)
 }
 
+fn check_copy(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let n = 70_001; // vec4s, not a multiple of the workgroup
+    let src = rng.vec(4 * n, 1.0);
+    let (sb, db) = (upload_f32(g, "src", &src), poisoned(g, "dst", 4 * n));
+    let d = ops::copy(g, &sb, &db, n).map_err(|e| e.to_string())?;
+    g.run(&[&d], 1);
+    close("copy", &read_f32(g, &db, 4 * n), &src, 0.0, 0.0).map(|_| ())
+}
+
 /// Every kernel, its check, and a deliberate break: (text in its .wgsl, replacement).
 const KERNELS: &[(Shader, Check, &str, &str)] = &[
     (Shader::Embed, check_embed, "if (i >= p.dim) {", "if (i + 4u >= p.dim) {"),
@@ -449,6 +459,7 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
         "let n_tiles = (starts[e + 1u] - s) / TILE;",
     ),
     (Shader::MoeCombine, check_moe_combine, "for (var s = 0u; s < p.k; s++) {", "for (var s = 1u; s < p.k; s++) {"),
+    (Shader::Copy, check_copy, "if (i < p.n) {", "if (i + 1u < p.n) {"),
     (Shader::Argmax, check_argmax, "(ov == best_v[lid] && oi < mine)", "(ov == best_v[lid] && oi > mine)"),
 ];
 
@@ -522,6 +533,10 @@ fn moe_combine() {
 #[test]
 fn argmax() {
     run_check(Shader::Argmax)
+}
+#[test]
+fn copy() {
+    run_check(Shader::Copy)
 }
 
 /// A grid wider than 65535 workgroups is folded into z; the last rows must still be written.

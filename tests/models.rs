@@ -240,3 +240,24 @@ fn expert_choice_counts() {
     // Taking resets them.
     assert!(block_on(e.take_expert_counts()).unwrap().iter().flatten().all(|&c| c == 0));
 }
+
+/// A decode step allocates nothing: 32 greedy and 32 sampled steps create no GPU buffer.
+#[test]
+fn decoding_allocates_no_gpu_buffers() {
+    let dir = fixtures_dir().join("mixtral-e8-top2-gqa2-bf16-sharded");
+    let files = block_on(ModelFiles::load(&DirSource::new(&dir))).expect("load");
+    let g = fresh_gpu();
+    let g = std::sync::Arc::new(g);
+    let mut e = block_on(Engine::from_files(&files, EngineOptions::default(), Some(g.clone()))).unwrap();
+    block_on(e.generate(&[1, 2, 3], &greedy(2), |_| true)).unwrap();
+    let before = g.allocations();
+    let got = block_on(e.generate(&[4, 5, 6], &greedy(33), |_| true)).unwrap();
+    let sampled = GenerateOptions {
+        max_tokens: 33,
+        sampling: SamplingParams { temperature: 1.0, seed: Some(3), ..Default::default() },
+        ..Default::default()
+    };
+    block_on(e.generate(&[7, 8, 9], &sampled, |_| true)).unwrap();
+    assert_eq!(got.tokens.len(), 33);
+    assert_eq!(g.allocations(), before, "GPU buffers created while decoding (count, bytes)");
+}

@@ -28,6 +28,7 @@ pub enum Shader {
     MoeGemmDown,
     MoeCombine,
     Argmax,
+    Copy,
 }
 
 impl Shader {
@@ -47,6 +48,7 @@ impl Shader {
             Shader::MoeGemmDown => "moe_gemm_down",
             Shader::MoeCombine => "moe_combine",
             Shader::Argmax => "argmax",
+            Shader::Copy => "copy",
         }
     }
 
@@ -81,6 +83,7 @@ impl Shader {
             Shader::MoeGemmDown => include_str!("../../shaders/moe_gemm_down.wgsl"),
             Shader::MoeCombine => include_str!("../../shaders/moe_combine.wgsl"),
             Shader::Argmax => include_str!("../../shaders/argmax.wgsl"),
+            Shader::Copy => include_str!("../../shaders/copy.wgsl"),
         }
     }
 }
@@ -116,6 +119,8 @@ pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     pub grid: Grid,
+    /// Weight bytes one token's pass reads (for effective-bandwidth reports; 0 if none).
+    pub weight_bytes: u64,
 }
 
 impl Dispatch {
@@ -133,6 +138,11 @@ impl Dispatch {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
+    }
+
+    fn reading(mut self, bytes: u64) -> Self {
+        self.weight_bytes = bytes;
+        self
     }
 
     /// The same kernel with its grid replaced.
@@ -210,7 +220,7 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { shader, pipeline, bind_group, grid }
+        Dispatch { shader, pipeline, bind_group, grid, weight_bytes: 0 }
     }
 
     fn make(
@@ -325,7 +335,7 @@ pub mod ops {
     pub fn gemv(g: &Gpu, name: &str, w: &GpuWeight, x: &Buffer, out: Out, n: usize, k: usize) -> Result<Dispatch> {
         let params = matmul_params(name, w, out, n, k)?;
         let grid = Grid { x: params[0].div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
-        g.make(Shader::Gemv, w.dtype, &params, &[&w.buf, x, out.buf], grid)
+        Ok(g.make(Shader::Gemv, w.dtype, &params, &[&w.buf, x, out.buf], grid)?.reading(w.buf.size()))
     }
 
     /// Tiled out[T, n] (+)= X[T, k] · W[n, k]^T (prefill).
@@ -341,7 +351,7 @@ pub mod ops {
     ) -> Result<Dispatch> {
         let params = matmul_params(name, w, out, n, k)?;
         let grid = Grid { x: params[0].div_ceil(TILE), y: Rows::Tokens { mul: 1, div: TILE, add: 0 } };
-        g.make(Shader::Gemm, w.dtype, &params, &[step, &w.buf, x, out.buf], grid)
+        Ok(g.make(Shader::Gemm, w.dtype, &params, &[step, &w.buf, x, out.buf], grid)?.reading(w.buf.size()))
     }
 
     pub fn rope_kv(
@@ -423,7 +433,9 @@ pub mod ops {
         let (ff, k) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?);
         let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, w.s_off, w.h_off, w.expert_stride];
         let grid = Grid { x: ff.div_ceil(GEMV_ROWS), y: Rows::Tokens { mul: k, div: 1, add: 0 } };
-        g.make(Shader::MoeGemvGateUp, w.dtype, &params, &[&w.buf, x, ids, act], grid)
+        // One token reads the k chosen experts' blocks.
+        let bytes = w.expert_stride as u64 * 4 * k as u64;
+        Ok(g.make(Shader::MoeGemvGateUp, w.dtype, &params, &[&w.buf, x, ids, act], grid)?.reading(bytes))
     }
 
     /// `w`: stacked experts, each its down projection (W2), [dim, ff].
@@ -441,7 +453,8 @@ pub mod ops {
         let d = u32_of("hidden", dim)?;
         let params = [d, inner("experts' w2", w.dtype, ff)?, u32_of("top-k", k)?, w.s_off, w.h_off, w.expert_stride];
         let grid = Grid { x: d.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
-        g.make(Shader::MoeGemvDown, w.dtype, &params, &[&w.buf, act, ids, weights, x], grid)
+        let bytes = w.expert_stride as u64 * 4 * k as u64;
+        Ok(g.make(Shader::MoeGemvDown, w.dtype, &params, &[&w.buf, act, ids, weights, x], grid)?.reading(bytes))
     }
 
     pub fn moe_group(
@@ -511,5 +524,11 @@ pub mod ops {
     /// Row-wise argmax of `logits` [rows, n] into `out`; `rows` grid rows (Fixed) or per token.
     pub fn argmax(g: &Gpu, logits: &Buffer, out: &Buffer, n: usize, rows: Rows) -> Result<Dispatch> {
         g.make(Shader::Argmax, DType::F32, &[u32_of("vocab", n)?], &[logits, out], Grid { x: 1, y: rows })
+    }
+
+    /// dst = src over `n` vec4s (the bandwidth probe).
+    pub fn copy(g: &Gpu, src: &Buffer, dst: &Buffer, n: usize) -> Result<Dispatch> {
+        let n = u32_of("copy", n)?;
+        g.make(Shader::Copy, DType::F32, &[n], &[src, dst], Grid { x: n.div_ceil(256), y: Rows::Fixed(1) })
     }
 }

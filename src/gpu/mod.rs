@@ -24,6 +24,10 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
     /// Why the device was lost, once it has been.
     lost: Arc<Mutex<Option<String>>>,
+    /// Buffers created and their bytes (allocation tests and `bench` read these).
+    allocated: std::sync::atomic::AtomicU64,
+    allocated_bytes: std::sync::atomic::AtomicU64,
+    pub features: wgpu::Features,
     pipelines: Mutex<HashMap<(Shader, u32), wgpu::ComputePipeline>>,
     /// Kernel sources replaced at run time (tests build deliberately broken kernels).
     sources: Mutex<HashMap<Shader, String>>,
@@ -44,10 +48,12 @@ impl Gpu {
             .map_err(|e| Error::gpu(format!("no GPU adapter available ({e}); natively, install a Vulkan driver (Mesa's lavapipe works on a CPU); in a browser, WebGPU must be enabled")))?;
         let limits = adapter.limits();
         let info = adapter.get_info();
+        // Optional: GPU timestamps for per-kernel timings (`webmoe bench --kernels`).
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("webmoe"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -76,6 +82,9 @@ impl Gpu {
             info,
             errors,
             lost,
+            allocated: Default::default(),
+            allocated_bytes: Default::default(),
+            features,
             pipelines: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
         })
@@ -129,10 +138,23 @@ impl Gpu {
         Ok(())
     }
 
+    /// (buffers created, bytes) so far by this device's helpers.
+    pub fn allocations(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.allocated.load(Relaxed), self.allocated_bytes.load(Relaxed))
+    }
+
+    fn count(&self, size: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.allocated.fetch_add(1, Relaxed);
+        self.allocated_bytes.fetch_add(size, Relaxed);
+    }
+
     /// An uninitialised storage buffer of `size` bytes (rounded up to 4, at least 16).
     pub fn storage(&self, name: &str, size: u64) -> Result<wgpu::Buffer> {
         let size = size.max(16).next_multiple_of(4);
         self.check_fits(name, size)?;
+        self.count(size);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(name),
             size,
@@ -182,6 +204,7 @@ impl Gpu {
     pub fn uniform(&self, name: &str, words: &[u32]) -> wgpu::Buffer {
         let mut w = words.to_vec();
         w.resize(words.len().next_multiple_of(4).max(4), 0);
+        self.count(w.len() as u64 * 4);
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(name),
             contents: bytemuck::cast_slice(&w),
@@ -191,9 +214,11 @@ impl Gpu {
 
     /// A buffer the host can map to read results back.
     pub fn staging(&self, name: &str, size: u64) -> wgpu::Buffer {
+        let size = size.max(4).next_multiple_of(4);
+        self.count(size);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(name),
-            size: size.max(4).next_multiple_of(4),
+            size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })

@@ -470,12 +470,12 @@ enum Head {
     NextToken,
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl GpuModel {
-    /// Runs one prefill (or, for one token, decode) step over `tokens` kernel by kernel,
-    /// waiting for each, and returns (kernel, seconds) in order: a coarse per-kernel time
-    /// breakdown for any adapter (timestamp queries are not everywhere).
-    pub fn profile_step(&mut self, tokens: &[u32]) -> Result<Vec<(&'static str, f64)>> {
+    /// Runs one step over `tokens` (prefill kernels for 8 or more, else decode kernels) and
+    /// returns (kernel, seconds) for every dispatch in order: GPU time from timestamp
+    /// queries where the adapter has them, else wall time with a wait after each kernel.
+    /// The bool says which (true: timestamps). Each entry: (kernel, seconds, weight bytes).
+    pub async fn profile_step(&mut self, tokens: &[u32]) -> Result<(Vec<(&'static str, f64, u64)>, bool)> {
         self.check_tokens(tokens)?;
         let n = tokens.len();
         let g = self.gpu.clone();
@@ -486,15 +486,63 @@ impl GpuModel {
             Path::Decode => (&p.body_decode, &p.head_all_decode),
             Path::Prefill => (&p.body_prefill, &p.head_all_prefill),
         };
-        let mut out = Vec::new();
-        for d in body.iter().chain(head) {
-            let t = std::time::Instant::now();
-            g.run(&[d], n as u32);
-            crate::platform::poll_wait(&g.device)?;
-            out.push((d.shader.name(), t.elapsed().as_secs_f64()));
+        let all: Vec<&Dispatch> = body.iter().chain(head).collect();
+        let max = g.limits.max_compute_workgroups_per_dimension;
+        let mut out = Vec::with_capacity(all.len());
+        let timestamps = g.features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        if timestamps {
+            let count = (2 * all.len()) as u32;
+            let qs = g.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kernel timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let resolve = g.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: count as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            for (i, d) in all.iter().enumerate() {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &qs,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    }),
+                });
+                d.encode(&mut pass, n as u32, max);
+            }
+            enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+            g.queue.submit([enc.finish()]);
+            let raw = g.read(&resolve, 0, count as u64 * 8).await?;
+            let ticks: &[u64] = bytemuck::cast_slice(&raw);
+            let period = g.queue.get_timestamp_period() as f64 * 1e-9;
+            for (i, d) in all.iter().enumerate() {
+                out.push((
+                    d.shader.name(),
+                    ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period,
+                    d.weight_bytes,
+                ));
+            }
+        } else {
+            let probe = g.storage("profile probe", 4)?;
+            for d in &all {
+                let t = web_time::Instant::now();
+                let mut enc = g.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    d.encode(&mut pass, n as u32, max);
+                }
+                g.queue.submit([enc.finish()]);
+                g.read(&probe, 0, 4).await?;
+                out.push((d.shader.name(), t.elapsed().as_secs_f64(), d.weight_bytes));
+            }
         }
         self.pos += n;
         self.on_gpu = None;
-        Ok(out)
+        Ok((out, timestamps))
     }
 }

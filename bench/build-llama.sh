@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-bench, CPU and Vulkan variants, from the llama.cpp that PyPI's
+# llama-cpp-python source distribution vendors, into $BENCH_DIR (default
+# ~/.cache/webmoe/bench). Needs cmake, a C++ compiler, and for Vulkan glslc + libvulkan-dev.
+set -euo pipefail
+BENCH_DIR=${BENCH_DIR:-$HOME/.cache/webmoe/bench}
+mkdir -p "$BENCH_DIR"
+cd "$BENCH_DIR"
+log() { echo "build-llama: $*" >&2; }
+if ! command -v cmake >/dev/null || ! command -v glslc >/dev/null || [ ! -e /usr/include/vulkan/vulkan.h ]; then
+  log "installing cmake, glslc, libvulkan-dev"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get install -y -q cmake glslc libvulkan-dev >&2
+fi
+if [ ! -d src/vendor/llama.cpp ]; then
+  log "downloading the llama-cpp-python source distribution from PyPI"
+  rm -rf dl src && mkdir -p dl src
+  # (pip download would build the package's metadata, i.e. compile it; fetch the file.)
+  python3 - <<'PY'
+import json, shutil, urllib.parse, urllib.request
+base = "https://pypi.org/pypi/llama-cpp-python/json"
+sd = next(u for u in json.load(urllib.request.urlopen(base, timeout=60))["urls"] if u["packagetype"] == "sdist")
+with urllib.request.urlopen(urllib.parse.urljoin(base, sd["url"]), timeout=600) as r, open("dl/" + sd["filename"], "wb") as f:
+    shutil.copyfileobj(r, f)
+PY
+  tar -xzf dl/llama_cpp_python-*.tar.gz -C src --strip-components=1
+fi
+LLAMA=$BENCH_DIR/src/vendor/llama.cpp
+VK=$LLAMA/ggml/src/ggml-vulkan/ggml-vulkan.cpp
+# Older Vulkan headers (Debian bookworm's 1.3.239) lack VK_EXT_layer_settings, which
+# ggml-vulkan uses only to configure validation layers at instance creation: there, create
+# the instance without that chain (speed is unaffected).
+if ! grep -q VK_EXT_layer_settings /usr/include/vulkan/vulkan_core.h; then
+  python3 - "$VK" <<'PY'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+m = re.search(r"\n(\s*)VkBool32 enable_best_practice = layer_settings;.*?"
+              r"vk::InstanceCreateInfo instance_create_info\(([^;]*?), &layer_setting_info\);", s, re.S)
+if m and "WEBMOE_PATCH" not in s:
+    ind, args = m.group(1), m.group(2)
+    repl = (f"\n#ifdef VK_EXT_layer_settings // WEBMOE_PATCH{m.group(0)}\n#else\n"
+            f"{ind}vk::InstanceCreateInfo instance_create_info({args});\n#endif")
+    s = s[:m.start()] + repl + s[m.end():]
+    open(p, "w").write(s)
+PY
+fi
+common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON)
+if [ ! -x "$BENCH_DIR/cpu/bin/llama-bench" ]; then
+  log "building the CPU variant"
+  cmake -S "$LLAMA" -B "$BENCH_DIR/cpu" "${common[@]}" >&2
+  cmake --build "$BENCH_DIR/cpu" --target llama-bench -j "$(nproc)" >&2
+fi
+if [ ! -x "$BENCH_DIR/vulkan/bin/llama-bench" ]; then
+  log "building the Vulkan variant"
+  cmake -S "$LLAMA" -B "$BENCH_DIR/vulkan" "${common[@]}" -DGGML_VULKAN=ON >&2
+  cmake --build "$BENCH_DIR/vulkan" --target llama-bench -j "$(nproc)" >&2
+fi
+echo "$BENCH_DIR"
