@@ -104,6 +104,8 @@ export interface Engine {
   tokenize(text: string, options?: { addSpecialTokens?: boolean }): Promise<Uint32Array>;
   detokenize(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): Promise<string>;
   info(): Promise<Record<string, unknown>>;
+  /** `webmoe bench` in the page: tokens/s (median, min, max), time to first token, GPU memory. */
+  bench(options?: { promptTokens?: number; genTokens?: number; reps?: number; kernels?: boolean }): Promise<Record<string, unknown>>;
   unload(): Promise<void>;
   hasModel(url: string): Promise<boolean>;
   deleteModel(url: string): Promise<boolean>;

@@ -235,6 +235,15 @@ class Engine {
     return this.#serial(() => this.#inner.detokenize(toIds(ids, 'detokenize'), skipSpecialTokens));
   }
 
+  /**
+   * The same measurement as `webmoe bench`: prefill and decode tokens/s (median, min,
+   * max over `reps`), time to first token, GPU memory; `kernels` adds per-kernel times.
+   */
+  bench({ promptTokens = 128, genTokens = 64, reps = 3, kernels = false } = {}) {
+    return this.#serial(async () =>
+      JSON.parse(await this.#inner.bench(JSON.stringify({ prompt_tokens: promptTokens, gen_tokens: genTokens, reps, kernels }))));
+  }
+
   /** Adapter, features used, limits, and model facts. */
   info() {
     return this.#serial(() => {

@@ -46,8 +46,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     // Rows past N recompute row N-1; their sums are never stored.
     let row = min(row0 + r, p.n - 1u);
     var acc = 0.0;
-    for (var c = lane; c < k4; c += LANES) {
-        acc += dot(w4(o, row * p.k + c * 4u), x[t * k4 + c]);
+    if (p.k % 32u == 0u) {
+        // Whole 32-weight blocks: scales once per block, quants a word at a time.
+        for (var b = lane; b < p.k / 32u; b += LANES) {
+            var xv: array<vec4<f32>, 8>;
+            for (var j = 0u; j < 8u; j++) {
+                xv[j] = x[t * k4 + 8u * b + j];
+            }
+            acc += wdot32(o, row * p.k + 32u * b, xv);
+        }
+    } else {
+        for (var c = lane; c < k4; c += LANES) {
+            acc += dot(w4(o, row * p.k + c * 4u), x[t * k4 + c]);
+        }
     }
     part[lid] = acc;
     workgroupBarrier();

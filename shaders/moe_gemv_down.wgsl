@@ -47,8 +47,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         let a = t * p.k + s;
         let o = WLayout(ids[a] * p.e_stride, p.s_off, p.h_off);
         var dot_ = 0.0;
-        for (var c = lane; c < f4; c += LANES) {
-            dot_ += dot(w4(o, row + c * 4u), act[a * f4 + c]);
+        if (p.ff % 32u == 0u) {
+            for (var b = lane; b < p.ff / 32u; b += LANES) {
+                var xv: array<vec4<f32>, 8>;
+                for (var j = 0u; j < 8u; j++) {
+                    xv[j] = act[a * f4 + 8u * b + j];
+                }
+                dot_ += wdot32(o, row + 32u * b, xv);
+            }
+        } else {
+            for (var c = lane; c < f4; c += LANES) {
+                dot_ += dot(w4(o, row + c * 4u), act[a * f4 + c]);
+            }
         }
         acc += weights[a] * dot_;
     }

@@ -50,10 +50,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let row = min(f0 + r, p.ff - 1u) * p.dim;
     var g = 0.0;
     var u = 0.0;
-    for (var c = lane; c < d4; c += LANES) {
-        let xv = x[t * d4 + c];
-        g += dot(w4(o, row + c * 4u), xv);
-        u += dot(w4(o, up + row + c * 4u), xv);
+    if (p.dim % 32u == 0u) {
+        for (var b = lane; b < p.dim / 32u; b += LANES) {
+            var xv: array<vec4<f32>, 8>;
+            for (var j = 0u; j < 8u; j++) {
+                xv[j] = x[t * d4 + 8u * b + j];
+            }
+            g += wdot32(o, row + 32u * b, xv);
+            u += wdot32(o, up + row + 32u * b, xv);
+        }
+    } else {
+        for (var c = lane; c < d4; c += LANES) {
+            let xv = x[t * d4 + c];
+            g += dot(w4(o, row + c * 4u), xv);
+            u += dot(w4(o, up + row + c * 4u), xv);
+        }
     }
     part_g[lid] = g;
     part_u[lid] = u;

@@ -300,6 +300,33 @@ impl WebEngine {
         })
     }
 
+    /// `webmoe bench` in the browser: `options` is the JSON of
+    /// `{prompt_tokens, gen_tokens, reps, kernels}`; resolves to the report's JSON.
+    pub fn bench(&self, options: String) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            #[derive(Deserialize)]
+            struct O {
+                prompt_tokens: Option<usize>,
+                gen_tokens: Option<usize>,
+                reps: Option<usize>,
+                kernels: Option<bool>,
+            }
+            let o: O = serde_json::from_str(&options).map_err(|e| err(format!("bad bench options: {e}")))?;
+            let d = crate::bench::BenchOptions::default();
+            let opts = crate::bench::BenchOptions {
+                prompt_tokens: o.prompt_tokens.unwrap_or(d.prompt_tokens),
+                gen_tokens: o.gen_tokens.unwrap_or(d.gen_tokens),
+                reps: o.reps.unwrap_or(d.reps),
+                kernels: o.kernels.unwrap_or(false),
+            };
+            let mut engine = take_engine(&state)?;
+            let r = crate::bench::run(&mut engine, &opts).await;
+            put_engine(&state, engine);
+            Ok(JsValue::from(serde_json::to_string(&r.map_err(err)?).map_err(err)?))
+        })
+    }
+
     /// Per layer, how often each expert was chosen since the last call (MoE models).
     #[wasm_bindgen(js_name = expertCounts)]
     pub fn expert_counts(&self) -> Promise {

@@ -119,7 +119,9 @@ fn check_matmul(
 }
 
 fn check_gemv(g: &Gpu, seed: u64) -> Result<(), String> {
-    check_matmul(g, seed, false, 3, 37, 68, &DTYPES)
+    // K = 68 runs the 4-wide loop for plain floats; whole 32-blocks (96) the block path.
+    check_matmul(g, seed, false, 3, 37, 68, &DTYPES)?;
+    check_matmul(g, seed + 1, false, 2, 37, 96, &DTYPES)
 }
 
 fn check_gemm(g: &Gpu, seed: u64) -> Result<(), String> {
@@ -278,8 +280,9 @@ fn down_ref(a: &[f32], id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32>
 fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (t, e, k) = (3, 6, 2);
-    for dt in DTYPES {
-        let (dim, ff) = (inner_dim(dt, 40), 52);
+    // dim 40 takes the 4-wide loop for plain floats, 64 the whole-block path.
+    for (dt, base) in DTYPES.iter().flat_map(|&d| [(d, 40), (d, 64)]) {
+        let (dim, ff) = (inner_dim(dt, base), 52);
         let ex = experts(g, &mut rng, e, dim, inner_dim(dt, ff), dt);
         let ff = inner_dim(dt, ff);
         let x = rng.vec(t * dim, 1.0);
@@ -296,8 +299,8 @@ fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
 fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (t, e, k) = (3, 6, 2);
-    for dt in DTYPES {
-        let (dim, ff) = (40, inner_dim(dt, 52));
+    for (dt, base) in DTYPES.iter().flat_map(|&d| [(d, 52), (d, 64)]) {
+        let (dim, ff) = (40, inner_dim(dt, base));
         let ex = experts(g, &mut rng, e, inner_dim(dt, dim), ff, dt);
         let dim = inner_dim(dt, dim);
         let act = rng.vec(t * k * ff, 1.0);

@@ -91,3 +91,76 @@ fn w4(l: WLayout, i: u32) -> vec4<f32> {
         }
     }
 }
+
+// Eight 4-bit values of one word as two vec4s (elements 8w..8w+3 and 8w+4..8w+7).
+fn nib_lo(q: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q & 15u), f32((q >> 4u) & 15u), f32((q >> 8u) & 15u), f32((q >> 12u) & 15u));
+}
+fn nib_hi(q: u32) -> vec4<f32> {
+    return vec4<f32>(f32((q >> 16u) & 15u), f32((q >> 20u) & 15u), f32((q >> 24u) & 15u), f32(q >> 28u));
+}
+
+fn sum4(v: vec4<f32>) -> f32 {
+    return v.x + v.y + v.z + v.w;
+}
+
+// The dot product of the 32 weights at element i (a multiple of 32) with x[0..8] (as
+// vec4s): one quantization block (or sub-block) per call, its scale read once and its
+// quants a whole word at a time. For formats with an offset (Q4_0's 8, Q4_1's and Q4_K's
+// mins) the offset is applied once to the sum of x rather than to every weight.
+fn wdot32(l: WLayout, i: u32, xv: array<vec4<f32>, 8>) -> f32 {
+    let q0 = l.base;
+    let s0 = l.base + l.s_off;
+    switch WDTYPE {
+        case 3u: {   // Q8_0
+            let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
+            let qw = q0 + (i >> 2u);
+            var acc = 0.0;
+            for (var j = 0u; j < 8u; j++) {
+                let q = w[qw + j];
+                acc += dot(vec4<f32>(sign_extend8(q & 255u), sign_extend8((q >> 8u) & 255u),
+                                     sign_extend8((q >> 16u) & 255u), sign_extend8(q >> 24u)), xv[j]);
+            }
+            return d * acc;
+        }
+        case 4u, 5u, 6u: {   // Q4_0, Q4_1, Q4_K: 32 nibbles in 4 words, one (scale, offset)
+            let qw = q0 + (i >> 3u);
+            var qx = 0.0;
+            var sx = 0.0;
+            for (var j = 0u; j < 4u; j++) {
+                let q = w[qw + j];
+                qx += dot(nib_lo(q), xv[2u * j]) + dot(nib_hi(q), xv[2u * j + 1u]);
+                sx += sum4(xv[2u * j]) + sum4(xv[2u * j + 1u]);
+            }
+            if (WDTYPE == 4u) {
+                let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
+                return d * (qx - 8.0 * sx);
+            }
+            if (WDTYPE == 5u) {
+                let dm = unpack2x16float(w[s0 + (i >> 5u)]);
+                return dm.x * qx + dm.y * sx;
+            }
+            let base = s0 + (i >> 8u) * 4u;
+            let dd = unpack2x16float(w[base]);
+            let sj = (i >> 5u) & 7u;
+            let sb = base + 1u;
+            var sc: u32;
+            var mn: u32;
+            if (sj < 4u) {
+                sc = scale_byte(sb, sj) & 63u;
+                mn = scale_byte(sb, sj + 4u) & 63u;
+            } else {
+                sc = (scale_byte(sb, sj + 4u) & 15u) | ((scale_byte(sb, sj - 4u) >> 6u) << 4u);
+                mn = (scale_byte(sb, sj + 4u) >> 4u) | ((scale_byte(sb, sj) >> 6u) << 4u);
+            }
+            return (dd.x * f32(sc)) * qx - (dd.y * f32(mn)) * sx;
+        }
+        default: {   // F32, F16, BF16, Q6_K: four at a time
+            var acc = 0.0;
+            for (var j = 0u; j < 8u; j++) {
+                acc += dot(w4(l, i + 4u * j), xv[j]);
+            }
+            return acc;
+        }
+    }
+}
