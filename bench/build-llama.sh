@@ -7,10 +7,10 @@ BENCH_DIR=${BENCH_DIR:-$HOME/.cache/webmoe/bench}
 mkdir -p "$BENCH_DIR"
 cd "$BENCH_DIR"
 log() { echo "build-llama: $*" >&2; }
-if ! command -v cmake >/dev/null || ! command -v glslc >/dev/null || [ ! -e /usr/include/vulkan/vulkan.h ]; then
-  log "installing cmake, glslc, libvulkan-dev"
+if ! command -v cmake >/dev/null || ! command -v glslc >/dev/null || [ ! -e /usr/include/vulkan/vulkan.h ] || [ ! -d /usr/include/spirv ]; then
+  log "installing cmake, glslc, libvulkan-dev, spirv-headers"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get install -y -q cmake glslc libvulkan-dev >&2
+  $SUDO apt-get install -y -q cmake glslc libvulkan-dev spirv-headers >&2
 fi
 if [ ! -d src/vendor/llama.cpp ]; then
   log "downloading the llama-cpp-python source distribution from PyPI"

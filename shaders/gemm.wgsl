@@ -2,9 +2,9 @@
 //   X: [M, K] f32 with M = step.n_rows, W: [N, K] in WDTYPE (lib/weights.wgsl),
 //   Y: [M, y_stride] f32.
 // A workgroup of 64 threads computes a 32x32 tile of Y, a 4x4 block per thread, staging
-// 32x32 slices of X and W in workgroup memory (k-major, four rows per vec4) so each weight
-// is read from memory once per 32 rows of X, and each thread does 16 multiply-adds per
-// two vec4 reads of workgroup memory.
+// 32x32 slices of X and W in workgroup memory (row-major vec4s along k, rows padded to 9
+// vec4s against bank conflicts) so each weight is read from memory once per 32 rows of X;
+// each thread does 16 vec4 dot products per 8 vec4 reads of workgroup memory.
 // Grid: x = ceil(N / 32) (folded), y = ceil(M / 32).
 
 struct Params {
@@ -27,9 +27,10 @@ struct Params {
 const TILE: u32 = 32u;
 const BK: u32 = 32u;
 
-// [k][row / 4] as vec4 of four consecutive rows (X) or weight rows (W).
-var<workgroup> xs: array<vec4<f32>, 256>;
-var<workgroup> ws: array<vec4<f32>, 256>;
+// [row][k / 4] with a row stride of PAD vec4s.
+const PAD: u32 = 9u;
+var<workgroup> xs: array<vec4<f32>, 288>;
+var<workgroup> ws: array<vec4<f32>, 288>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -45,7 +46,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let o = WLayout(0u, p.s_off, p.h_off);
     let tx = lid % 8u;   // output columns n0 + 4*tx .. +3
     let ty = lid / 8u;   // output rows    m0 + 4*ty .. +3
-    var acc: array<vec4<f32>, 4>;
+    var acc: array<vec4<f32>, 4>;   // acc[i][j]: row 4 ty + i, column 4 tx + j
     for (var kb = 0u; kb < p.k; kb += BK) {
         // Stage: 256 vec4 of X and of W, four each per thread (row r, k-quad q).
         for (var j = 0u; j < 4u; j++) {
@@ -61,19 +62,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (n0 + r < p.n && kq < k4) {
                 wv = w4(o, (n0 + r) * p.k + kq * 4u);
             }
-            for (var c = 0u; c < 4u; c++) {
-                xs[(q * 4u + c) * 8u + r / 4u][r % 4u] = xv[c];
-                ws[(q * 4u + c) * 8u + r / 4u][r % 4u] = wv[c];
-            }
+            xs[r * PAD + q] = xv;
+            ws[r * PAD + q] = wv;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let a = xs[kk * 8u + ty];
-            let b = ws[kk * 8u + tx];
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
+        for (var kq = 0u; kq < BK / 4u; kq++) {
+            let b = array<vec4<f32>, 4>(ws[(4u * tx) * PAD + kq], ws[(4u * tx + 1u) * PAD + kq],
+                                        ws[(4u * tx + 2u) * PAD + kq], ws[(4u * tx + 3u) * PAD + kq]);
+            for (var i = 0u; i < 4u; i++) {
+                let a = xs[(4u * ty + i) * PAD + kq];
+                acc[i] += vec4<f32>(dot(a, b[0]), dot(a, b[1]), dot(a, b[2]), dot(a, b[3]));
+            }
         }
         workgroupBarrier();
     }

@@ -25,9 +25,10 @@ struct Params {
 const TILE: u32 = 32u;
 const BK: u32 = 32u;
 
-// [k][row / 4] as vec4 of four consecutive rows, as in gemm.wgsl.
-var<workgroup> as_: array<vec4<f32>, 256>;
-var<workgroup> ws: array<vec4<f32>, 256>;
+// [row][k / 4] with a row stride of PAD vec4s, as in gemm.wgsl.
+const PAD: u32 = 9u;
+var<workgroup> as_: array<vec4<f32>, 288>;
+var<workgroup> ws: array<vec4<f32>, 288>;
 var<workgroup> job: vec3<u32>;
 
 @compute @workgroup_size(64)
@@ -78,20 +79,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (n0 + r < p.dim && kq < f4) {
                 wv = w4(o, (n0 + r) * p.ff + kq * 4u);
             }
-            for (var c = 0u; c < 4u; c++) {
-                let at = (q * 4u + c) * 8u + r / 4u;
-                as_[at][r % 4u] = av[c];
-                ws[at][r % 4u] = wv[c];
-            }
+            as_[r * PAD + q] = av;
+            ws[r * PAD + q] = wv;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let a = as_[kk * 8u + ty];
-            let b = ws[kk * 8u + tx];
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
+        for (var kq = 0u; kq < BK / 4u; kq++) {
+            let b = array<vec4<f32>, 4>(ws[(4u * tx) * PAD + kq], ws[(4u * tx + 1u) * PAD + kq],
+                                        ws[(4u * tx + 2u) * PAD + kq], ws[(4u * tx + 3u) * PAD + kq]);
+            for (var i = 0u; i < 4u; i++) {
+                let a = as_[(4u * ty + i) * PAD + kq];
+                acc[i] += vec4<f32>(dot(a, b[0]), dot(a, b[1]), dot(a, b[2]), dot(a, b[3]));
+            }
         }
         workgroupBarrier();
     }

@@ -30,10 +30,11 @@ struct Params {
 const TILE: u32 = 32u;
 const BK: u32 = 32u;
 
-// [k][row / 4] as vec4 of four consecutive rows, as in gemm.wgsl.
-var<workgroup> xs: array<vec4<f32>, 256>;
-var<workgroup> gs: array<vec4<f32>, 256>;
-var<workgroup> us: array<vec4<f32>, 256>;
+// [row][k / 4] with a row stride of PAD vec4s, as in gemm.wgsl.
+const PAD: u32 = 9u;
+var<workgroup> xs: array<vec4<f32>, 288>;
+var<workgroup> gs: array<vec4<f32>, 288>;
+var<workgroup> us: array<vec4<f32>, 288>;
 // (expert, first row, end row) of this workgroup's tile; expert = E when idle.
 var<workgroup> job: vec3<u32>;
 
@@ -96,26 +97,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 gv = w4(o, off);
                 uv = w4(o, up + off);
             }
-            for (var c = 0u; c < 4u; c++) {
-                let at = (q * 4u + c) * 8u + r / 4u;
-                xs[at][r % 4u] = xv[c];
-                gs[at][r % 4u] = gv[c];
-                us[at][r % 4u] = uv[c];
-            }
+            xs[r * PAD + q] = xv;
+            gs[r * PAD + q] = gv;
+            us[r * PAD + q] = uv;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let a = xs[kk * 8u + ty];
-            let bg = gs[kk * 8u + tx];
-            let bu = us[kk * 8u + tx];
-            g[0] += a.x * bg;
-            g[1] += a.y * bg;
-            g[2] += a.z * bg;
-            g[3] += a.w * bg;
-            u[0] += a.x * bu;
-            u[1] += a.y * bu;
-            u[2] += a.z * bu;
-            u[3] += a.w * bu;
+        for (var kq = 0u; kq < BK / 4u; kq++) {
+            let bg = array<vec4<f32>, 4>(gs[(4u * tx) * PAD + kq], gs[(4u * tx + 1u) * PAD + kq],
+                                         gs[(4u * tx + 2u) * PAD + kq], gs[(4u * tx + 3u) * PAD + kq]);
+            let bu = array<vec4<f32>, 4>(us[(4u * tx) * PAD + kq], us[(4u * tx + 1u) * PAD + kq],
+                                         us[(4u * tx + 2u) * PAD + kq], us[(4u * tx + 3u) * PAD + kq]);
+            for (var i = 0u; i < 4u; i++) {
+                let a = xs[(4u * ty + i) * PAD + kq];
+                g[i] += vec4<f32>(dot(a, bg[0]), dot(a, bg[1]), dot(a, bg[2]), dot(a, bg[3]));
+                u[i] += vec4<f32>(dot(a, bu[0]), dot(a, bu[1]), dot(a, bu[2]), dot(a, bu[3]));
+            }
         }
         workgroupBarrier();
     }
