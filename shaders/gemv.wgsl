@@ -1,11 +1,12 @@
 // Decode matmul (GEMV): y[t, y_off + n] (+)= sum_k W[n, k] * x[t, k]
 //   W: [N, K] in WDTYPE (HF Linear layout, any format of lib/weights.wgsl),
 //   x: [T, K] f32, y: [T, y_stride] f32 (y_off/y_stride let q, k, v write one buffer).
-// One workgroup computes ROWS consecutive outputs of one token: LANES threads per row
-// split K in vec4 steps (neighbouring threads read neighbouring words), then one barrier
-// and a LANES-wide sum through workgroup memory. Many rows per workgroup and a single
-// barrier keep the cost per workgroup low on every device (few workgroups, no reduction
-// tree). With `accumulate` the result is added into y (fuses the residual add).
+// One workgroup computes ROWS consecutive outputs of one token. LANES threads share each
+// group of NR rows: they split K in 32-weight blocks (neighbouring threads read
+// neighbouring blocks), and each thread applies a block of x, loaded once, to its NR rows.
+// Then one barrier and a LANES-wide sum through workgroup memory. Many rows per workgroup
+// and a single barrier keep the cost per workgroup low on every device. With `accumulate`
+// the result is added into y (fuses the residual add).
 // Grid: x = ceil(N / ROWS) (folded), y = T.
 
 struct Params {
@@ -26,9 +27,10 @@ struct Params {
 
 const WG: u32 = 128u;
 const LANES: u32 = 8u;
-const ROWS: u32 = WG / LANES;
+const NR: u32 = 4u;
+const ROWS: u32 = WG / LANES * NR;
 
-var<workgroup> part: array<f32, WG>;
+var<workgroup> part: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -41,37 +43,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let t = wid.y;
     let k4 = p.k / 4u;
     let o = WLayout(0u, p.s_off, p.h_off);
-    let r = lid / LANES;
+    let g = lid / LANES;
     let lane = lid % LANES;
-    // Rows past N recompute row N-1; their sums are never stored.
-    let row = min(row0 + r, p.n - 1u);
-    var acc = 0.0;
+    // This thread's NR rows (rows past N recompute row N-1; their sums are never stored).
+    var rows: array<u32, NR>;
+    for (var r = 0u; r < NR; r++) {
+        rows[r] = min(row0 + g * NR + r, p.n - 1u) * p.k;
+    }
+    var acc = vec4<f32>(0.0);
     if (p.k % 32u == 0u) {
-        // Whole 32-weight blocks: scales once per block, quants a word at a time.
         for (var b = lane; b < p.k / 32u; b += LANES) {
             var xv: array<vec4<f32>, 8>;
             for (var j = 0u; j < 8u; j++) {
                 xv[j] = x[t * k4 + 8u * b + j];
             }
-            acc += wdot32(o, row * p.k + 32u * b, xv);
+            let sx = xsum32(xv);
+            for (var r = 0u; r < NR; r++) {
+                acc[r] += wdot32(o, rows[r] + 32u * b, xv, sx);
+            }
         }
     } else {
         for (var c = lane; c < k4; c += LANES) {
-            acc += dot(w4(o, row * p.k + c * 4u), x[t * k4 + c]);
+            let xv = x[t * k4 + c];
+            for (var r = 0u; r < NR; r++) {
+                acc[r] += dot(w4(o, rows[r] + c * 4u), xv);
+            }
         }
     }
     part[lid] = acc;
     workgroupBarrier();
-    if (lane == 0u && row0 + r < p.n) {
-        var v = 0.0;
+    if (lane == 0u) {
+        var v = vec4<f32>(0.0);
         for (var j = 0u; j < LANES; j++) {
             v += part[lid + j];
         }
-        let i = t * p.y_stride + p.y_off + row0 + r;
-        if (p.accumulate != 0u) {
-            y[i] += v;
-        } else {
-            y[i] = v;
+        for (var r = 0u; r < NR; r++) {
+            let row = row0 + g * NR + r;
+            if (row < p.n) {
+                let i = t * p.y_stride + p.y_off + row;
+                if (p.accumulate != 0u) {
+                    y[i] += v[r];
+                } else {
+                    y[i] = v[r];
+                }
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 // residual add:  x[t, n] += sum_s weights[t*K+s] * (W2[e_s, n] . act[t*K+s])
 //   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, ids/weights: [T*K] from the router,
 //   x: [T, D] f32 residual stream (read-modify-write).
-// ROWS rows per workgroup, LANES threads per row splitting F (as gemv.wgsl).
+// ROWS rows per workgroup, LANES threads sharing NR rows and splitting F (as gemv.wgsl).
 // Grid: x = ceil(D / ROWS), y = T.
 
 struct Params {
@@ -25,9 +25,10 @@ struct Params {
 
 const WG: u32 = 128u;
 const LANES: u32 = 8u;
-const ROWS: u32 = WG / LANES;
+const NR: u32 = 4u;
+const ROWS: u32 = WG / LANES * NR;
 
-var<workgroup> part: array<f32, WG>;
+var<workgroup> part: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -39,36 +40,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let t = wid.y;
     let f4 = p.ff / 4u;
-    let r = lid / LANES;
+    let grp = lid / LANES;
     let lane = lid % LANES;
-    let row = min(n0 + r, p.dim - 1u) * p.ff;
-    var acc = 0.0;
+    var rows: array<u32, NR>;
+    for (var r = 0u; r < NR; r++) {
+        rows[r] = min(n0 + grp * NR + r, p.dim - 1u) * p.ff;
+    }
+    var acc = vec4<f32>(0.0);
     for (var s = 0u; s < p.k; s++) {
         let a = t * p.k + s;
         let o = WLayout(ids[a] * p.e_stride, p.s_off, p.h_off);
-        var dot_ = 0.0;
+        var d = vec4<f32>(0.0);
         if (p.ff % 32u == 0u) {
             for (var b = lane; b < p.ff / 32u; b += LANES) {
                 var xv: array<vec4<f32>, 8>;
                 for (var j = 0u; j < 8u; j++) {
                     xv[j] = act[a * f4 + 8u * b + j];
                 }
-                dot_ += wdot32(o, row + 32u * b, xv);
+                let sx = xsum32(xv);
+                for (var r = 0u; r < NR; r++) {
+                    d[r] += wdot32(o, rows[r] + 32u * b, xv, sx);
+                }
             }
         } else {
             for (var c = lane; c < f4; c += LANES) {
-                dot_ += dot(w4(o, row + c * 4u), act[a * f4 + c]);
+                let xv = act[a * f4 + c];
+                for (var r = 0u; r < NR; r++) {
+                    d[r] += dot(w4(o, rows[r] + c * 4u), xv);
+                }
             }
         }
-        acc += weights[a] * dot_;
+        acc += weights[a] * d;
     }
     part[lid] = acc;
     workgroupBarrier();
-    if (lane == 0u && n0 + r < p.dim) {
-        var v = 0.0;
+    if (lane == 0u) {
+        var v = vec4<f32>(0.0);
         for (var j = 0u; j < LANES; j++) {
             v += part[lid + j];
         }
-        x[t * p.dim + n0 + r] += v;
+        for (var r = 0u; r < NR; r++) {
+            let n = n0 + grp * NR + r;
+            if (n < p.dim) {
+                x[t * p.dim + n] += v[r];
+            }
+        }
     }
 }

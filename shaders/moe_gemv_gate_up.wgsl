@@ -3,8 +3,8 @@
 //   w: E blocks `e_stride` words apart, each one [2F, D] matrix in WDTYPE: the expert's
 //   gate (W1) rows, then its up (W3) rows,
 //   x: [T, D] f32 (normed hidden), ids: [T*K] u32 from the router, act: [T*K, F] f32.
-// Same structure as gemv.wgsl (ROWS rows per workgroup, LANES threads per row splitting D),
-// with the gate and up rows computed together so x is read once for both.
+// Same structure as gemv.wgsl (ROWS rows per workgroup, LANES threads sharing NR rows and
+// splitting D), with the gate and up rows computed together so x is read once for both.
 // Grid: x = ceil(F / ROWS), y = T*K.
 
 struct Params {
@@ -26,10 +26,11 @@ struct Params {
 
 const WG: u32 = 128u;
 const LANES: u32 = 8u;
-const ROWS: u32 = WG / LANES;
+const NR: u32 = 4u;
+const ROWS: u32 = WG / LANES * NR;
 
-var<workgroup> part_g: array<f32, WG>;
-var<workgroup> part_u: array<f32, WG>;
+var<workgroup> part_g: array<vec4<f32>, WG>;
+var<workgroup> part_u: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -45,37 +46,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let d4 = p.dim / 4u;
     let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
     let up = p.ff * p.dim;   // W3 rows follow the F rows of W1
-    let r = lid / LANES;
+    let grp = lid / LANES;
     let lane = lid % LANES;
-    let row = min(f0 + r, p.ff - 1u) * p.dim;
-    var g = 0.0;
-    var u = 0.0;
+    var rows: array<u32, NR>;
+    for (var r = 0u; r < NR; r++) {
+        rows[r] = min(f0 + grp * NR + r, p.ff - 1u) * p.dim;
+    }
+    var g = vec4<f32>(0.0);
+    var u = vec4<f32>(0.0);
     if (p.dim % 32u == 0u) {
         for (var b = lane; b < p.dim / 32u; b += LANES) {
             var xv: array<vec4<f32>, 8>;
             for (var j = 0u; j < 8u; j++) {
                 xv[j] = x[t * d4 + 8u * b + j];
             }
-            g += wdot32(o, row + 32u * b, xv);
-            u += wdot32(o, up + row + 32u * b, xv);
+            let sx = xsum32(xv);
+            for (var r = 0u; r < NR; r++) {
+                g[r] += wdot32(o, rows[r] + 32u * b, xv, sx);
+                u[r] += wdot32(o, up + rows[r] + 32u * b, xv, sx);
+            }
         }
     } else {
         for (var c = lane; c < d4; c += LANES) {
             let xv = x[t * d4 + c];
-            g += dot(w4(o, row + c * 4u), xv);
-            u += dot(w4(o, up + row + c * 4u), xv);
+            for (var r = 0u; r < NR; r++) {
+                g[r] += dot(w4(o, rows[r] + c * 4u), xv);
+                u[r] += dot(w4(o, up + rows[r] + c * 4u), xv);
+            }
         }
     }
     part_g[lid] = g;
     part_u[lid] = u;
     workgroupBarrier();
-    if (lane == 0u && f0 + r < p.ff) {
-        var gs = 0.0;
-        var us = 0.0;
+    if (lane == 0u) {
+        var gs = vec4<f32>(0.0);
+        var us = vec4<f32>(0.0);
         for (var j = 0u; j < LANES; j++) {
             gs += part_g[lid + j];
             us += part_u[lid + j];
         }
-        act[a * p.ff + f0 + r] = silu(gs) * us;
+        for (var r = 0u; r < NR; r++) {
+            let f = f0 + grp * NR + r;
+            if (f < p.ff) {
+                act[a * p.ff + f] = silu(gs[r]) * us[r];
+            }
+        }
     }
 }

@@ -104,11 +104,20 @@ fn sum4(v: vec4<f32>) -> f32 {
     return v.x + v.y + v.z + v.w;
 }
 
+// The sum of 32 x values, for wdot32 (computed once per block of x, shared by all rows).
+fn xsum32(xv: array<vec4<f32>, 8>) -> f32 {
+    var s = vec4<f32>(0.0);
+    for (var j = 0u; j < 8u; j++) {
+        s += xv[j];
+    }
+    return sum4(s);
+}
+
 // The dot product of the 32 weights at element i (a multiple of 32) with x[0..8] (as
-// vec4s): one quantization block (or sub-block) per call, its scale read once and its
-// quants a whole word at a time. For formats with an offset (Q4_0's 8, Q4_1's and Q4_K's
-// mins) the offset is applied once to the sum of x rather than to every weight.
-fn wdot32(l: WLayout, i: u32, xv: array<vec4<f32>, 8>) -> f32 {
+// vec4s; sx = xsum32 of them): one quantization block (or sub-block) per call, its scale
+// read once and its quants a whole word at a time. For formats with an offset (Q4_0's 8,
+// Q4_1's and Q4_K's mins) the offset is applied once to the sum of x, not to every weight.
+fn wdot32(l: WLayout, i: u32, xv: array<vec4<f32>, 8>, sx: f32) -> f32 {
     let q0 = l.base;
     let s0 = l.base + l.s_off;
     switch WDTYPE {
@@ -126,11 +135,9 @@ fn wdot32(l: WLayout, i: u32, xv: array<vec4<f32>, 8>) -> f32 {
         case 4u, 5u, 6u: {   // Q4_0, Q4_1, Q4_K: 32 nibbles in 4 words, one (scale, offset)
             let qw = q0 + (i >> 3u);
             var qx = 0.0;
-            var sx = 0.0;
             for (var j = 0u; j < 4u; j++) {
                 let q = w[qw + j];
                 qx += dot(nib_lo(q), xv[2u * j]) + dot(nib_hi(q), xv[2u * j + 1u]);
-                sx += sum4(xv[2u * j]) + sum4(xv[2u * j + 1u]);
             }
             if (WDTYPE == 4u) {
                 let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];

@@ -288,8 +288,8 @@ fn u32_of(what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::gpu(format!("{what}: size {n} exceeds 32-bit indexing")))
 }
 
-/// Rows per workgroup of the GEMV kernels (WG / LANES in gemv.wgsl, moe_gemv_*.wgsl).
-const GEMV_ROWS: u32 = 16;
+/// Rows per workgroup of the GEMV kernels (WG / LANES * NR in gemv.wgsl, moe_gemv_*.wgsl).
+const GEMV_ROWS: u32 = 64;
 const TILE: u32 = 32;
 
 /// Kernel constructors. Shapes follow the .wgsl headers; `name` is the tensor named in errors.
