@@ -4,8 +4,9 @@
 // One workgroup computes ROWS consecutive outputs of one token. LANES threads share each
 // group of NR rows: they split K in 32-weight blocks (neighbouring threads read
 // neighbouring blocks), and each thread applies a block of x, loaded once, to its NR rows.
-// Then one barrier and a LANES-wide sum through workgroup memory. Many rows per workgroup
-// and a single barrier keep the cost per workgroup low on every device. With `accumulate`
+// Then a LANES-wide sum (lanes_sum: subgroup shuffles where the adapter has subgroups, else
+// one barrier and workgroup memory). Many rows per workgroup keep the cost per workgroup
+// low on every device. With `accumulate`
 // the result is added into y (fuses the residual add).
 // Grid: x = ceil(N / ROWS) (folded), y = T.
 
@@ -29,8 +30,6 @@ const WG: u32 = 128u;
 const LANES: u32 = 8u;
 const NR: u32 = 4u;
 const ROWS: u32 = WG / LANES * NR;
-
-var<workgroup> part: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -70,13 +69,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    part[lid] = acc;
-    workgroupBarrier();
+    let v = lanes_sum(acc, lid);
     if (lane == 0u) {
-        var v = vec4<f32>(0.0);
-        for (var j = 0u; j < LANES; j++) {
-            v += part[lid + j];
-        }
         for (var r = 0u; r < NR; r++) {
             let row = row0 + g * NR + r;
             if (row < p.n) {

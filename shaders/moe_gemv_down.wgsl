@@ -28,8 +28,6 @@ const LANES: u32 = 8u;
 const NR: u32 = 4u;
 const ROWS: u32 = WG / LANES * NR;
 
-var<workgroup> part: array<vec4<f32>, WG>;
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -72,13 +70,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         acc += weights[a] * d;
     }
-    part[lid] = acc;
-    workgroupBarrier();
+    let v = lanes_sum(acc, lid);
     if (lane == 0u) {
-        var v = vec4<f32>(0.0);
-        for (var j = 0u; j < LANES; j++) {
-            v += part[lid + j];
-        }
         for (var r = 0u; r < NR; r++) {
             let n = n0 + grp * NR + r;
             if (n < p.dim) {

@@ -29,9 +29,6 @@ const LANES: u32 = 8u;
 const NR: u32 = 4u;
 const ROWS: u32 = WG / LANES * NR;
 
-var<workgroup> part_g: array<vec4<f32>, WG>;
-var<workgroup> part_u: array<vec4<f32>, WG>;
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -75,16 +72,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    part_g[lid] = g;
-    part_u[lid] = u;
-    workgroupBarrier();
+    let sums = lanes_sum2(g, u, lid);
     if (lane == 0u) {
-        var gs = vec4<f32>(0.0);
-        var us = vec4<f32>(0.0);
-        for (var j = 0u; j < LANES; j++) {
-            gs += part_g[lid + j];
-            us += part_u[lid + j];
-        }
+        let gs = sums[0];
+        let us = sums[1];
         for (var r = 0u; r < NR; r++) {
             let f = f0 + grp * NR + r;
             if (f < p.ff) {

@@ -63,6 +63,8 @@ pub struct KernelRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub adapter: String,
+    /// Whether the matmul kernels reduced with subgroup operations.
+    pub subgroups: bool,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     pub reps: usize,
@@ -186,6 +188,7 @@ pub async fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport
     let (buffers, bytes) = gpu.allocations();
     Ok(BenchReport {
         adapter,
+        subgroups: gpu.subgroups,
         prompt_tokens: opts.prompt_tokens,
         gen_tokens: opts.gen_tokens,
         reps: opts.reps,

@@ -361,7 +361,11 @@ fn bench(m: &ModelArgs, opts: webmoe::bench::BenchOptions, json: bool) -> Result
     }
     let s = |x: &webmoe::bench::Stat| format!("{:8.2} (min {:.2}, max {:.2})", x.median, x.min, x.max);
     println!("model        {}", m.model.display());
-    println!("adapter      {}", r.adapter);
+    println!(
+        "adapter      {} ({})",
+        r.adapter,
+        if r.subgroups { "subgroup reductions" } else { "workgroup-memory reductions" }
+    );
     println!(
         "load         {load:.2} s, GPU memory {:.1} MiB in {} buffers",
         r.gpu_bytes as f64 / (1u64 << 20) as f64,

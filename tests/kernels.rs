@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use webmoe::cpu;
 use webmoe::gpu::kernels::ops;
-use webmoe::gpu::{Gpu, GpuWeight, Out, Rows, Shader};
+use webmoe::gpu::{Gpu, GpuOptions, GpuWeight, Out, Rows, Shader};
 use webmoe::tensor::{DType, to_f32};
 
 /// Every storage type the weight loader (shaders/lib/weights.wgsl) reads.
@@ -196,6 +196,35 @@ fn check_attention(g: &Gpu, seed: u64) -> Result<(), String> {
         let d = ops::attention(g, &s, &qb, &kb, &vb, &ob, heads, kvh, hd, ctx, window).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("attention window={window:?}"), &read_f32(g, &ob, t * heads * hd), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+/// Split-K attention (decode): several 256-position chunks, a window that empties some of
+/// them, and a step inside the first chunk; both kernels (split, combine) run.
+fn check_attention_split(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (heads, kvh, hd, ctx) = (8, 2, 24, 1100);
+    for (t, pos0, window) in [(3, 1000, None), (3, 1000, Some(300)), (1, 5, None), (2, 511, Some(40))] {
+        let stride = (heads + 2 * kvh) * hd;
+        let qkv = rng.vec(t * stride, 1.0);
+        let kc = rng.vec(kvh * ctx * hd, 1.0);
+        let vc = rng.vec(kvh * ctx * hd, 1.0);
+        let q: Vec<f32> = qkv.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
+        let want = cpu::attention(&q, &kc, &vc, ctx, pos0, heads, kvh, hd, window);
+        let (qb, kb, vb, ob, s) = (
+            upload_f32(g, "qkv", &qkv),
+            upload_f32(g, "k", &kc),
+            upload_f32(g, "v", &vc),
+            poisoned(g, "out", t * heads * hd),
+            step(g, t, pos0),
+        );
+        let pb = poisoned(g, "partials", ops::attention_partials_bytes(t, heads, hd, ctx) / 4);
+        let [split, combine] = ops::attention_split(g, &s, &qb, &kb, &vb, &pb, &ob, heads, kvh, hd, ctx, window)
+            .map_err(|e| e.to_string())?;
+        g.run_at(&[&split, &combine], t as u32, pos0 as u32);
+        let what = format!("split attention t={t} pos0={pos0} window={window:?}");
+        close(&what, &read_f32(g, &ob, t * heads * hd), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
@@ -450,6 +479,18 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
     (Shader::Gemm, check_gemm, "if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
     (Shader::RopeKv, check_rope_kv, "k_cache[cb + e.y] =", "k_cache[cb + e.x] ="),
     (Shader::Attention, check_attention, "if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"),
+    (
+        Shader::AttentionSplit,
+        check_attention_split,
+        "let hi = min(pos + 1u, (s + 1u) * p.chunk);",
+        "let hi = min(pos, (s + 1u) * p.chunk);",
+    ),
+    (
+        Shader::AttentionCombine,
+        check_attention_split,
+        "for (var s = 0u; s < used; s++) {\n        let pb = base + s * (d + 2u);\n        l +=",
+        "for (var s = 1u; s < used; s++) {\n        let pb = base + s * (d + 2u);\n        l +=",
+    ),
     (Shader::Router, check_router, "weights[t * p.k + s] = prob;", "weights[t * p.k + s] = best_v;"),
     (Shader::MoeGemvGateUp, check_moe_gemv_gate_up, "let e = ids[a];", "let e = ids[t * p.k];"),
     (Shader::MoeGemvDown, check_moe_gemv_down, "acc += weights[a] * d;", "acc += weights[t * p.k] * d;"),
@@ -506,6 +547,10 @@ fn attention() {
     run_check(Shader::Attention)
 }
 #[test]
+fn attention_split() {
+    run_check(Shader::AttentionSplit)
+}
+#[test]
 fn router() {
     run_check(Shader::Router)
 }
@@ -540,6 +585,49 @@ fn argmax() {
 #[test]
 fn copy() {
     run_check(Shader::Copy)
+}
+
+/// The matmuls' workgroup-memory reductions (what browsers run today) on a device that may
+/// also have subgroups, where the other tests run the subgroup path.
+#[test]
+fn matmuls_without_subgroups() {
+    let _ = gpu(); // sets up the environment the adapter needs
+    let g = webmoe::platform::block_on(Gpu::with_options(GpuOptions { subgroups: false })).expect("GPU");
+    assert!(!g.subgroups);
+    let s = seed();
+    for (name, check) in [
+        ("gemv", check_gemv as Check),
+        ("moe_gemv_gate_up", check_moe_gemv_gate_up),
+        ("moe_gemv_down", check_moe_gemv_down),
+    ] {
+        if let Err(e) = check(&g, s) {
+            panic!("{name} without subgroups: {e} (WEBMOE_TEST_SEED={s})");
+        }
+    }
+}
+
+/// Where the adapter offers subgroups of at least 8 lanes, the kernels use them (so the
+/// reference checks above exercise the subgroup path there).
+#[test]
+fn subgroups_used_where_offered() {
+    let g = gpu();
+    let offered = g.adapter_features().contains(wgpu::Features::SUBGROUP) && g.info.subgroup_min_size >= 8;
+    let wanted = std::env::var("WEBMOE_SUBGROUPS").map_or(true, |v| v != "0");
+    assert_eq!(
+        g.subgroups,
+        offered && wanted,
+        "adapter {} subgroup sizes {}..{}",
+        g.adapter_name(),
+        g.info.subgroup_min_size,
+        g.info.subgroup_max_size
+    );
+    println!(
+        "{}: subgroups {} (sizes {}..{})",
+        g.adapter_name(),
+        g.subgroups,
+        g.info.subgroup_min_size,
+        g.info.subgroup_max_size
+    );
 }
 
 /// A grid wider than 65535 workgroups is folded into z; the last rows must still be written.

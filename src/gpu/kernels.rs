@@ -11,6 +11,8 @@ use crate::tensor::DType;
 
 const COMMON: &str = include_str!("../../shaders/lib/common.wgsl");
 const WEIGHTS: &str = include_str!("../../shaders/lib/weights.wgsl");
+const LANES_SHARED: &str = include_str!("../../shaders/lib/lanes_shared.wgsl");
+const LANES_SUBGROUP: &str = include_str!("../../shaders/lib/lanes_subgroup.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
@@ -20,6 +22,8 @@ pub enum Shader {
     Gemm,
     RopeKv,
     Attention,
+    AttentionSplit,
+    AttentionCombine,
     Router,
     MoeGemvGateUp,
     MoeGemvDown,
@@ -40,6 +44,8 @@ impl Shader {
             Shader::Gemm => "gemm",
             Shader::RopeKv => "rope_kv",
             Shader::Attention => "attention",
+            Shader::AttentionSplit => "attention_split",
+            Shader::AttentionCombine => "attention_combine",
             Shader::Router => "router",
             Shader::MoeGemvGateUp => "moe_gemv_gate_up",
             Shader::MoeGemvDown => "moe_gemv_down",
@@ -66,6 +72,12 @@ impl Shader {
         )
     }
 
+    /// Kernels that sum across the lanes of a row group get `lanes_sum` (subgroup shuffles,
+    /// or workgroup memory where the device has no subgroups).
+    pub fn sums_lanes(self) -> bool {
+        matches!(self, Shader::Gemv | Shader::MoeGemvGateUp | Shader::MoeGemvDown)
+    }
+
     /// The kernel's own WGSL (without the shared prelude).
     pub fn source(self) -> &'static str {
         match self {
@@ -75,6 +87,8 @@ impl Shader {
             Shader::Gemm => include_str!("../../shaders/gemm.wgsl"),
             Shader::RopeKv => include_str!("../../shaders/rope_kv.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
+            Shader::AttentionSplit => include_str!("../../shaders/attention_split.wgsl"),
+            Shader::AttentionCombine => include_str!("../../shaders/attention_combine.wgsl"),
             Shader::Router => include_str!("../../shaders/router.wgsl"),
             Shader::MoeGemvGateUp => include_str!("../../shaders/moe_gemv_gate_up.wgsl"),
             Shader::MoeGemvDown => include_str!("../../shaders/moe_gemv_down.wgsl"),
@@ -121,17 +135,24 @@ pub struct Dispatch {
     pub grid: Grid,
     /// Weight bytes one token's pass reads (for effective-bandwidth reports; 0 if none).
     pub weight_bytes: u64,
+    /// Nonzero: `grid.x` is per chunk of this many KV positions, and the step dispatches
+    /// it once per chunk of the positions written so far (split-K attention).
+    pub kv_chunk: u32,
 }
 
 impl Dispatch {
-    pub fn workgroups(&self, n_rows: u32, max_dim: u32) -> [u32; 3] {
+    /// The grid for a step of `n_rows` tokens starting at position `pos0`.
+    pub fn workgroups(&self, n_rows: u32, pos0: u32, max_dim: u32) -> [u32; 3] {
         let y = self.grid.y.count(n_rows);
-        let x = self.grid.x;
+        let mut x = self.grid.x;
+        if self.kv_chunk > 0 {
+            x *= (pos0 + n_rows).div_ceil(self.kv_chunk);
+        }
         if x <= max_dim { [x, y, 1] } else { [max_dim, y, x.div_ceil(max_dim)] }
     }
 
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_rows: u32, max_dim: u32) {
-        let [x, y, z] = self.workgroups(n_rows, max_dim);
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_rows: u32, pos0: u32, max_dim: u32) {
+        let [x, y, z] = self.workgroups(n_rows, pos0, max_dim);
         if x == 0 || y == 0 || z == 0 {
             return;
         }
@@ -167,9 +188,7 @@ impl Gpu {
         let source = replaced.as_deref().unwrap_or(shader.source());
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name()),
-            source: wgpu::ShaderSource::Wgsl(
-                format!("{COMMON}\n{}\n{source}", if shader.reads_weights() { WEIGHTS } else { "" }).into(),
-            ),
+            source: wgpu::ShaderSource::Wgsl(self.compose(shader, source).into()),
         });
         let constants = [("WDTYPE", code as f64)];
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -188,6 +207,20 @@ impl Gpu {
             m.insert(key, pipeline.clone());
         }
         Ok(pipeline)
+    }
+
+    /// The full module: the shared libraries the kernel uses, then the kernel.
+    fn compose(&self, shader: Shader, source: &str) -> String {
+        let subgroups = self.subgroups && shader.sums_lanes();
+        let lanes = match (shader.sums_lanes(), subgroups) {
+            (false, _) => "",
+            (true, true) => LANES_SUBGROUP,
+            (true, false) => LANES_SHARED,
+        };
+        let weights = if shader.reads_weights() { WEIGHTS } else { "" };
+        // No `enable subgroups;`: Naga (wgpu 30) rejects the directive and instead accepts
+        // the subgroup built-ins when the device was opened with Features::SUBGROUP.
+        format!("{COMMON}\n{weights}\n{lanes}\n{source}")
     }
 
     /// Compiles `shader` from `source` from now on. Tests use it to prove that a broken
@@ -220,7 +253,7 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { shader, pipeline, bind_group, grid, weight_bytes: 0 }
+        Dispatch { shader, pipeline, bind_group, grid, weight_bytes: 0, kv_chunk: 0 }
     }
 
     fn make(
@@ -291,6 +324,8 @@ fn u32_of(what: &str, n: usize) -> Result<u32> {
 /// Rows per workgroup of the GEMV kernels (WG / LANES * NR in gemv.wgsl, moe_gemv_*.wgsl).
 const GEMV_ROWS: u32 = 64;
 const TILE: u32 = 32;
+/// Most split-K attention chunks per (head, token): bounds the partials buffer.
+const MAX_KV_CHUNKS: usize = 128;
 
 /// Kernel constructors. Shapes follow the .wgsl headers; `name` is the tensor named in errors.
 #[allow(clippy::too_many_arguments)]
@@ -393,6 +428,58 @@ pub mod ops {
             [h, u32_of("kv heads", kv_heads)?, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, window, scale];
         let grid = Grid { x: h, y: Rows::PER_TOKEN };
         g.make(Shader::Attention, DType::F32, &params, &[step, qkv, k_cache, v_cache, out], grid)
+    }
+
+    /// KV positions per split-K chunk for a cache of `ctx` positions: 256, or more when
+    /// that keeps the chunks of a full cache at most `MAX_KV_CHUNKS`.
+    pub fn kv_chunk(ctx: usize) -> usize {
+        ctx.div_ceil(MAX_KV_CHUNKS).next_multiple_of(64).max(256)
+    }
+
+    /// Bytes of the split-K partials buffer for steps of up to `rows` tokens.
+    pub fn attention_partials_bytes(rows: usize, heads: usize, head_dim: usize, ctx: usize) -> usize {
+        rows * heads * ctx.div_ceil(kv_chunk(ctx)) * (head_dim + 2) * 4
+    }
+
+    /// Split-K attention for steps of few tokens (decode): one workgroup per (head, token,
+    /// chunk of KV positions) writes softmax partials, then a second kernel merges the
+    /// chunks. Reads what `attention` reads and writes the same `out`; `partials` holds
+    /// `attention_partials_bytes` for the largest step it will run.
+    pub fn attention_split(
+        g: &Gpu,
+        step: &Buffer,
+        qkv: &Buffer,
+        k_cache: &Buffer,
+        v_cache: &Buffer,
+        partials: &Buffer,
+        out: &Buffer,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        ctx: usize,
+        window: Option<usize>,
+    ) -> Result<[Dispatch; 2]> {
+        let h = u32_of("heads", heads)?;
+        let window = window.map_or(Ok(0), |w| u32_of("sliding window", w))?;
+        let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
+        let chunk = u32_of("kv chunk", kv_chunk(ctx))?;
+        let chunks = u32_of("kv chunks", ctx.div_ceil(kv_chunk(ctx)))?;
+        let params = [
+            h,
+            u32_of("kv heads", kv_heads)?,
+            u32_of("head_dim", head_dim)?,
+            u32_of("context", ctx)?,
+            window,
+            scale,
+            chunk,
+            chunks,
+        ];
+        let grid = Grid { x: h, y: Rows::PER_TOKEN };
+        let mut split =
+            g.make(Shader::AttentionSplit, DType::F32, &params, &[step, qkv, k_cache, v_cache, partials], grid)?;
+        split.kv_chunk = chunk;
+        let combine = g.make(Shader::AttentionCombine, DType::F32, &params, &[step, partials, out], grid)?;
+        Ok([split, combine])
     }
 
     /// `hist` [layers, experts] counts the choices; this router is layer `layer`.

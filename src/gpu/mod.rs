@@ -14,6 +14,15 @@ use wgpu::util::DeviceExt;
 
 pub use kernels::{Dispatch, GpuWeight, Grid, Out, Rows, Shader};
 
+/// Optional device features to use when the adapter has them.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    pub subgroups: bool,
+}
+
+/// Smallest subgroup the subgroup kernels work with (the matmuls' LANES).
+const SUBGROUP_MIN_LANES: u32 = 8;
+
 /// A wgpu device plus what we learned about its adapter.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -28,6 +37,10 @@ pub struct Gpu {
     allocated: std::sync::atomic::AtomicU64,
     allocated_bytes: std::sync::atomic::AtomicU64,
     pub features: wgpu::Features,
+    /// Everything the adapter offered (`features` is what was asked for).
+    adapter_features: wgpu::Features,
+    /// Whether kernels use subgroup operations (the adapter has them and they were wanted).
+    pub subgroups: bool,
     pipelines: Mutex<HashMap<(Shader, u32), wgpu::ComputePipeline>>,
     /// Kernel sources replaced at run time (tests build deliberately broken kernels).
     sources: Mutex<HashMap<Shader, String>>,
@@ -36,8 +49,15 @@ pub struct Gpu {
 impl Gpu {
     /// Opens the default adapter and requests everything it offers in limits (WebGPU's
     /// defaults, 128 MiB per binding, are far below what most adapters allow). No optional
-    /// features are required: every kernel runs without shader-f16 or subgroups.
+    /// features are required: every kernel runs without shader-f16 or subgroups. Subgroups
+    /// are used where the adapter has them, unless WEBMOE_SUBGROUPS=0 (native) says not to.
     pub async fn new() -> Result<Gpu> {
+        Gpu::with_options(GpuOptions { subgroups: platform::env_flag("WEBMOE_SUBGROUPS").unwrap_or(true) }).await
+    }
+
+    /// `new` with the optional features chosen: `subgroups: false` keeps every kernel on
+    /// its workgroup-memory path even where the adapter has subgroups.
+    pub async fn with_options(opts: GpuOptions) -> Result<Gpu> {
         let instance = wgpu::Instance::new(platform::instance_descriptor());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -49,7 +69,14 @@ impl Gpu {
         let limits = adapter.limits();
         let info = adapter.get_info();
         // Optional: GPU timestamps for per-kernel timings (`webmoe bench --kernels`).
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let mut features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Subgroup reductions assume at least LANES (8) invocations per subgroup.
+        let subgroups = opts.subgroups
+            && adapter.features().contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size >= SUBGROUP_MIN_LANES;
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("webmoe"),
@@ -85,6 +112,8 @@ impl Gpu {
             allocated: Default::default(),
             allocated_bytes: Default::default(),
             features,
+            adapter_features: adapter.features(),
+            subgroups,
             pipelines: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
         })
@@ -100,6 +129,11 @@ impl Gpu {
             .collect();
         let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(", ") };
         format!("{name} ({:?})", i.backend)
+    }
+
+    /// The features the adapter offers (not all are requested).
+    pub fn adapter_features(&self) -> wgpu::Features {
+        self.adapter_features
     }
 
     /// Why the device was lost, if it was (driver reset, browser reclaiming the GPU...).
@@ -264,11 +298,16 @@ impl Gpu {
 
     /// Records `dispatches` into one compute pass and submits it.
     pub fn run(&self, dispatches: &[&Dispatch], n_rows: u32) {
+        self.run_at(dispatches, n_rows, 0)
+    }
+
+    /// `run` for a step whose first token is at position `pos0` (sizes split-K grids).
+    pub fn run_at(&self, dispatches: &[&Dispatch], n_rows: u32, pos0: u32) {
         let mut enc = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for d in dispatches {
-                d.encode(&mut pass, n_rows, self.limits.max_compute_workgroups_per_dimension);
+                d.encode(&mut pass, n_rows, pos0, self.limits.max_compute_workgroups_per_dimension);
             }
         }
         self.queue.submit([enc.finish()]);

@@ -7,7 +7,7 @@
 //!   xn   = rmsnorm(x)                       [T, D]
 //!   qkv  = xn · Wqkv^T                      [T, (H + 2 KVH) d]   (q, k, v fused at load)
 //!   rope(q), rope(k) -> cache, v -> cache   caches [KVH, ctx, d]
-//!   attn = attention(q, cache)              [T, H d]
+//!   attn = attention(q, cache)              [T, H d]   (decode: split over KV chunks)
 //!   x   += attn · Wo^T                      (residual fused into the matmul)
 //!   xn   = rmsnorm(x)
 //!   ids, w = router(xn)                     [T, K]   (dense: fixed ids 0, weights 1)
@@ -166,6 +166,9 @@ impl GpuModel {
         let xn = up.scratch("normed hidden", max_rows * d * 4)?;
         let qkv = up.scratch("qkv", max_rows * qkv_w * 4)?;
         let attn = up.scratch("attention out", max_rows * c.q_dim() * 4)?;
+        let decode_rows = max_rows.min(GEMM_MIN_ROWS - 1);
+        let partials =
+            up.scratch("attention partials", ops::attention_partials_bytes(decode_rows, c.heads, hd, ctx))?;
         let ids = up.scratch("router ids", max_rows * k * 4)?;
         let weights = up.scratch("router weights", max_rows * k * 4)?;
         let act = up.scratch("expert activations", max_rows * k * ff * 4)?;
@@ -238,19 +241,36 @@ impl GpuModel {
                     ctx,
                     c.rope_interleaved,
                 )?);
-                prog.push(ops::attention(
-                    g,
-                    &step,
-                    &qkv,
-                    &kc,
-                    &vc,
-                    &attn,
-                    c.heads,
-                    c.kv_heads,
-                    hd,
-                    ctx,
-                    c.sliding_window,
-                )?);
+                match path {
+                    Path::Prefill => prog.push(ops::attention(
+                        g,
+                        &step,
+                        &qkv,
+                        &kc,
+                        &vc,
+                        &attn,
+                        c.heads,
+                        c.kv_heads,
+                        hd,
+                        ctx,
+                        c.sliding_window,
+                    )?),
+                    // Few tokens: split the positions across workgroups (flash-decoding).
+                    Path::Decode => prog.extend(ops::attention_split(
+                        g,
+                        &step,
+                        &qkv,
+                        &kc,
+                        &vc,
+                        &partials,
+                        &attn,
+                        c.heads,
+                        c.kv_heads,
+                        hd,
+                        ctx,
+                        c.sliding_window,
+                    )?),
+                }
                 prog.push(match path {
                     Path::Prefill => {
                         ops::gemm(g, "attention output", &step, &wo, &attn, Out::add(&x, d), d, c.q_dim())?
@@ -396,7 +416,7 @@ impl GpuModel {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let max = g.limits.max_compute_workgroups_per_dimension;
             for d in body.iter().chain(head).chain(argmax.then_some(&p.argmax)) {
-                d.encode(&mut pass, n as u32, max);
+                d.encode(&mut pass, n as u32, self.pos as u32, max);
             }
         }
         if let Some((src, bytes)) = read {
@@ -513,7 +533,7 @@ impl GpuModel {
                         end_of_pass_write_index: Some(2 * i as u32 + 1),
                     }),
                 });
-                d.encode(&mut pass, n as u32, max);
+                d.encode(&mut pass, n as u32, self.pos as u32, max);
             }
             enc.resolve_query_set(&qs, 0..count, &resolve, 0);
             g.queue.submit([enc.finish()]);
@@ -534,7 +554,7 @@ impl GpuModel {
                 let mut enc = g.device.create_command_encoder(&Default::default());
                 {
                     let mut pass = enc.begin_compute_pass(&Default::default());
-                    d.encode(&mut pass, n as u32, max);
+                    d.encode(&mut pass, n as u32, self.pos as u32, max);
                 }
                 g.queue.submit([enc.finish()]);
                 g.read(&probe, 0, 4).await?;

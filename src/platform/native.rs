@@ -93,3 +93,8 @@ pub fn instance_descriptor() -> wgpu::InstanceDescriptor {
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     pollster::block_on(f)
 }
+
+/// A boolean switch from the environment: "0"/"false"/"off" is false, anything else true.
+pub fn env_flag(name: &str) -> Option<bool> {
+    std::env::var(name).ok().map(|v| !matches!(v.trim(), "0" | "false" | "off" | ""))
+}

@@ -108,3 +108,8 @@ pub fn instance_descriptor() -> wgpu::InstanceDescriptor {
     d.backends = wgpu::Backends::BROWSER_WEBGPU;
     d
 }
+
+/// A page has no environment variables: every switch keeps its default.
+pub fn env_flag(_name: &str) -> Option<bool> {
+    None
+}

@@ -26,7 +26,7 @@ export function forwardLogs(page, prefix = 'page') {
     const t = m.text();
     // A missing optional file (model.safetensors.index.json) is expected.
     if (m.type() === 'error' && t.includes('404')) return;
-    console.log(`[${prefix} ${m.type()}] ${t}`);
+    console.error(`[${prefix} ${m.type()}] ${t}`);
   });
-  page.on('pageerror', (e) => console.log(`[${prefix} pageerror] ${e.message}`));
+  page.on('pageerror', (e) => console.error(`[${prefix} pageerror] ${e.message}`));
 }

@@ -1,0 +1,17 @@
+// Sums across the LANES (= 8) consecutive invocations that share a group of matmul rows,
+// with subgroup shuffles: no workgroup memory and no barrier. Used only where the adapter
+// has subgroups of at least LANES invocations; a workgroup's invocations fill subgroups
+// in local_invocation_index order, so a group's lanes sit in one subgroup and differ in
+// the low three bits of their subgroup index. The result is valid in every lane.
+
+fn lanes_sum(v: vec4<f32>, lid: u32) -> vec4<f32> {
+    var s = v;
+    s += subgroupShuffleXor(s, 4u);
+    s += subgroupShuffleXor(s, 2u);
+    s += subgroupShuffleXor(s, 1u);
+    return s;
+}
+
+fn lanes_sum2(a: vec4<f32>, b: vec4<f32>, lid: u32) -> array<vec4<f32>, 2> {
+    return array<vec4<f32>, 2>(lanes_sum(a, lid), lanes_sum(b, lid));
+}
