@@ -18,7 +18,7 @@ cargo build --release --quiet
 SMOL=$(scripts/fetch-models.sh)
 [ -s "$OUT/models/moe.gguf" ] || python3 bench/make_synthetic.py "$OUT/models"
 [ -d bench/node_modules/@wllama ] || (cd bench && npm ci --no-audit --no-fund)
-[ -f pkg/wasm/webmoe_bg.wasm ] || scripts/build-wasm.sh
+scripts/build-wasm.sh >&2   # incremental; never bench a stale package
 
 declare -A MODELS=([smollm2]=$SMOL [moe]=$OUT/models/moe.gguf [dense]=$OUT/models/dense.gguf)
 for name in smollm2 moe dense; do

@@ -85,7 +85,7 @@ pub struct BenchReport {
 
 /// The achievable streaming bandwidth: a vec4 copy of `bytes` (read + write), best of 5.
 pub async fn copy_bandwidth(g: &Gpu, bytes: u64) -> Result<f64> {
-    let bytes = bytes.min(g.limits.max_storage_buffer_binding_size as u64).min(g.limits.max_buffer_size) / 16 * 16;
+    let bytes = bytes.min(g.limits.max_storage_buffer_binding_size).min(g.limits.max_buffer_size) / 16 * 16;
     let src = g.storage("copy source", bytes)?;
     let dst = g.storage("copy destination", bytes)?;
     let d = ops::copy(g, &src, &dst, (bytes / 16) as usize)?;
