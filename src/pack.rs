@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 pub const FORMAT: &str = "webmoe-packed";
-pub const VERSION: u32 = 1;
+/// 2: q/k rows with rotary pairs adjacent (src/weights.rs).
+pub const VERSION: u32 = 2;
 const MANIFEST: &str = "manifest.json";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -2,6 +2,11 @@
 //! layout (`quant::PackedBuffer`). A `WeightSource` hands them out: from model files
 //! (repacking on the way) or from a packed web model (`pack`), whose shards hold exactly
 //! these bytes so nothing is re-processed in the browser.
+//!
+//! Rotary layout: in these buffers the rows of Wq and Wk put each rotary pair in adjacent
+//! rows (2i, 2i + 1) of its head, as GGUF files already do. Hugging Face checkpoints pair
+//! (i, i + d/2) ("rotate half"), so their q/k rows are reordered here; q·k is unchanged
+//! (both sides move alike), and the decode kernel can rotate a pair within one thread.
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -109,6 +114,38 @@ pub trait WeightSource {
     }
 }
 
+/// Rows of `t` ([heads * d, K]) reordered so that row h*d + 2i is row h*d + i and row
+/// h*d + 2i + 1 is row h*d + i + d/2: rotate-half pairs become adjacent rows.
+fn pairs_adjacent(t: TensorRef<'_>, heads: usize, d: usize) -> Result<Vec<u8>> {
+    let rows = heads * d;
+    let row_bytes = t.data.len() / rows.max(1);
+    if d % 2 != 0 || row_bytes * rows != t.data.len() {
+        return Err(Error::tensor(
+            t.file,
+            t.name,
+            format!("cannot reorder {rows} rows of head_dim {d} for rotary pairs"),
+        ));
+    }
+    let half = d / 2;
+    let mut out = Vec::with_capacity(t.data.len());
+    for h in 0..heads {
+        for i in 0..half {
+            for src in [h * d + i, h * d + i + half] {
+                out.extend_from_slice(&t.data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `t` with its bytes replaced by `data`, when there are replacement bytes.
+fn with<'a>(t: TensorRef<'a>, data: &'a Option<Vec<u8>>) -> TensorRef<'a> {
+    match data {
+        Some(d) => TensorRef { data: d, ..t },
+        None => t,
+    }
+}
+
 fn f32_buffer(t: TensorRef<'_>) -> Result<PackedBuffer> {
     pack_matrix(DType::F32, &[&from_f32(DType::F32, &t.to_f32())])
 }
@@ -176,6 +213,14 @@ impl WeightSource for ModelFiles {
                 self.expect(&ln.wv, &[c.kv_dim(), d])?,
             ])
         };
+        // q and k with rotary pairs in adjacent rows (see the module comment).
+        let reordered = |t: &[TensorRef<'_>; 3]| -> Result<[Option<Vec<u8>>; 2]> {
+            if c.rope_interleaved {
+                return Ok([None, None]);
+            }
+            Ok([Some(pairs_adjacent(t[0], c.heads, c.head_dim)?), Some(pairs_adjacent(t[1], c.kv_heads, c.head_dim)?)])
+        };
+
         let fused = |t: &[TensorRef<'_>; 3]| t[0].dtype == t[1].dtype && t[1].dtype == t[2].dtype;
         Ok(Some(match slot {
             Slot::Embed => matrix(&[self.expect(&n.embed, &[c.vocab, d])?])?,
@@ -189,19 +234,20 @@ impl WeightSource for ModelFiles {
                 if !fused(&t) {
                     return Ok(None);
                 }
-                matrix(&t)?
+                let r = reordered(&t)?;
+                matrix(&[with(t[0], &r[0]), with(t[1], &r[1]), t[2]])?
             }
             Slot::Q(l) | Slot::K(l) | Slot::V(l) => {
                 let t = qkv(l)?;
                 if fused(&t) {
                     return Ok(None);
                 }
-                let i = match slot {
-                    Slot::Q(_) => 0,
-                    Slot::K(_) => 1,
-                    _ => 2,
-                };
-                matrix(&[t[i]])?
+                let r = reordered(&t)?;
+                matrix(&[match slot {
+                    Slot::Q(_) => with(t[0], &r[0]),
+                    Slot::K(_) => with(t[1], &r[1]),
+                    _ => t[2],
+                }])?
             }
             Slot::Wo(l) => matrix(&[self.expect(&layer(l)?.wo, &[d, c.q_dim()])?])?,
             Slot::Router(l) => match &layer(l)?.router {

@@ -175,6 +175,71 @@ fn check_rope_kv_mode(g: &Gpu, seed: u64, interleaved: bool) -> Result<(), Strin
     Ok(())
 }
 
+/// The fused decode q/k/v projection: matmul, then rotary (adjacent pairs) on q into the
+/// qkv rows and on k into the cache, v into the cache; as one matrix and as three.
+fn check_qkv_rope(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (heads, kvh, hd, ctx, t, pos0) = (4, 2, 24, 20, 3, 5);
+    let (qd, kvd) = (heads * hd, kvh * hd);
+    let stride = qd + 2 * kvd;
+    let inv = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect::<Vec<_>>();
+    let table = webmoe::config::rope_table(&inv, ctx);
+    for (i, &dt) in DTYPES.iter().enumerate() {
+        // Alternate the 4-wide loop (K = 68 for plain floats) and the 32-block path.
+        let k = inner_dim(dt, if i % 2 == 0 { 68 } else { 96 });
+        let x = rng.vec(t * k, 1.0);
+        let (w, wv) = weight(g, &mut rng, dt, 1, stride * k, 0.5);
+        let prod = cpu::matmul(&x, t, k, &wv[0], stride);
+        let (mut q, mut kk, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for row in prod.chunks(stride) {
+            q.extend_from_slice(&row[..qd]);
+            kk.extend_from_slice(&row[qd..qd + kvd]);
+            v.extend_from_slice(&row[qd + kvd..]);
+        }
+        cpu::rope(&mut q, heads, hd, pos0, &table, true);
+        cpu::rope(&mut kk, kvh, hd, pos0, &table, true);
+        for split in [false, true] {
+            let (xb, tb, s) = (upload_f32(g, "x", &x), upload_f32(g, "table", &table), step(g, t, pos0));
+            let (qb, kc, vc) =
+                (poisoned(g, "qkv", t * stride), poisoned(g, "kc", kvh * ctx * hd), poisoned(g, "vc", kvh * ctx * hd));
+            let shape = (heads, kvh, hd, ctx);
+            let parts: Vec<(GpuWeight, usize, usize)> = if split {
+                // Rows off..off+n of the same random matrix, uploaded on their own.
+                [(0, qd), (qd, kvd), (qd + kvd, kvd)]
+                    .iter()
+                    .map(|&(off, n)| {
+                        let rows = wv[0][off * k..(off + n) * k].to_vec();
+                        let b = webmoe::tensor::from_f32(DType::F32, &rows);
+                        (g.upload_weight("w", DType::F32, &[&b]).expect("upload"), n, off)
+                    })
+                    .collect()
+            } else {
+                vec![(w.clone(), stride, 0)]
+            };
+            let ds = parts
+                .iter()
+                .map(|(w, n, off)| ops::qkv_rope(g, &s, w, &xb, &tb, &qb, &kc, &vc, (*n, k, *off), shape))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            g.run(&ds.iter().collect::<Vec<_>>(), t as u32);
+            let what = format!("qkv_rope {dt:?} split={split}");
+            let got = read_f32(g, &qb, t * stride);
+            let got_q: Vec<f32> = got.chunks(stride).flat_map(|r| r[..qd].to_vec()).collect();
+            close(&format!("{what} q"), &got_q, &q, 1e-4, 1e-4)?;
+            let (gk, gv) = (read_f32(g, &kc, kvh * ctx * hd), read_f32(g, &vc, kvh * ctx * hd));
+            for tt in 0..t {
+                for h in 0..kvh {
+                    let c = (h * ctx + pos0 + tt) * hd;
+                    let r = (tt * kvh + h) * hd;
+                    close(&format!("{what} k cache t={tt} head={h}"), &gk[c..c + hd], &kk[r..r + hd], 1e-4, 1e-4)?;
+                    close(&format!("{what} v cache t={tt} head={h}"), &gv[c..c + hd], &v[r..r + hd], 1e-4, 1e-4)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_attention(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     // head_dim 24 (not a power of two), 74 visible keys (more than one 64-key chunk).
@@ -477,6 +542,7 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
     ),
     (Shader::Gemv, check_gemv, "if (row < p.n) {", "if (row + 1u < p.n) {"),
     (Shader::Gemm, check_gemm, "if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
+    (Shader::QkvRope, check_qkv_rope, "v_cache[ci + 1u] = b;", "v_cache[ci + 1u] = a;"),
     (Shader::RopeKv, check_rope_kv, "k_cache[cb + e.y] =", "k_cache[cb + e.x] ="),
     (Shader::Attention, check_attention, "if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"),
     (
@@ -537,6 +603,10 @@ fn gemv() {
 #[test]
 fn gemm() {
     run_check(Shader::Gemm)
+}
+#[test]
+fn qkv_rope() {
+    run_check(Shader::QkvRope)
 }
 #[test]
 fn rope_kv() {

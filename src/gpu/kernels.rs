@@ -13,12 +13,14 @@ const COMMON: &str = include_str!("../../shaders/lib/common.wgsl");
 const WEIGHTS: &str = include_str!("../../shaders/lib/weights.wgsl");
 const LANES_SHARED: &str = include_str!("../../shaders/lib/lanes_shared.wgsl");
 const LANES_SUBGROUP: &str = include_str!("../../shaders/lib/lanes_subgroup.wgsl");
+const GEMV_ROWS_LIB: &str = include_str!("../../shaders/lib/gemv_rows.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     Embed,
     RmsNorm,
     Gemv,
+    QkvRope,
     Gemm,
     RopeKv,
     Attention,
@@ -41,6 +43,7 @@ impl Shader {
             Shader::Embed => "embed",
             Shader::RmsNorm => "rmsnorm",
             Shader::Gemv => "gemv",
+            Shader::QkvRope => "qkv_rope",
             Shader::Gemm => "gemm",
             Shader::RopeKv => "rope_kv",
             Shader::Attention => "attention",
@@ -64,6 +67,7 @@ impl Shader {
             self,
             Shader::Embed
                 | Shader::Gemv
+                | Shader::QkvRope
                 | Shader::Gemm
                 | Shader::MoeGemvGateUp
                 | Shader::MoeGemvDown
@@ -75,7 +79,12 @@ impl Shader {
     /// Kernels that sum across the lanes of a row group get `lanes_sum` (subgroup shuffles,
     /// or workgroup memory where the device has no subgroups).
     pub fn sums_lanes(self) -> bool {
-        matches!(self, Shader::Gemv | Shader::MoeGemvGateUp | Shader::MoeGemvDown)
+        matches!(self, Shader::Gemv | Shader::QkvRope | Shader::MoeGemvGateUp | Shader::MoeGemvDown)
+    }
+
+    /// Kernels built on the shared decode-matmul loop (`lib/gemv_rows.wgsl`).
+    pub fn uses_gemv_rows(self) -> bool {
+        matches!(self, Shader::Gemv | Shader::QkvRope)
     }
 
     /// The kernel's own WGSL (without the shared prelude).
@@ -84,6 +93,7 @@ impl Shader {
             Shader::Embed => include_str!("../../shaders/embed.wgsl"),
             Shader::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
             Shader::Gemv => include_str!("../../shaders/gemv.wgsl"),
+            Shader::QkvRope => include_str!("../../shaders/qkv_rope.wgsl"),
             Shader::Gemm => include_str!("../../shaders/gemm.wgsl"),
             Shader::RopeKv => include_str!("../../shaders/rope_kv.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
@@ -218,9 +228,10 @@ impl Gpu {
             (true, false) => LANES_SHARED,
         };
         let weights = if shader.reads_weights() { WEIGHTS } else { "" };
+        let rows = if shader.uses_gemv_rows() { GEMV_ROWS_LIB } else { "" };
         // No `enable subgroups;`: Naga (wgpu 30) rejects the directive and instead accepts
         // the subgroup built-ins when the device was opened with Features::SUBGROUP.
-        format!("{COMMON}\n{weights}\n{lanes}\n{source}")
+        format!("{COMMON}\n{weights}\n{lanes}\n{rows}\n{source}")
     }
 
     /// Compiles `shader` from `source` from now on. Tests use it to prove that a broken
@@ -371,6 +382,43 @@ pub mod ops {
         let params = matmul_params(name, w, out, n, k)?;
         let grid = Grid { x: params[0].div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
         Ok(g.make(Shader::Gemv, w.dtype, &params, &[&w.buf, x, out.buf], grid)?.reading(w.buf.size()))
+    }
+
+    /// The decode q/k/v projection with rotary embedding and the KV-cache write fused in
+    /// (qkv_rope.wgsl): `w` holds rows `y_off..y_off + n` of [Wq; Wk; Wv] ([n, k]), with
+    /// rotary pairs in adjacent rows; `qkv` receives rotated q, the caches k and v.
+    pub fn qkv_rope(
+        g: &Gpu,
+        step: &Buffer,
+        w: &GpuWeight,
+        x: &Buffer,
+        table: &Buffer,
+        qkv: &Buffer,
+        k_cache: &Buffer,
+        v_cache: &Buffer,
+        (n, k, y_off): (usize, usize, usize),
+        (heads, kv_heads, head_dim, ctx): (usize, usize, usize, usize),
+    ) -> Result<Dispatch> {
+        let name = "q/k/v projection";
+        if head_dim % 2 != 0 || n % 2 != 0 || y_off % 2 != 0 {
+            return Err(Error::gpu(format!(
+                "{name}: rotary pairs need an even head_dim, row count and offset (got {head_dim}, {n}, {y_off})"
+            )));
+        }
+        let params = [
+            u32_of(name, n)?,
+            inner(name, w.dtype, k)?,
+            u32_of(name, y_off)?,
+            w.s_off,
+            w.h_off,
+            u32_of("heads", heads)?,
+            u32_of("kv heads", kv_heads)?,
+            u32_of("head_dim", head_dim)?,
+            u32_of("context", ctx)?,
+        ];
+        let grid = Grid { x: params[0].div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
+        let bufs = [step, &w.buf, x, table, qkv, k_cache, v_cache];
+        Ok(g.make(Shader::QkvRope, w.dtype, &params, &bufs, grid)?.reading(w.buf.size()))
     }
 
     /// Tiled out[T, n] (+)= X[T, k] · W[n, k]^T (prefill).

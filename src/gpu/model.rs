@@ -6,7 +6,7 @@
 //! Per layer (T tokens, D hidden, H/KVH heads of d, E experts, K chosen, F expert width):
 //!   xn   = rmsnorm(x)                       [T, D]
 //!   qkv  = xn · Wqkv^T                      [T, (H + 2 KVH) d]   (q, k, v fused at load)
-//!   rope(q), rope(k) -> cache, v -> cache   caches [KVH, ctx, d]
+//!   rope(q), rope(k) -> cache, v -> cache   caches [KVH, ctx, d]   (decode: in the matmul)
 //!   attn = attention(q, cache)              [T, H d]   (decode: split over KV chunks)
 //!   x   += attn · Wo^T                      (residual fused into the matmul)
 //!   xn   = rmsnorm(x)
@@ -221,26 +221,33 @@ impl GpuModel {
 
             for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
                 prog.push(ops::rms_norm(g, &step, &attn_norm, &x, &xn, d, c.eps, false)?);
-                for (w, n_out, off) in &qkv_w8 {
-                    let out = Out::cols(&qkv, qkv_w, *off);
-                    prog.push(match path {
-                        Path::Prefill => ops::gemm(g, "q/k/v projection", &step, w, &xn, out, *n_out, d)?,
-                        Path::Decode => ops::gemv(g, "q/k/v projection", w, &xn, out, *n_out, d)?,
-                    });
+                match path {
+                    Path::Prefill => {
+                        for (w, n_out, off) in &qkv_w8 {
+                            let out = Out::cols(&qkv, qkv_w, *off);
+                            prog.push(ops::gemm(g, "q/k/v projection", &step, w, &xn, out, *n_out, d)?);
+                        }
+                        // The GPU weights hold rotary pairs in adjacent rows (src/weights.rs).
+                        prog.push(ops::rope_kv(g, &step, &table, &qkv, &kc, &vc, c.heads, c.kv_heads, hd, ctx, true)?);
+                    }
+                    // Few tokens: rotary embedding and the cache write in the matmul's epilogue.
+                    Path::Decode => {
+                        for (w, n_out, off) in &qkv_w8 {
+                            prog.push(ops::qkv_rope(
+                                g,
+                                &step,
+                                w,
+                                &xn,
+                                &table,
+                                &qkv,
+                                &kc,
+                                &vc,
+                                (*n_out, d, *off),
+                                (c.heads, c.kv_heads, hd, ctx),
+                            )?);
+                        }
+                    }
                 }
-                prog.push(ops::rope_kv(
-                    g,
-                    &step,
-                    &table,
-                    &qkv,
-                    &kc,
-                    &vc,
-                    c.heads,
-                    c.kv_heads,
-                    hd,
-                    ctx,
-                    c.rope_interleaved,
-                )?);
                 match path {
                     Path::Prefill => prog.push(ops::attention(
                         g,
