@@ -240,7 +240,8 @@ impl Packed {
     }
 
     pub fn finish(mut self, dtype: DType) -> Result<PackedBuffer> {
-        let pad = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(4), 0);
+        // Regions (and so stacked experts) start on 16 bytes: kernels load vec4<u32>s.
+        let pad = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(16), 0);
         pad(&mut self.quants);
         pad(&mut self.high);
         pad(&mut self.scales);

@@ -119,7 +119,7 @@ pub trait WeightSource {
 fn pairs_adjacent(t: TensorRef<'_>, heads: usize, d: usize) -> Result<Vec<u8>> {
     let rows = heads * d;
     let row_bytes = t.data.len() / rows.max(1);
-    if d % 2 != 0 || row_bytes * rows != t.data.len() {
+    if !d.is_multiple_of(2) || row_bytes * rows != t.data.len() {
         return Err(Error::tensor(
             t.file,
             t.name,

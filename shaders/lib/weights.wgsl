@@ -1,5 +1,7 @@
 // Weight loading, prepended to every kernel that reads a weight matrix. The kernel binds
-// the weights as `w: array<u32>` in the layout of src/quant.rs and calls w4(l, i) for the
+// the weights as `w: array<vec4<u32>>` in the layout of src/quant.rs (every region and
+// every stacked expert starts on a 16-byte boundary, so a quantization block's quants are
+// one or two vector loads) and calls w4(l, i) for the
 // four weights at element index i (a multiple of 4) of the matrix that starts at word
 // l.base: its quants at l.base, Q6_K's high bits at l.base + l.h_off, scales at
 // l.base + l.s_off. (Stacked experts are one such matrix each, `base` apart.) Every
@@ -9,6 +11,11 @@ struct WLayout {
     base: u32,
     s_off: u32,
     h_off: u32,
+}
+
+// Word j of the weight buffer.
+fn wu(j: u32) -> u32 {
+    return w[j >> 2u][j & 3u];
 }
 
 const DT_Q8_0: u32 = 3u;
@@ -24,45 +31,52 @@ fn nibbles4(q: u32) -> vec4<f32> {
 
 // Byte k of the scale region, counting from word `base`.
 fn scale_byte(base: u32, k: u32) -> u32 {
-    return (w[base + (k >> 2u)] >> ((k & 3u) * 8u)) & 255u;
+    return (wu(base + (k >> 2u)) >> ((k & 3u) * 8u)) & 255u;
 }
 
 fn sign_extend8(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
 }
 
+// The four signed bytes of a word (Q8_0 quants), low byte first.
+fn bytes4(q: u32) -> vec4<f32> {
+    return vec4<f32>(sign_extend8(q & 255u), sign_extend8((q >> 8u) & 255u),
+                     sign_extend8((q >> 16u) & 255u), sign_extend8(q >> 24u));
+}
+
 fn w4(l: WLayout, i: u32) -> vec4<f32> {
     let q0 = l.base;
     let s0 = l.base + l.s_off;
     switch WDTYPE {
-        case 0u: {   // F32
-            let j = q0 + i;
-            return vec4<f32>(bitcast<f32>(w[j]), bitcast<f32>(w[j + 1u]), bitcast<f32>(w[j + 2u]), bitcast<f32>(w[j + 3u]));
+        case 0u: {   // F32: one aligned vector (q0 and i are multiples of 4)
+            return bitcast<vec4<f32>>(w[(q0 + i) >> 2u]);
         }
-        case 1u, 2u: {   // F16, BF16: two per word
+        case 1u, 2u: {   // F16, BF16: two per word, half of an aligned vector
             let j = q0 + (i >> 1u);
-            return vec4<f32>(half2(w[j]), half2(w[j + 1u]));
+            let v = w[j >> 2u];
+            let h = select(v.zw, v.xy, (j & 2u) == 0u);
+            return vec4<f32>(half2(h.x), half2(h.y));
         }
         case 3u: {   // Q8_0: x * d
-            let q = w[q0 + (i >> 2u)];
-            let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
+            let q = wu(q0 + (i >> 2u));
+            let d = unpack2x16float(wu(s0 + (i >> 6u)))[(i >> 5u) & 1u];
             return vec4<f32>(sign_extend8(q & 255u), sign_extend8((q >> 8u) & 255u),
                              sign_extend8((q >> 16u) & 255u), sign_extend8(q >> 24u)) * d;
         }
         case 4u: {   // Q4_0: d * (q - 8)
-            let q = nibbles4(w[q0 + (i >> 3u)] >> ((i & 4u) * 4u));
-            let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
+            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u));
+            let d = unpack2x16float(wu(s0 + (i >> 6u)))[(i >> 5u) & 1u];
             return d * (q - vec4<f32>(8.0));
         }
         case 5u: {   // Q4_1: d * q + m
-            let q = nibbles4(w[q0 + (i >> 3u)] >> ((i & 4u) * 4u));
-            let dm = unpack2x16float(w[s0 + (i >> 5u)]);
+            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u));
+            let dm = unpack2x16float(wu(s0 + (i >> 5u)));
             return dm.x * q + vec4<f32>(dm.y);
         }
         case 6u: {   // Q4_K: (d * scale_j) * q - dmin * min_j, j the 32-element sub-block
-            let q = nibbles4(w[q0 + (i >> 3u)] >> ((i & 4u) * 4u));
+            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u));
             let base = s0 + (i >> 8u) * 4u;
-            let dd = unpack2x16float(w[base]);
+            let dd = unpack2x16float(wu(base));
             let j = (i >> 5u) & 7u;
             let sb = base + 1u;
             var sc: u32;
@@ -77,13 +91,13 @@ fn w4(l: WLayout, i: u32) -> vec4<f32> {
             return (dd.x * f32(sc)) * q - vec4<f32>(dd.y * f32(mn));
         }
         case 7u: {   // Q6_K: (d * scale_g) * (q - 32), g the 16-element group
-            let lo = w[q0 + (i >> 3u)] >> ((i & 4u) * 4u);
-            let hi = w[l.base + l.h_off + (i >> 4u)] >> ((i & 12u) * 2u);
+            let lo = wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u);
+            let hi = wu(l.base + l.h_off + (i >> 4u)) >> ((i & 12u) * 2u);
             let q = vec4<f32>(f32((lo & 15u) | ((hi & 3u) << 4u)), f32(((lo >> 4u) & 15u) | (((hi >> 2u) & 3u) << 4u)),
                               f32(((lo >> 8u) & 15u) | (((hi >> 4u) & 3u) << 4u)), f32(((lo >> 12u) & 15u) | (((hi >> 6u) & 3u) << 4u)));
             let base = s0 + (i >> 8u) * 5u;
             let sc = sign_extend8(scale_byte(base, (i >> 4u) & 15u));
-            let d = unpack2x16float(w[base + 4u]).x;
+            let d = unpack2x16float(wu(base + 4u)).x;
             return (d * sc) * (q - vec4<f32>(32.0));
         }
         default: {
@@ -122,33 +136,31 @@ fn wdot32(l: WLayout, i: u32, xv: array<vec4<f32>, 8>, sx: f32) -> f32 {
     let s0 = l.base + l.s_off;
     switch WDTYPE {
         case 3u: {   // Q8_0
-            let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
-            let qw = q0 + (i >> 2u);
-            var acc = 0.0;
-            for (var j = 0u; j < 8u; j++) {
-                let q = w[qw + j];
-                acc += dot(vec4<f32>(sign_extend8(q & 255u), sign_extend8((q >> 8u) & 255u),
-                                     sign_extend8((q >> 16u) & 255u), sign_extend8(q >> 24u)), xv[j]);
-            }
+            let d = unpack2x16float(wu(s0 + (i >> 6u)))[(i >> 5u) & 1u];
+            // The block's 32 bytes: two aligned vector loads.
+            let qa = w[(q0 + (i >> 2u)) >> 2u];
+            let qb = w[((q0 + (i >> 2u)) >> 2u) + 1u];
+            let acc = dot(bytes4(qa.x), xv[0]) + dot(bytes4(qa.y), xv[1]) + dot(bytes4(qa.z), xv[2])
+                + dot(bytes4(qa.w), xv[3]) + dot(bytes4(qb.x), xv[4]) + dot(bytes4(qb.y), xv[5])
+                + dot(bytes4(qb.z), xv[6]) + dot(bytes4(qb.w), xv[7]);
             return d * acc;
         }
         case 4u, 5u, 6u: {   // Q4_0, Q4_1, Q4_K: 32 nibbles in 4 words, one (scale, offset)
-            let qw = q0 + (i >> 3u);
-            var qx = 0.0;
-            for (var j = 0u; j < 4u; j++) {
-                let q = w[qw + j];
-                qx += dot(nib_lo(q), xv[2u * j]) + dot(nib_hi(q), xv[2u * j + 1u]);
-            }
+            // The block's 16 quant bytes: one aligned vector load.
+            let q = w[(q0 + (i >> 3u)) >> 2u];
+            let qx = dot(nib_lo(q.x), xv[0]) + dot(nib_hi(q.x), xv[1]) + dot(nib_lo(q.y), xv[2])
+                + dot(nib_hi(q.y), xv[3]) + dot(nib_lo(q.z), xv[4]) + dot(nib_hi(q.z), xv[5])
+                + dot(nib_lo(q.w), xv[6]) + dot(nib_hi(q.w), xv[7]);
             if (WDTYPE == 4u) {
-                let d = unpack2x16float(w[s0 + (i >> 6u)])[(i >> 5u) & 1u];
+                let d = unpack2x16float(wu(s0 + (i >> 6u)))[(i >> 5u) & 1u];
                 return d * (qx - 8.0 * sx);
             }
             if (WDTYPE == 5u) {
-                let dm = unpack2x16float(w[s0 + (i >> 5u)]);
+                let dm = unpack2x16float(wu(s0 + (i >> 5u)));
                 return dm.x * qx + dm.y * sx;
             }
             let base = s0 + (i >> 8u) * 4u;
-            let dd = unpack2x16float(w[base]);
+            let dd = unpack2x16float(wu(base));
             let sj = (i >> 5u) & 7u;
             let sb = base + 1u;
             var sc: u32;
