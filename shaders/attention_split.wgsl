@@ -3,7 +3,7 @@
 // positions are cut into chunks of `chunk`, and one workgroup per (head, token, chunk)
 // computes that chunk's softmax partials; attention_combine.wgsl merges the chunks.
 //   q:  read from qkv [T, (H + 2*KVH) * d] (already rotated), query t at position pos0 + t
-//   k_cache, v_cache: [KVH, ctx, d] f32
+//   k_cache, v_cache: [KVH, ctx, d] f32 (d a multiple of 4: keys are read as vec4s)
 //   partials: [T, H, chunks, d + 2] f32, per chunk: acc[d] = sum_j e_j v_j, then
 //             m = max_j s_j and l = sum_j e_j with e_j = exp(s_j - m); a chunk with no
 //             visible key writes m = NEG_BIG, l = 0, acc = 0.
@@ -24,18 +24,35 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;   // [KVH, ctx, d / 4]
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
 const WG: u32 = 64u;
 const MAX_D: u32 = 256u;
 const PER_T: u32 = MAX_D / WG;   // output dims owned per thread
+const SB: u32 = 256u;            // keys scored per pass: KPT per thread
+const KPT: u32 = SB / WG;
 const NEG_BIG: f32 = -3.0e38;
 
-var<workgroup> qs: array<f32, MAX_D>;
-var<workgroup> ps: array<f32, WG>;
+var<workgroup> qs: array<vec4<f32>, MAX_D / 4u>;
+var<workgroup> ps: array<f32, SB>;
 var<workgroup> red: array<f32, WG>;
+
+// The maximum (max_ = true) or sum of `v` over the workgroup, in every thread.
+fn wg_reduce(v: f32, lid: u32, max_: bool) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var r = WG / 2u; r > 0u; r >>= 1u) {
+        if (lid < r) {
+            red[lid] = select(red[lid] + red[lid + r], max(red[lid], red[lid + r]), max_);
+        }
+        workgroupBarrier();
+    }
+    let out = red[0];
+    workgroupBarrier();
+    return out;
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -55,8 +72,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let hi = min(pos + 1u, (s + 1u) * p.chunk);   // exclusive
     let kvh = h / (p.heads / p.kv_heads);
     let qb = t * (p.heads + 2u * p.kv_heads) * d + h * d;
-    for (var i = lid; i < d; i += WG) {
-        qs[i] = qkv[qb + i] * p.scale;
+    for (var i = lid; i < d / 4u; i += WG) {
+        let b = qb + 4u * i;
+        qs[i] = vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * p.scale;
     }
     workgroupBarrier();
 
@@ -64,44 +82,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     var l = 0.0;
     var acc = array<f32, PER_T>(0.0, 0.0, 0.0, 0.0);
     let cache0 = kvh * p.ctx;
-    // `lo < hi` is the same for the whole workgroup, so the barriers inside are uniform.
-    for (var c = lo; c < hi; c += WG) {
-        let j = c + lid;
-        var sc = NEG_BIG;
-        if (j < hi) {
-            let kb = (cache0 + j) * d;
-            var dot_ = 0.0;
-            for (var i = 0u; i < d; i++) {
-                dot_ += qs[i] * k_cache[kb + i];
+    // Passes of SB keys: each thread scores KPT keys, then one max and one sum over the
+    // workgroup per pass (not per WG keys). `lo < hi` is the same for the whole
+    // workgroup, so the barriers inside are uniform.
+    for (var c = lo; c < hi; c += SB) {
+        var local_max = NEG_BIG;
+        for (var u = 0u; u < KPT; u++) {
+            let jj = lid + u * WG;
+            let j = c + jj;
+            var sc = NEG_BIG;
+            if (j < hi) {
+                let kb = (cache0 + j) * (d / 4u);
+                var dot_ = 0.0;
+                for (var i = 0u; i < d / 4u; i++) {
+                    dot_ += dot(qs[i], k_cache[kb + i]);
+                }
+                sc = dot_;
             }
-            sc = dot_;
+            ps[jj] = sc;
+            local_max = max(local_max, sc);
         }
-        red[lid] = sc;
-        workgroupBarrier();
-        for (var r = WG / 2u; r > 0u; r >>= 1u) {
-            if (lid < r) {
-                red[lid] = max(red[lid], red[lid + r]);
+        let m_new = max(m, wg_reduce(local_max, lid, true));
+        var local_sum = 0.0;
+        for (var u = 0u; u < KPT; u++) {
+            let jj = lid + u * WG;
+            var e = 0.0;
+            if (c + jj < hi) {
+                e = exp(ps[jj] - m_new);
             }
-            workgroupBarrier();
-        }
-        let m_new = max(m, red[0]);
-        workgroupBarrier();
-        var e = 0.0;
-        if (j < hi) {
-            e = exp(sc - m_new);
-        }
-        ps[lid] = e;
-        red[lid] = e;
-        workgroupBarrier();
-        for (var r = WG / 2u; r > 0u; r >>= 1u) {
-            if (lid < r) {
-                red[lid] += red[lid + r];
-            }
-            workgroupBarrier();
+            ps[jj] = e;
+            local_sum += e;
         }
         let rescale = exp(m - m_new);
-        l = l * rescale + red[0];
-        let n = min(WG, hi - c);
+        l = l * rescale + wg_reduce(local_sum, lid, false);
+        let n = min(SB, hi - c);
         for (var i = 0u; i < PER_T; i++) {
             let di = lid + i * WG;
             var a = acc[i] * rescale;

@@ -507,6 +507,11 @@ pub mod ops {
         ctx: usize,
         window: Option<usize>,
     ) -> Result<[Dispatch; 2]> {
+        if !head_dim.is_multiple_of(4) {
+            return Err(Error::gpu(format!(
+                "attention: head_dim {head_dim} is not a multiple of 4 (keys are read as vec4s)"
+            )));
+        }
         let h = u32_of("heads", heads)?;
         let window = window.map_or(Ok(0), |w| u32_of("sliding window", w))?;
         let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
