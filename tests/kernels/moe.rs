@@ -1,0 +1,217 @@
+//! Reference checks for the router and the MoE expert kernels (decode GEMVs, prefill
+//! grouping, grouped GEMMs, combine).
+
+use super::*;
+
+pub fn check_router(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, dim, e, k) = (6, 40, 16, 4);
+    for norm in [true, false] {
+        let (x, wg) = (rng.vec(t * dim, 1.0), rng.vec(e * dim, 0.5));
+        let (ids, ws) = cpu::route(&x, dim, &wg, e, k, norm);
+        let (xb, wb, ib, wsb) =
+            (upload_f32(g, "x", &x), upload_f32(g, "wg", &wg), poisoned_u32(g, "ids", t * k), poisoned(g, "w", t * k));
+        // Counts of layer 1 of 3 start from arbitrary values and gain one per choice.
+        let hist0: Vec<u32> = (0..3 * e as u32).collect();
+        let hb = upload_u32(g, "hist", &hist0);
+        let d = ops::router(g, &wb, &xb, &ib, &wsb, &hb, dim, e, k, norm, 1).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        same_u32(&format!("router ids norm={norm}"), &read_u32(g, &ib, t * k), &ids)?;
+        let mut hist = hist0.clone();
+        ids.iter().for_each(|&i| hist[e + i as usize] += 1);
+        same_u32(&format!("router choice counts norm={norm}"), &read_u32(g, &hb, 3 * e), &hist)?;
+        close(&format!("router weights norm={norm}"), &read_f32(g, &wsb, t * k), &ws, 1e-6, 1e-5)?;
+    }
+    Ok(())
+}
+
+/// Random routing: k distinct experts per token, weights summing to 1.
+pub fn routing(rng: &mut Rng, t: usize, e: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut ids = Vec::new();
+    let mut ws = Vec::new();
+    for _ in 0..t {
+        let mut chosen: Vec<u32> = Vec::new();
+        while chosen.len() < k {
+            let c = rng.below(e) as u32;
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        let w: Vec<f32> = (0..k).map(|_| rng.f32(0.5) + 0.6).collect();
+        let s: f32 = w.iter().sum();
+        ids.extend(chosen);
+        ws.extend(w.iter().map(|x| x / s));
+    }
+    (ids, ws)
+}
+
+pub struct Experts {
+    /// Per expert: gate [ff, dim], up [ff, dim], down [dim, ff].
+    w1: Vec<Vec<f32>>,
+    w3: Vec<Vec<f32>>,
+    w2: Vec<Vec<f32>>,
+    /// Stacked expert blocks: gate and up rows [2 ff, dim]; down [dim, ff].
+    gate_up: GpuWeight,
+    down: GpuWeight,
+}
+
+pub fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DType) -> Experts {
+    let mut raw = |n| random_blocks(rng, dt, n, 0.3);
+    let blocks: Vec<[Vec<u8>; 3]> = (0..e).map(|_| [raw(ff * dim), raw(ff * dim), raw(dim * ff)]).collect();
+    let gu: Vec<Vec<&[u8]>> = blocks.iter().map(|b| vec![b[0].as_slice(), b[1].as_slice()]).collect();
+    let dn: Vec<Vec<&[u8]>> = blocks.iter().map(|b| vec![b[2].as_slice()]).collect();
+    let vals = |i: usize| blocks.iter().map(|b| to_f32(dt, &b[i])).collect();
+    Experts {
+        w1: vals(0),
+        w3: vals(1),
+        w2: vals(2),
+        gate_up: g.upload_experts("gate|up", dt, &gu).unwrap(),
+        down: g.upload_experts("down", dt, &dn).unwrap(),
+    }
+}
+
+/// Reference activation of assignment (token t, expert id).
+pub fn act_ref(x: &[f32], t: usize, id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
+    let e = id as usize;
+    cpu::swiglu_act(&x[t * dim..(t + 1) * dim], &ex.w1[e], &ex.w3[e], ff)
+}
+
+pub fn down_ref(a: &[f32], id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
+    cpu::matmul(a, 1, ff, &ex.w2[id as usize], dim)
+}
+
+pub fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k) = (3, 6, 2);
+    // dim 40 takes the 4-wide loop for plain floats, 64 the whole-block path.
+    for (dt, base) in DTYPES.iter().flat_map(|&d| [(d, 40), (d, 64)]) {
+        let (dim, ff) = (inner_dim(dt, base), 52);
+        let ex = experts(g, &mut rng, e, dim, inner_dim(dt, ff), dt);
+        let ff = inner_dim(dt, ff);
+        let x = rng.vec(t * dim, 1.0);
+        let (ids, _) = routing(&mut rng, t, e, k);
+        let want: Vec<f32> = (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, dim, ff)).collect();
+        let (xb, ib, ab) = (upload_f32(g, "x", &x), upload_u32(g, "ids", &ids), poisoned(g, "act", t * k * ff));
+        let d = ops::moe_gemv_gate_up(g, &ex.gate_up, &xb, &ib, &ab, dim, ff, k).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemv_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+pub fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k) = (3, 6, 2);
+    for (dt, base) in DTYPES.iter().flat_map(|&d| [(d, 52), (d, 64)]) {
+        let (dim, ff) = (40, inner_dim(dt, base));
+        let ex = experts(g, &mut rng, e, inner_dim(dt, dim), ff, dt);
+        let dim = inner_dim(dt, dim);
+        let act = rng.vec(t * k * ff, 1.0);
+        let x0 = rng.vec(t * dim, 1.0);
+        let (ids, ws) = routing(&mut rng, t, e, k);
+        let mut want = x0.clone();
+        for a in 0..t * k {
+            let y = down_ref(&act[a * ff..(a + 1) * ff], ids[a], &ex, dim, ff);
+            let tt = a / k;
+            want[tt * dim..(tt + 1) * dim].iter_mut().zip(&y).for_each(|(w, y)| *w += ws[a] * y);
+        }
+        let (ab, ib, wb, xb) =
+            (upload_f32(g, "act", &act), upload_u32(g, "ids", &ids), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
+        let d = ops::moe_gemv_down(g, &ex.down, &ab, &ib, &wb, &xb, dim, ff, k).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemv_down {dt:?}"), &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+pub fn check_moe_group(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k) = (37, 8, 3);
+    let (mut ids, _) = routing(&mut rng, t, e, k);
+    // Leave one expert unused to cover empty groups.
+    ids.iter_mut().for_each(|i| {
+        if *i == 5 {
+            *i = 6
+        }
+    });
+    let (sorted, pos_of, starts) = cpu::group_by_expert(&ids, e);
+    let (ib, sb, pb, stb, s) = (
+        upload_u32(g, "ids", &ids),
+        poisoned_u32(g, "sorted", t * k),
+        poisoned_u32(g, "pos", t * k),
+        poisoned_u32(g, "starts", e + 1),
+        step(g, t, 0),
+    );
+    let d = ops::moe_group(g, &s, &ib, &sb, &pb, &stb, e, k).map_err(|e| e.to_string())?;
+    g.run(&[&d], t as u32);
+    same_u32("moe_group sorted", &read_u32(g, &sb, t * k), &sorted)?;
+    same_u32("moe_group pos_of", &read_u32(g, &pb, t * k), &pos_of)?;
+    same_u32("moe_group starts", &read_u32(g, &stb, e + 1), &starts)
+}
+
+pub fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    // 37 tokens x 2 = 74 assignments over 5 experts: several experts span 2-3 row tiles.
+    let (t, e, k) = (37, 5, 2);
+    for dt in DTYPES {
+        let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
+        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let x = rng.vec(t * dim, 1.0);
+        let (ids, _) = routing(&mut rng, t, e, k);
+        let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
+        let want: Vec<f32> =
+            sorted.iter().flat_map(|&a| act_ref(&x, a as usize / k, ids[a as usize], &ex, dim, ff)).collect();
+        let (xb, sb, stb, ab) = (
+            upload_f32(g, "x", &x),
+            upload_u32(g, "sorted", &sorted),
+            upload_u32(g, "starts", &starts),
+            poisoned(g, "act", t * k * ff),
+        );
+        let d = ops::moe_gemm_gate_up(g, &ex.gate_up, &xb, &sb, &stb, &ab, dim, ff, k, e).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemm_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+pub fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k) = (37, 5, 2);
+    for dt in DTYPES {
+        let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
+        let ex = experts(g, &mut rng, e, dim, ff, dt);
+        let (ids, _) = routing(&mut rng, t, e, k);
+        let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
+        let act = rng.vec(t * k * ff, 1.0); // rows in sorted order
+        let want: Vec<f32> = (0..t * k)
+            .flat_map(|q| down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff))
+            .collect();
+        let (ab, stb, yb) =
+            (upload_f32(g, "act", &act), upload_u32(g, "starts", &starts), poisoned(g, "y", t * k * dim));
+        let d = ops::moe_gemm_down(g, &ex.down, &ab, &stb, &yb, dim, ff, k, e).map_err(|e| e.to_string())?;
+        g.run(&[&d], t as u32);
+        close(&format!("moe_gemm_down {dt:?}"), &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+pub fn check_moe_combine(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, e, k, dim) = (9, 4, 2, 300);
+    let (ids, ws) = routing(&mut rng, t, e, k);
+    let (_, pos_of, _) = cpu::group_by_expert(&ids, e);
+    let y = rng.vec(t * k * dim, 1.0);
+    let x0 = rng.vec(t * dim, 1.0);
+    let mut want = x0.clone();
+    for a in 0..t * k {
+        let q = pos_of[a] as usize;
+        for n in 0..dim {
+            want[(a / k) * dim + n] += ws[a] * y[q * dim + n];
+        }
+    }
+    let (yb, pb, wb, xb) =
+        (upload_f32(g, "y", &y), upload_u32(g, "pos", &pos_of), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
+    let d = ops::moe_combine(g, &yb, &pb, &wb, &xb, dim, k).map_err(|e| e.to_string())?;
+    g.run(&[&d], t as u32);
+    close("moe_combine", &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-5).map(|_| ())
+}
