@@ -30,7 +30,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let t = wid.y;
-    let v = gemv_rows(row0, t, lid);
+    let v = gemv_rows(WLayout(0u, p.s_off, p.h_off), row0, p.n, p.k, t, lid);
     if (lid % LANES == 0u) {
         for (var r = 0u; r < NR; r++) {
             let row = row0 + (lid / LANES) * NR + r;

@@ -1,8 +1,11 @@
 // MoE expert down-projection for decode, fused with the router-weighted sum and the
-// residual add:  x[t, n] += sum_s weights[t*K+s] * (W2[e_s, n] . act[t*K+s])
-//   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, ids/weights: [T*K] from the router,
-//   x: [T, D] f32 residual stream (read-modify-write).
-// ROWS rows per workgroup, LANES threads sharing NR rows and splitting F (as gemv.wgsl).
+// residual add:  res[t, n] += sum_s weights[t*K+s] * (W2[e_s, n] . x[t*K+s])
+//   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE,
+//   x: [T*K, F] f32 (the experts' SwiGLU activations), ids/weights: [T*K] from the router,
+//   res: [T, D] f32 residual stream (read-modify-write).
+// The work split of lib/gemv_rows.wgsl: ROWS rows per workgroup, LANES threads sharing NR
+// rows and splitting F; each thread sums its share over the K experts before the one
+// cross-lane sum.
 // Grid: x = ceil(D / ROWS), y = T.
 
 struct Params {
@@ -18,15 +21,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
-@group(0) @binding(5) var<storage, read_write> x: array<f32>;
-
-const WG: u32 = 128u;
-const LANES: u32 = 8u;
-const NR: u32 = 4u;
-const ROWS: u32 = WG / LANES * NR;
+@group(0) @binding(5) var<storage, read_write> res: array<f32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -38,44 +36,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let t = wid.y;
     let f4 = p.ff / 4u;
-    let grp = lid / LANES;
     let lane = lid % LANES;
-    var rows: array<u32, NR>;
-    for (var r = 0u; r < NR; r++) {
-        rows[r] = min(n0 + grp * NR + r, p.dim - 1u) * p.ff;
-    }
+    let rows = group_rows(n0, p.dim, p.ff, lid);
     var acc = vec4<f32>(0.0);
     for (var s = 0u; s < p.k; s++) {
         let a = t * p.k + s;
         let o = WLayout(ids[a] * p.e_stride, p.s_off, p.h_off);
-        var d = vec4<f32>(0.0);
-        if (p.ff % 32u == 0u) {
-            for (var b = lane; b < p.ff / 32u; b += LANES) {
-                var xv: array<vec4<f32>, 8>;
-                for (var j = 0u; j < 8u; j++) {
-                    xv[j] = act[a * f4 + 8u * b + j];
-                }
-                let sx = xsum32(xv);
-                for (var r = 0u; r < NR; r++) {
-                    d[r] += wdot32(o, rows[r] + 32u * b, xv, sx);
-                }
-            }
-        } else {
-            for (var c = lane; c < f4; c += LANES) {
-                let xv = act[a * f4 + c];
-                for (var r = 0u; r < NR; r++) {
-                    d[r] += dot(w4(o, rows[r] + c * 4u), xv);
-                }
-            }
-        }
-        acc += weights[a] * d;
+        acc += weights[a] * rows_dot(o, rows, a * f4, p.ff, lane);
     }
     let v = lanes_sum(acc, lid);
     if (lane == 0u) {
         for (var r = 0u; r < NR; r++) {
-            let n = n0 + grp * NR + r;
+            let n = n0 + (lid / LANES) * NR + r;
             if (n < p.dim) {
-                x[t * p.dim + n] += v[r];
+                res[t * p.dim + n] += v[r];
             }
         }
     }

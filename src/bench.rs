@@ -65,6 +65,8 @@ pub struct BenchReport {
     pub adapter: String,
     /// Whether the matmul kernels reduced with subgroup operations.
     pub subgroups: bool,
+    /// Threads per group of GEMV rows (the adapter's GEMV shape).
+    pub gemv_lanes: u32,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     pub reps: usize,
@@ -189,6 +191,7 @@ pub async fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport
     Ok(BenchReport {
         adapter,
         subgroups: gpu.subgroups,
+        gemv_lanes: gpu.lanes,
         prompt_tokens: opts.prompt_tokens,
         gen_tokens: opts.gen_tokens,
         reps: opts.reps,

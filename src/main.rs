@@ -362,9 +362,10 @@ fn bench(m: &ModelArgs, opts: webmoe::bench::BenchOptions, json: bool) -> Result
     let s = |x: &webmoe::bench::Stat| format!("{:8.2} (min {:.2}, max {:.2})", x.median, x.min, x.max);
     println!("model        {}", m.model.display());
     println!(
-        "adapter      {} ({})",
+        "adapter      {} ({}, GEMV lanes {})",
         r.adapter,
-        if r.subgroups { "subgroup reductions" } else { "workgroup-memory reductions" }
+        if r.subgroups { "subgroup reductions" } else { "workgroup-memory reductions" },
+        r.gemv_lanes
     );
     println!(
         "load         {load:.2} s, GPU memory {:.1} MiB in {} buffers",

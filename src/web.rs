@@ -360,7 +360,7 @@ impl WebEngine {
         Ok(serde_json::json!({
             "adapter": s.gpu.adapter_name(),
             "backend": format!("{:?}", s.gpu.info.backend),
-            "features": {"shader_f16": false, "subgroups": s.gpu.subgroups, "note": "no kernel needs shader-f16; subgroups are used where the adapter has them"},
+            "features": {"shader_f16": false, "subgroups": s.gpu.subgroups, "gemv_lanes": s.gpu.lanes, "note": "no kernel needs shader-f16; subgroups are used where the adapter has them"},
             "limits": {
                 "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
                 "max_buffer_size": l.max_buffer_size,

@@ -187,7 +187,7 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
     ),
     (Shader::Router, check_router, "weights[t * p.k + s] = prob;", "weights[t * p.k + s] = best_v;"),
     (Shader::MoeGemvGateUp, check_moe_gemv_gate_up, "let e = ids[a];", "let e = ids[t * p.k];"),
-    (Shader::MoeGemvDown, check_moe_gemv_down, "acc += weights[a] * d;", "acc += weights[t * p.k] * d;"),
+    (Shader::MoeGemvDown, check_moe_gemv_down, "acc += weights[a] * rows_dot(", "acc += weights[t * p.k] * rows_dot("),
     (Shader::MoeGroup, check_moe_group, "starts[p.experts] = acc;", "starts[p.experts] = acc - 1u;"),
     (Shader::MoeGemmGateUp, check_moe_gemm_gate_up, "if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
     (
@@ -285,23 +285,44 @@ fn copy() {
     run_check(Shader::Copy)
 }
 
-/// The matmuls' workgroup-memory reductions (what browsers run today) on a device that may
-/// also have subgroups, where the other tests run the subgroup path.
+/// The decode matmuls in every GEMV shape (8, 16, 32 threads per row group), each with
+/// the workgroup-memory lane sums (what browsers run today) and with subgroup shuffles
+/// where the adapter's subgroups are wide enough; the other tests run the adapter's own
+/// choice.
 #[test]
-fn matmuls_without_subgroups() {
+fn matmuls_in_every_shape() {
     let _ = gpu(); // sets up the environment the adapter needs
-    let g = webmoe::platform::block_on(Gpu::with_options(GpuOptions { subgroups: false })).expect("GPU");
-    assert!(!g.subgroups);
     let s = seed();
-    for (name, check) in [
-        ("gemv", check_gemv as Check),
-        ("moe_gemv_gate_up", check_moe_gemv_gate_up),
-        ("moe_gemv_down", check_moe_gemv_down),
-    ] {
-        if let Err(e) = check(&g, s) {
-            panic!("{name} without subgroups: {e} (WEBMOE_TEST_SEED={s})");
+    for lanes in [8, 16, 32] {
+        for subgroups in [false, true] {
+            let opts = GpuOptions { subgroups: Some(subgroups), gemv_lanes: Some(lanes) };
+            let g = webmoe::platform::block_on(Gpu::with_options(opts)).expect("GPU");
+            assert_eq!(g.lanes, lanes);
+            assert_eq!(g.gemv_rows(), 128 / lanes * 4);
+            if subgroups && !g.subgroups {
+                continue; // not offered, or narrower than the row group: covered by `false`
+            }
+            for (name, check) in [
+                ("gemv", check_gemv as Check),
+                ("qkv_rope", check_qkv_rope),
+                ("moe_gemv_gate_up", check_moe_gemv_gate_up),
+                ("moe_gemv_down", check_moe_gemv_down),
+            ] {
+                if let Err(e) = check(&g, s) {
+                    panic!("{name} with {lanes} lanes, subgroups {}: {e} (WEBMOE_TEST_SEED={s})", g.subgroups);
+                }
+            }
         }
     }
+}
+
+/// A GEMV shape the kernels do not have is an error, not a broken kernel.
+#[test]
+fn unsupported_gemv_shape_is_an_error() {
+    let _ = gpu();
+    let opts = GpuOptions { subgroups: None, gemv_lanes: Some(12) };
+    let e = webmoe::platform::block_on(Gpu::with_options(opts)).err().expect("12 lanes must be refused");
+    assert!(e.to_string().contains("GEMV lanes 12"), "{e}");
 }
 
 /// Where the adapter offers subgroups of at least 8 lanes, the kernels use them (so the
@@ -309,7 +330,7 @@ fn matmuls_without_subgroups() {
 #[test]
 fn subgroups_used_where_offered() {
     let g = gpu();
-    let offered = g.adapter_features().contains(wgpu::Features::SUBGROUP) && g.info.subgroup_min_size >= 8;
+    let offered = g.adapter_features().contains(wgpu::Features::SUBGROUP) && g.info.subgroup_min_size >= g.lanes;
     let wanted = std::env::var("WEBMOE_SUBGROUPS").map_or(true, |v| v != "0");
     assert_eq!(
         g.subgroups,
@@ -320,19 +341,25 @@ fn subgroups_used_where_offered() {
         g.info.subgroup_max_size
     );
     println!(
-        "{}: subgroups {} (sizes {}..{})",
+        "{}: subgroups {} (sizes {}..{}), GEMV lanes {}",
         g.adapter_name(),
         g.subgroups,
         g.info.subgroup_min_size,
-        g.info.subgroup_max_size
+        g.info.subgroup_max_size,
+        g.lanes
     );
 }
 
 /// A grid wider than 65535 workgroups is folded into z; the last rows must still be written.
+/// (The 32-lane shape has the fewest rows per workgroup, so the smallest matrix that folds.)
 #[test]
 fn gemv_folded_grid() {
+    let _ = gpu();
     let s = seed();
-    if let Err(e) = check_matmul(&gpu(), s, false, 1, 65536 * 4 + 9, 8, &[DType::F32]) {
+    let opts = GpuOptions { subgroups: None, gemv_lanes: Some(32) };
+    let g = webmoe::platform::block_on(Gpu::with_options(opts)).expect("GPU");
+    let n = 65536 * g.gemv_rows() as usize + 9;
+    if let Err(e) = check_matmul(&g, s, false, 1, n, 8, &[DType::F32]) {
         panic!("{e} (WEBMOE_TEST_SEED={s})");
     }
 }

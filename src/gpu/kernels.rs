@@ -82,9 +82,9 @@ impl Shader {
         matches!(self, Shader::Gemv | Shader::QkvRope | Shader::MoeGemvGateUp | Shader::MoeGemvDown)
     }
 
-    /// Kernels built on the shared decode-matmul loop (`lib/gemv_rows.wgsl`).
+    /// Kernels built on the shared decode-matmul loop (`lib/gemv_rows.wgsl`): the same set.
     pub fn uses_gemv_rows(self) -> bool {
-        matches!(self, Shader::Gemv | Shader::QkvRope)
+        self.sums_lanes()
     }
 
     /// The kernel's own WGSL (without the shared prelude).
@@ -223,9 +223,9 @@ impl Gpu {
     fn compose(&self, shader: Shader, source: &str) -> String {
         let subgroups = self.subgroups && shader.sums_lanes();
         let lanes = match (shader.sums_lanes(), subgroups) {
-            (false, _) => "",
-            (true, true) => LANES_SUBGROUP,
-            (true, false) => LANES_SHARED,
+            (false, _) => String::new(),
+            (true, true) => format!("const LANES: u32 = {}u;\n{LANES_SUBGROUP}", self.lanes),
+            (true, false) => format!("const LANES: u32 = {}u;\n{LANES_SHARED}", self.lanes),
         };
         let weights = if shader.reads_weights() { WEIGHTS } else { "" };
         let rows = if shader.uses_gemv_rows() { GEMV_ROWS_LIB } else { "" };
@@ -332,8 +332,6 @@ fn u32_of(what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::gpu(format!("{what}: size {n} exceeds 32-bit indexing")))
 }
 
-/// Rows per workgroup of the GEMV kernels (WG / LANES * NR in gemv.wgsl, moe_gemv_*.wgsl).
-const GEMV_ROWS: u32 = 64;
 const TILE: u32 = 32;
 /// Most split-K attention chunks per (head, token): bounds the partials buffer.
 const MAX_KV_CHUNKS: usize = 128;

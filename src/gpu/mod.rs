@@ -14,14 +14,48 @@ use wgpu::util::DeviceExt;
 
 pub use kernels::{Dispatch, GpuWeight, Grid, Out, Rows, Shader};
 
-/// Optional device features to use when the adapter has them.
-#[derive(Clone, Copy, Debug)]
+/// Optional device features to use when the adapter has them, and kernel shapes.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct GpuOptions {
-    pub subgroups: bool,
+    /// Use subgroup operations where the adapter has them (`None`: yes).
+    pub subgroups: Option<bool>,
+    /// Threads per group of GEMV rows (LANES in lib/gemv_rows.wgsl: 8, 16 or 32);
+    /// `None`: chosen for the adapter (`gemv_lanes`).
+    pub gemv_lanes: Option<u32>,
 }
 
-/// Smallest subgroup the subgroup kernels work with (the matmuls' LANES).
-const SUBGROUP_MIN_LANES: u32 = 8;
+impl GpuOptions {
+    /// From the environment (native): WEBMOE_SUBGROUPS=0 keeps kernels off subgroups,
+    /// WEBMOE_GEMV_LANES=8|16|32 sets the GEMV shape (for A/B runs on a new device).
+    pub fn from_env() -> Result<GpuOptions> {
+        let gemv_lanes = match platform::env_var("WEBMOE_GEMV_LANES") {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| Error::gpu(format!("WEBMOE_GEMV_LANES={v}: expected 8, 16 or 32")))?,
+            ),
+        };
+        Ok(GpuOptions { subgroups: platform::env_flag("WEBMOE_SUBGROUPS"), gemv_lanes })
+    }
+}
+
+/// The GEMV shape for an adapter: how many threads share a group of 4 output rows. CPU
+/// devices (lavapipe, SwiftShader) run a workgroup's threads as SIMD loops, where a long
+/// loop per thread is cheap and cross-lane sums are not: 8 (measured best on lavapipe).
+/// GPUs want many workgroups in flight to cover memory latency: a full 32-wide subgroup
+/// per row group puts a 4096-row projection on 256 workgroups instead of 64. Where
+/// subgroups are smaller (Intel: 8 or 16) the row group matches the subgroup, so the lane
+/// sum stays a shuffle.
+pub fn gemv_lanes(info: &wgpu::AdapterInfo, subgroups: bool) -> u32 {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        8
+    } else if subgroups {
+        info.subgroup_min_size.clamp(8, 32).next_power_of_two()
+    } else {
+        32
+    }
+}
 
 /// A wgpu device plus what we learned about its adapter.
 pub struct Gpu {
@@ -41,6 +75,8 @@ pub struct Gpu {
     adapter_features: wgpu::Features,
     /// Whether kernels use subgroup operations (the adapter has them and they were wanted).
     pub subgroups: bool,
+    /// Threads per group of GEMV rows (`gemv_lanes`).
+    pub lanes: u32,
     pipelines: Mutex<HashMap<(Shader, u32), wgpu::ComputePipeline>>,
     /// Kernel sources replaced at run time (tests build deliberately broken kernels).
     sources: Mutex<HashMap<Shader, String>>,
@@ -52,11 +88,11 @@ impl Gpu {
     /// features are required: every kernel runs without shader-f16 or subgroups. Subgroups
     /// are used where the adapter has them, unless WEBMOE_SUBGROUPS=0 (native) says not to.
     pub async fn new() -> Result<Gpu> {
-        Gpu::with_options(GpuOptions { subgroups: platform::env_flag("WEBMOE_SUBGROUPS").unwrap_or(true) }).await
+        Gpu::with_options(GpuOptions::from_env()?).await
     }
 
-    /// `new` with the optional features chosen: `subgroups: false` keeps every kernel on
-    /// its workgroup-memory path even where the adapter has subgroups.
+    /// `new` with the optional features chosen: `subgroups: Some(false)` keeps every kernel
+    /// on its workgroup-memory path even where the adapter has subgroups.
     pub async fn with_options(opts: GpuOptions) -> Result<Gpu> {
         let instance = wgpu::Instance::new(platform::instance_descriptor());
         let adapter = instance
@@ -70,10 +106,14 @@ impl Gpu {
         let info = adapter.get_info();
         // Optional: GPU timestamps for per-kernel timings (`webmoe bench --kernels`).
         let mut features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
-        // Subgroup reductions assume at least LANES (8) invocations per subgroup.
-        let subgroups = opts.subgroups
-            && adapter.features().contains(wgpu::Features::SUBGROUP)
-            && info.subgroup_min_size >= SUBGROUP_MIN_LANES;
+        let offered = opts.subgroups.unwrap_or(true) && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let lanes = match opts.gemv_lanes {
+            None => gemv_lanes(&info, offered),
+            Some(l @ (8 | 16 | 32)) => l,
+            Some(l) => return Err(Error::gpu(format!("GEMV lanes {l}: expected 8, 16 or 32"))),
+        };
+        // Subgroup lane sums need every row group inside one subgroup.
+        let subgroups = offered && info.subgroup_min_size >= lanes;
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
@@ -114,6 +154,7 @@ impl Gpu {
             features,
             adapter_features: adapter.features(),
             subgroups,
+            lanes,
             pipelines: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
         })
@@ -129,6 +170,11 @@ impl Gpu {
             .collect();
         let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(", ") };
         format!("{name} ({:?})", i.backend)
+    }
+
+    /// Output rows per workgroup of the GEMV kernels (ROWS in lib/gemv_rows.wgsl).
+    pub fn gemv_rows(&self) -> u32 {
+        128 / self.lanes * 4
     }
 
     /// The features the adapter offers (not all are requested).

@@ -98,3 +98,8 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 pub fn env_flag(name: &str) -> Option<bool> {
     std::env::var(name).ok().map(|v| !matches!(v.trim(), "0" | "false" | "off" | ""))
 }
+
+/// A setting from the environment, if set.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}

@@ -113,3 +113,8 @@ pub fn instance_descriptor() -> wgpu::InstanceDescriptor {
 pub fn env_flag(_name: &str) -> Option<bool> {
     None
 }
+
+/// A page has no environment variables.
+pub fn env_var(_name: &str) -> Option<String> {
+    None
+}

@@ -41,7 +41,7 @@ fn matmul_params(name: &str, w: &GpuWeight, out: Out, n: usize, k: usize) -> Res
 /// out[T, n] (+)= x[T, k] · W[n, k]^T, one token per grid row (decode).
 pub fn gemv(g: &Gpu, name: &str, w: &GpuWeight, x: &Buffer, out: Out, n: usize, k: usize) -> Result<Dispatch> {
     let params = matmul_params(name, w, out, n, k)?;
-    let grid = Grid { x: params[0].div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
+    let grid = Grid { x: params[0].div_ceil(g.gemv_rows()), y: Rows::PER_TOKEN };
     Ok(g.make(Shader::Gemv, w.dtype, &params, &[&w.buf, x, out.buf], grid)?.reading(w.buf.size()))
 }
 
@@ -77,7 +77,7 @@ pub fn qkv_rope(
         u32_of("head_dim", head_dim)?,
         u32_of("context", ctx)?,
     ];
-    let grid = Grid { x: params[0].div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
+    let grid = Grid { x: params[0].div_ceil(g.gemv_rows()), y: Rows::PER_TOKEN };
     let bufs = [step, &w.buf, x, table, qkv, k_cache, v_cache];
     Ok(g.make(Shader::QkvRope, w.dtype, &params, &bufs, grid)?.reading(w.buf.size()))
 }
@@ -233,7 +233,7 @@ pub fn moe_gemv_gate_up(
 ) -> Result<Dispatch> {
     let (ff, k) = (u32_of("experts' ff", ff)?, u32_of("top-k", k)?);
     let params = [inner("experts' w1/w3", w.dtype, dim)?, ff, k, w.s_off, w.h_off, w.expert_stride];
-    let grid = Grid { x: ff.div_ceil(GEMV_ROWS), y: Rows::Tokens { mul: k, div: 1, add: 0 } };
+    let grid = Grid { x: ff.div_ceil(g.gemv_rows()), y: Rows::Tokens { mul: k, div: 1, add: 0 } };
     // One token reads the k chosen experts' blocks.
     let bytes = w.expert_stride as u64 * 4 * k as u64;
     Ok(g.make(Shader::MoeGemvGateUp, w.dtype, &params, &[&w.buf, x, ids, act], grid)?.reading(bytes))
@@ -253,7 +253,7 @@ pub fn moe_gemv_down(
 ) -> Result<Dispatch> {
     let d = u32_of("hidden", dim)?;
     let params = [d, inner("experts' w2", w.dtype, ff)?, u32_of("top-k", k)?, w.s_off, w.h_off, w.expert_stride];
-    let grid = Grid { x: d.div_ceil(GEMV_ROWS), y: Rows::PER_TOKEN };
+    let grid = Grid { x: d.div_ceil(g.gemv_rows()), y: Rows::PER_TOKEN };
     let bytes = w.expert_stride as u64 * 4 * k as u64;
     Ok(g.make(Shader::MoeGemvDown, w.dtype, &params, &[&w.buf, act, ids, weights, x], grid)?.reading(bytes))
 }
