@@ -1,7 +1,7 @@
 // MoE expert down-projection for prefill, grouped by expert (after moe_gemm_gate_up.wgsl):
 //   y[q, n] = W2[e, n] . act[q]   for q in expert e's segment of the sorted order.
 //   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
-// Tiling and worst-case grid as moe_gemm_gate_up.wgsl; moe_combine.wgsl then adds the
+// Tiling: lib/gemm_tile.wgsl; tiles per expert: lib/expert_tiles.wgsl; moe_combine.wgsl then adds the
 // router-weighted rows into the residual stream.
 // Grid: x = ceil(D / 32) (folded), y = ceil(T*K / 32) + E.
 
@@ -22,14 +22,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> starts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const TILE: u32 = 32u;
-const BK: u32 = 32u;
-
-// [row][k / 4] with a row stride of PAD vec4s, as in gemm.wgsl.
-const PAD: u32 = 9u;
-var<workgroup> as_: array<vec4<f32>, 288>;
-var<workgroup> ws: array<vec4<f32>, 288>;
-var<workgroup> job: vec3<u32>;
+const W_ROWS: u32 = TILE;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -39,21 +32,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (n0 >= p.dim) {
         return;
     }
-    if (lid == 0u) {
-        var tile = wid.y;
-        var found = vec3<u32>(p.experts, 0u, 0u);
-        for (var e = 0u; e < p.experts; e++) {
-            let s = starts[e];
-            let n_tiles = (starts[e + 1u] - s + TILE - 1u) / TILE;
-            if (tile < n_tiles) {
-                found = vec3<u32>(e, s + tile * TILE, min(s + (tile + 1u) * TILE, starts[e + 1u]));
-                break;
-            }
-            tile -= n_tiles;
-        }
-        job = found;
-    }
-    let my = workgroupUniformLoad(&job);
+    let my = expert_tile(wid.y, p.experts, lid);
     if (my.x >= p.experts) {
         return;
     }
@@ -67,30 +46,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     var acc: array<vec4<f32>, 4>;
     for (var kb = 0u; kb < p.ff; kb += BK) {
         for (var j = 0u; j < 4u; j++) {
-            let idx = lid + 64u * j;
-            let r = idx / 8u;
-            let q = idx % 8u;
-            let kq = kb / 4u + q;
+            let rq = stage_slot(lid, j);
+            let kq = kb / 4u + rq.y;
             var av = vec4<f32>(0.0);
-            if (r < rows && kq < f4) {
-                av = act[(q0 + r) * f4 + kq];
+            if (rq.x < rows && kq < f4) {
+                av = act[(q0 + rq.x) * f4 + kq];
             }
             var wv = vec4<f32>(0.0);
-            if (n0 + r < p.dim && kq < f4) {
-                wv = w4(o, (n0 + r) * p.ff + kq * 4u);
+            if (n0 + rq.x < p.dim && kq < f4) {
+                wv = w4(o, (n0 + rq.x) * p.ff + kq * 4u);
             }
-            as_[r * PAD + q] = av;
-            ws[r * PAD + q] = wv;
+            xs[rq.x * PAD + rq.y] = av;
+            ws[rq.x * PAD + rq.y] = wv;
         }
         workgroupBarrier();
-        for (var kq = 0u; kq < BK / 4u; kq++) {
-            let b = array<vec4<f32>, 4>(ws[(4u * tx) * PAD + kq], ws[(4u * tx + 1u) * PAD + kq],
-                                        ws[(4u * tx + 2u) * PAD + kq], ws[(4u * tx + 3u) * PAD + kq]);
-            for (var i = 0u; i < 4u; i++) {
-                let a = as_[(4u * ty + i) * PAD + kq];
-                acc[i] += vec4<f32>(dot(a, b[0]), dot(a, b[1]), dot(a, b[2]), dot(a, b[3]));
-            }
-        }
+        tile_fma(&acc, 0u, tx, ty);
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {

@@ -4,9 +4,9 @@
 //   w: E blocks `e_stride` words apart, each [2F, D] in WDTYPE (the expert's W1 rows, then
 //   its W3 rows), x: [T, D] f32,
 //   sorted: [T*K], starts: [E+1], act: [T*K, F].
-// Tiling as gemm.wgsl (32x32 tile, 4x4 per thread of 64) with gate and up tiles side by side.
-// The grid covers the worst case, ceil(T*K/32) + E row tiles; each workgroup finds its
-// (expert, tile) from `starts`, and spare workgroups exit. No host read-back of routing.
+// Tiling: lib/gemm_tile.wgsl (32x32 outputs, 4x4 per thread of 64), with the gate rows and
+// the up rows staged one above the other (W_ROWS = 64) so one activation slice serves both.
+// Tiles per expert: lib/expert_tiles.wgsl (worst-case grid, spare workgroups exit).
 // Grid: x = ceil(F / 32) (folded), y = ceil(T*K / 32) + E.
 
 struct Params {
@@ -27,16 +27,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> starts: array<u32>;
 @group(0) @binding(5) var<storage, read_write> act: array<f32>;
 
-const TILE: u32 = 32u;
-const BK: u32 = 32u;
-
-// [row][k / 4] with a row stride of PAD vec4s, as in gemm.wgsl.
-const PAD: u32 = 9u;
-var<workgroup> xs: array<vec4<f32>, 288>;
-var<workgroup> gs: array<vec4<f32>, 288>;
-var<workgroup> us: array<vec4<f32>, 288>;
-// (expert, first row, end row) of this workgroup's tile; expert = E when idle.
-var<workgroup> job: vec3<u32>;
+const W_ROWS: u32 = 2u * TILE;   // gate rows, then up rows
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -46,21 +37,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (f0 >= p.ff) {
         return;
     }
-    if (lid == 0u) {
-        var tile = wid.y;
-        var found = vec3<u32>(p.experts, 0u, 0u);
-        for (var e = 0u; e < p.experts; e++) {
-            let s = starts[e];
-            let n_tiles = (starts[e + 1u] - s + TILE - 1u) / TILE;
-            if (tile < n_tiles) {
-                found = vec3<u32>(e, s + tile * TILE, min(s + (tile + 1u) * TILE, starts[e + 1u]));
-                break;
-            }
-            tile -= n_tiles;
-        }
-        job = found;
-    }
-    let my = workgroupUniformLoad(&job);
+    let my = expert_tile(wid.y, p.experts, lid);
     if (my.x >= p.experts) {
         return;
     }
@@ -72,47 +49,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let up = p.ff * p.dim;   // W3 rows follow the F rows of W1
     let tx = lid % 8u;   // outputs f0 + 4*tx .. +3
     let ty = lid / 8u;   // sorted rows q0 + 4*ty .. +3
-    // The x rows this thread stages (row r = (lid + 64 j) / 8): tokens of their assignments.
+    // The x rows this thread stages (stage_slot's rows): tokens of their assignments.
     var xrow: array<u32, 4>;
     for (var j = 0u; j < 4u; j++) {
-        let r = (lid + 64u * j) / 8u;
+        let r = stage_slot(lid, j).x;
         xrow[j] = select(0u, sorted[q0 + min(r, rows - 1u)] / p.k, r < rows);
     }
     var g: array<vec4<f32>, 4>;
     var u: array<vec4<f32>, 4>;
     for (var kb = 0u; kb < p.dim; kb += BK) {
         for (var j = 0u; j < 4u; j++) {
-            let idx = lid + 64u * j;
-            let r = idx / 8u;
-            let q = idx % 8u;
-            let kq = kb / 4u + q;
+            let rq = stage_slot(lid, j);
+            let kq = kb / 4u + rq.y;
             var xv = vec4<f32>(0.0);
-            if (r < rows && kq < d4) {
+            if (rq.x < rows && kq < d4) {
                 xv = x[xrow[j] * d4 + kq];
             }
             var gv = vec4<f32>(0.0);
             var uv = vec4<f32>(0.0);
-            if (f0 + r < p.ff && kq < d4) {
-                let off = (f0 + r) * p.dim + kq * 4u;
+            if (f0 + rq.x < p.ff && kq < d4) {
+                let off = (f0 + rq.x) * p.dim + kq * 4u;
                 gv = w4(o, off);
                 uv = w4(o, up + off);
             }
-            xs[r * PAD + q] = xv;
-            gs[r * PAD + q] = gv;
-            us[r * PAD + q] = uv;
+            xs[rq.x * PAD + rq.y] = xv;
+            ws[rq.x * PAD + rq.y] = gv;
+            ws[(TILE + rq.x) * PAD + rq.y] = uv;
         }
         workgroupBarrier();
-        for (var kq = 0u; kq < BK / 4u; kq++) {
-            let bg = array<vec4<f32>, 4>(gs[(4u * tx) * PAD + kq], gs[(4u * tx + 1u) * PAD + kq],
-                                         gs[(4u * tx + 2u) * PAD + kq], gs[(4u * tx + 3u) * PAD + kq]);
-            let bu = array<vec4<f32>, 4>(us[(4u * tx) * PAD + kq], us[(4u * tx + 1u) * PAD + kq],
-                                         us[(4u * tx + 2u) * PAD + kq], us[(4u * tx + 3u) * PAD + kq]);
-            for (var i = 0u; i < 4u; i++) {
-                let a = xs[(4u * ty + i) * PAD + kq];
-                g[i] += vec4<f32>(dot(a, bg[0]), dot(a, bg[1]), dot(a, bg[2]), dot(a, bg[3]));
-                u[i] += vec4<f32>(dot(a, bu[0]), dot(a, bu[1]), dot(a, bu[2]), dot(a, bu[3]));
-            }
-        }
+        tile_fma2(&g, &u, 0u, TILE, tx, ty);
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {

@@ -193,8 +193,8 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
     (
         Shader::MoeGemmDown,
         check_moe_gemm_down,
-        "let n_tiles = (starts[e + 1u] - s + TILE - 1u) / TILE;",
-        "let n_tiles = (starts[e + 1u] - s) / TILE;",
+        "if (r < rows && n < p.dim) {",
+        "if (r + 1u < rows && n < p.dim) {",
     ),
     (Shader::MoeCombine, check_moe_combine, "for (var s = 0u; s < p.k; s++) {", "for (var s = 1u; s < p.k; s++) {"),
     (Shader::Copy, check_copy, "if (i < p.n) {", "if (i + 1u < p.n) {"),

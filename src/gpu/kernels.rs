@@ -14,6 +14,8 @@ const WEIGHTS: &str = include_str!("../../shaders/lib/weights.wgsl");
 const LANES_SHARED: &str = include_str!("../../shaders/lib/lanes_shared.wgsl");
 const LANES_SUBGROUP: &str = include_str!("../../shaders/lib/lanes_subgroup.wgsl");
 const GEMV_ROWS_LIB: &str = include_str!("../../shaders/lib/gemv_rows.wgsl");
+const GEMM_TILE_LIB: &str = include_str!("../../shaders/lib/gemm_tile.wgsl");
+const EXPERT_TILES_LIB: &str = include_str!("../../shaders/lib/expert_tiles.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
@@ -85,6 +87,16 @@ impl Shader {
     /// Kernels built on the shared decode-matmul loop (`lib/gemv_rows.wgsl`): the same set.
     pub fn uses_gemv_rows(self) -> bool {
         self.sums_lanes()
+    }
+
+    /// The prefill matmuls, built on `lib/gemm_tile.wgsl`.
+    pub fn uses_gemm_tile(self) -> bool {
+        matches!(self, Shader::Gemm | Shader::MoeGemmGateUp | Shader::MoeGemmDown)
+    }
+
+    /// The prefill MoE matmuls, which find their expert's tile with `lib/expert_tiles.wgsl`.
+    pub fn uses_expert_tiles(self) -> bool {
+        matches!(self, Shader::MoeGemmGateUp | Shader::MoeGemmDown)
     }
 
     /// The kernel's own WGSL (without the shared prelude).
@@ -229,9 +241,11 @@ impl Gpu {
         };
         let weights = if shader.reads_weights() { WEIGHTS } else { "" };
         let rows = if shader.uses_gemv_rows() { GEMV_ROWS_LIB } else { "" };
+        let tile = if shader.uses_gemm_tile() { GEMM_TILE_LIB } else { "" };
+        let experts = if shader.uses_expert_tiles() { EXPERT_TILES_LIB } else { "" };
         // No `enable subgroups;`: Naga (wgpu 30) rejects the directive and instead accepts
         // the subgroup built-ins when the device was opened with Features::SUBGROUP.
-        format!("{COMMON}\n{weights}\n{lanes}\n{rows}\n{source}")
+        format!("{COMMON}\n{weights}\n{lanes}\n{rows}\n{tile}\n{experts}\n{source}")
     }
 
     /// Compiles `shader` from `source` from now on. Tests use it to prove that a broken
