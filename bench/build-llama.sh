@@ -46,14 +46,19 @@ if m and "WEBMOE_PATCH" not in s:
 PY
 fi
 common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON)
-if [ ! -x "$BENCH_DIR/cpu/bin/llama-bench" ]; then
-  log "building the CPU variant"
-  cmake -S "$LLAMA" -B "$BENCH_DIR/cpu" "${common[@]}" >&2
-  cmake --build "$BENCH_DIR/cpu" --target llama-bench -j "$(nproc)" >&2
-fi
-if [ ! -x "$BENCH_DIR/vulkan/bin/llama-bench" ]; then
-  log "building the Vulkan variant"
-  cmake -S "$LLAMA" -B "$BENCH_DIR/vulkan" "${common[@]}" -DGGML_VULKAN=ON >&2
-  cmake --build "$BENCH_DIR/vulkan" --target llama-bench -j "$(nproc)" >&2
-fi
+# Variants (LLAMA_VARIANTS, default "cpu vulkan"): tuned for this CPU; vulkan-portable is
+# the Vulkan build without -march=native, to run on another machine (bench/device/).
+for variant in ${LLAMA_VARIANTS:-cpu vulkan}; do
+  case $variant in
+    cpu) flags=() ;;
+    vulkan) flags=(-DGGML_VULKAN=ON) ;;
+    vulkan-portable) flags=(-DGGML_VULKAN=ON -DGGML_NATIVE=OFF) ;;
+    *) log "unknown variant $variant"; exit 2 ;;
+  esac
+  if [ ! -x "$BENCH_DIR/$variant/bin/llama-bench" ]; then
+    log "building the $variant variant"
+    cmake -S "$LLAMA" -B "$BENCH_DIR/$variant" "${common[@]}" "${flags[@]}" >&2
+    cmake --build "$BENCH_DIR/$variant" --target llama-bench -j "$(nproc)" >&2
+  fi
+done
 echo "$BENCH_DIR"

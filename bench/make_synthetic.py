@@ -5,10 +5,13 @@
               expert FFN 1408, vocab 32000, Q4_0 (norms and routers f32), stacked experts
               as llama.cpp writes Mixtral.
   dense.gguf: the same with one FFN of 2816 = 2 x 1408: the MoE model's active parameters.
+  smol.gguf:  SmolLM2-135M's shapes (30 layers, hidden 576, 9 heads (3 KV), FFN 1536,
+              vocab 49152, tied embeddings) in Q4_1 with random weights: the real model's
+              speed where the 92 MiB file cannot go (the GPU machine, bench/device/).
 
 Both carry a 32000-entry SentencePiece-style vocabulary (<unk>, <s>, </s>, the 256 byte
 tokens, then unique pieces) because llama.cpp refuses a GGUF without one.
-Run: python bench/make_synthetic.py OUT_DIR
+Run: python bench/make_synthetic.py OUT_DIR [moe dense smol]   (default: moe dense)
 """
 import os
 import sys
@@ -17,11 +20,14 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as Q
 
-L, D, H, KVH, E, K, F, V = 8, 512, 8, 2, 8, 2, 1408, 32000
+E, K, F = 8, 2, 1408
+# (layers, hidden, heads, kv heads, vocab, quant type, tied embeddings, rope base)
+MIXTRAL_LIKE = (8, 512, 8, 2, 32000, Q.Q4_0, False, 1e6)
+SMOL = (30, 576, 9, 3, 49152, Q.Q4_1, True, 1e5)
 rng = np.random.default_rng(0)
 
 
-def vocab():
+def vocab(V):
     toks = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(256)]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -44,7 +50,8 @@ def mat(*shape, scale=0.02):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def write(path, experts, ff):
+def write(path, experts, ff, shape=MIXTRAL_LIKE):
+    L, D, H, KVH, V, qtype, tied, rope_base = shape
     w = gguf.GGUFWriter(path, "llama")
     w.add_name(os.path.basename(path))
     w.add_block_count(L)
@@ -53,15 +60,15 @@ def write(path, experts, ff):
     w.add_feed_forward_length(ff)
     w.add_head_count(H)
     w.add_head_count_kv(KVH)
-    w.add_rope_freq_base(1e6)
+    w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(D // H)
     w.add_vocab_size(V)
-    w.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q4_0))
+    w.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q4_0 if qtype == Q.Q4_0 else gguf.LlamaFileType.MOSTLY_Q4_1))
     if experts > 1:
         w.add_expert_count(experts)
         w.add_expert_used_count(K)
-    toks, scores, types = vocab()
+    toks, scores, types = vocab(V)
     w.add_tokenizer_model("llama")
     w.add_token_list(toks)
     w.add_token_scores(scores)
@@ -71,11 +78,12 @@ def write(path, experts, ff):
     w.add_unk_token_id(0)
 
     def q(name, arr):
-        w.add_tensor(name, gguf.quants.quantize(arr, Q.Q4_0), raw_dtype=Q.Q4_0)
+        w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
 
     q("token_embd.weight", mat(V, D))
     w.add_tensor("output_norm.weight", np.ones(D, np.float32))
-    q("output.weight", mat(V, D))
+    if not tied:
+        q("output.weight", mat(V, D))
     hd = D // H
     for i in range(L):
         b = f"blk.{i}."
@@ -103,6 +111,9 @@ def write(path, experts, ff):
 
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "."
+    names = sys.argv[2:] or ["moe", "dense"]
     os.makedirs(out, exist_ok=True)
-    write(os.path.join(out, "moe.gguf"), E, F)
-    write(os.path.join(out, "dense.gguf"), 1, K * F)
+    models = {"moe": (E, F, MIXTRAL_LIKE), "dense": (1, K * F, MIXTRAL_LIKE), "smol": (1, 1536, SMOL)}
+    for name in names:
+        experts, ff, shape = models[name]
+        write(os.path.join(out, name + ".gguf"), experts, ff, shape)

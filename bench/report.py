@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Turns target/bench/*.json (bench/run.sh) into one table of ratios."""
+"""Turns target/bench/*.json (bench/run.sh, or bench/device/run.sh's $OUT) into one table
+of ratios. Models and engines without a file are left out."""
 import json
 import os
 import sys
@@ -12,6 +13,10 @@ def load(name):
         return json.load(f)
 
 
+def have(name):
+    return os.path.exists(os.path.join(out, name))
+
+
 def llama(name):
     rows = load(name)
     pp = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
@@ -20,17 +25,26 @@ def llama(name):
 
 
 print(f"{'model':10} {'engine':28} {'prefill tok/s':>14} {'decode tok/s':>13}   {'ours/it prefill':>15} {'ours/it decode':>14}")
-for m in ("smollm2", "moe", "dense"):
+MODELS = [m for m in ("smollm2", "smol", "moe", "dense") if have(f"webmoe-{m}.json")]
+for m in MODELS:
     ours = load(f"webmoe-{m}.json")
     op, od = ours["prefill_tokens_per_s"]["median"], ours["decode_tokens_per_s"]["median"]
-    print(f"{m:10} {'webmoe (' + ours['adapter'].split(',')[0][:16] + ')':28} {op:14.2f} {od:13.2f}")
+    name = f"webmoe ({ours['adapter'].split(',')[0].split(' (')[0][:16]}, {ours.get('gemv_lanes', 8)} lanes)"
+    print(f"{m:10} {name:28} {op:14.2f} {od:13.2f}")
+    for lanes in (8, 16, 32):   # A/B runs of other GEMV shapes, where made
+        if have(f"webmoe-lanes{lanes}-{m}.json"):
+            a = load(f"webmoe-lanes{lanes}-{m}.json")
+            ap, ad = a["prefill_tokens_per_s"]["median"], a["decode_tokens_per_s"]["median"]
+            print(f"{'':10} {f'webmoe, {lanes} lanes':28} {ap:14.2f} {ad:13.2f}")
     for variant in ("vulkan", "cpu"):
-        p, d, _ = llama(f"llama-{variant}-{m}.json")
-        print(f"{'':10} {'llama.cpp ' + variant:28} {p:14.2f} {d:13.2f}   {op / p:14.2f}x {od / d:13.2f}x")
-moe, dense = load("webmoe-moe.json"), load("webmoe-dense.json")
-ratio = (1 / moe["decode_tokens_per_s"]["median"]) / (1 / dense["decode_tokens_per_s"]["median"])
-print(f"\nMoE decode step / dense (same active parameters) decode step: {ratio:.2f}x (webmoe)")
-for m in ("smollm2", "moe"):
+        if have(f"llama-{variant}-{m}.json"):
+            p, d, _ = llama(f"llama-{variant}-{m}.json")
+            print(f"{'':10} {'llama.cpp ' + variant:28} {p:14.2f} {d:13.2f}   {op / p:14.2f}x {od / d:13.2f}x")
+if "moe" in MODELS and "dense" in MODELS:
+    moe, dense = load("webmoe-moe.json"), load("webmoe-dense.json")
+    ratio = (1 / moe["decode_tokens_per_s"]["median"]) / (1 / dense["decode_tokens_per_s"]["median"])
+    print(f"\nMoE decode step / dense (same active parameters) decode step: {ratio:.2f}x (webmoe)")
+for m in MODELS:
     r = load(f"webmoe-{m}.json")
     if r.get("copy_gb_per_s"):
         gemv = [k for k in r["decode_kernels"] if k.get("of_copy") is not None]
