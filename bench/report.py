@@ -21,7 +21,7 @@ def llama(name):
     rows = load(name)
     pp = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
     tg = next(r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
-    return pp["avg_ts"], tg["avg_ts"], rows[0].get("backends", rows[0].get("gpu_info", ""))
+    return pp["avg_ts"], tg["avg_ts"], rows[0].get("gpu_info", "")
 
 
 print(f"{'model':10} {'engine':28} {'prefill tok/s':>14} {'decode tok/s':>13}   {'ours/it prefill':>15} {'ours/it decode':>14}")
@@ -38,8 +38,10 @@ for m in MODELS:
             print(f"{'':10} {f'webmoe, {lanes} lanes':28} {ap:14.2f} {ad:13.2f}")
     for variant in ("vulkan", "cpu"):
         if have(f"llama-{variant}-{m}.json"):
-            p, d, _ = llama(f"llama-{variant}-{m}.json")
-            print(f"{'':10} {'llama.cpp ' + variant:28} {p:14.2f} {d:13.2f}   {op / p:14.2f}x {od / d:13.2f}x")
+            p, d, gpu = llama(f"llama-{variant}-{m}.json")
+            # ggml-vulkan without a usable device silently runs on the CPU: say so.
+            name = "llama.cpp " + variant + (" (NO VULKAN DEVICE: CPU)" if variant == "vulkan" and not gpu else "")
+            print(f"{'':10} {name:28} {p:14.2f} {d:13.2f}   {op / p:14.2f}x {od / d:13.2f}x")
 if "moe" in MODELS and "dense" in MODELS:
     moe, dense = load("webmoe-moe.json"), load("webmoe-dense.json")
     ratio = (1 / moe["decode_tokens_per_s"]["median"]) / (1 / dense["decode_tokens_per_s"]["median"])

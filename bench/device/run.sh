@@ -23,11 +23,12 @@ export PYTHONPATH=/tmp/site
 M=/tmp/models
 python3 bench/make_synthetic.py "$M" smol moe dense >&2 || exit 1
 mkdir -p /tmp/llama && tar -C /tmp/llama -xJf "$D/llama.tar.xz"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
 for m in smol moe dense; do
   echo "bench: $m" >&2
   timeout 150 "$D/webmoe" bench --model "$M/$m.gguf" --prompt-tokens 128 --gen-tokens 64 --reps "$REPS" --kernels --json > "$OUT/webmoe-$m.json"
   WEBMOE_GEMV_LANES=8 timeout 100 "$D/webmoe" bench --model "$M/$m.gguf" --prompt-tokens 128 --gen-tokens 64 --reps "$REPS" --json > "$OUT/webmoe-lanes8-$m.json"
-  LD_LIBRARY_PATH=/tmp/llama timeout 100 /tmp/llama/llama-bench -m "$M/$m.gguf" -p 128 -n 64 -r "$REPS" -ngl 99 -o json > "$OUT/llama-vulkan-$m.json"
+  # Device 0 explicitly: recent ggml-vulkan skips CPU-type devices unless told (lavapipe).
+  GGML_VK_VISIBLE_DEVICES=0 LD_LIBRARY_PATH=/tmp/llama timeout 100 /tmp/llama/llama-bench -m "$M/$m.gguf" -p 128 -n 64 -r "$REPS" -ngl 99 -o json > "$OUT/llama-vulkan-$m.json"
 done
 python3 bench/report.py "$OUT" | tee "$OUT/report.txt"
