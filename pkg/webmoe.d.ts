@@ -19,6 +19,8 @@ export interface EngineOptions {
   context?: number;
   /** Most prompt tokens per forward step (1 runs every token through the decode kernels). */
   prefillChunk?: number;
+  /** Threads per group of decode-matmul rows (default: 8 on CPU emulators, 32 on GPUs). For A/B runs and tests. */
+  gemvLanes?: 8 | 16 | 32;
   /** Where to fetch webmoe_bg.wasm from (default: next to this module). */
   wasmUrl?: string | URL;
 }

@@ -281,14 +281,16 @@ class Engine {
 
 /**
  * Creates an engine on this page's (or worker's) WebGPU device.
- * options: { context?: number (KV cache length), prefillChunk?: number, wasmUrl?: string | URL }
+ * options: { context?: number (KV cache length), prefillChunk?: number,
+ *            gemvLanes?: 8 | 16 | 32 (decode-matmul shape; default: chosen for the adapter),
+ *            wasmUrl?: string | URL }
  */
 export async function createEngine(options = {}) {
   if (typeof navigator === 'undefined' || !navigator.gpu) {
     throw new Error('WebGPU is not available in this browser (navigator.gpu is missing)');
   }
   await initOnce(options.wasmUrl);
-  const inner = await WebEngine.create({ context: options.context, prefillChunk: options.prefillChunk });
+  const inner = await WebEngine.create({ context: options.context, prefillChunk: options.prefillChunk, gemvLanes: options.gemvLanes });
   let info = null;
   try {
     info = (await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }))?.info ?? null;

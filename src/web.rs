@@ -5,7 +5,7 @@
 
 use crate::chat::Message;
 use crate::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, GpuOptions};
 use crate::model::Progress;
 use crate::pack::{Assembler, Manifest};
 use crate::platform::HttpSource;
@@ -144,12 +144,14 @@ impl CompleteRequest {
 
 #[wasm_bindgen]
 impl WebEngine {
-    /// `WebEngine.create({ context?, prefillChunk? })`: opens the WebGPU device.
+    /// `WebEngine.create({ context?, prefillChunk?, gemvLanes? })`: opens the WebGPU device
+    /// (`gemvLanes` 8 | 16 | 32 overrides the adapter's decode-matmul shape).
     pub fn create(options: JsValue) -> Promise {
         future_to_promise(async move {
             let context = opt_usize(&options, "context")?;
             let chunk = opt_usize(&options, "prefillChunk")?;
-            let gpu = Gpu::new().await.map_err(err)?;
+            let gemv_lanes = opt_usize(&options, "gemvLanes")?.map(|l| l.min(u32::MAX as usize) as u32);
+            let gpu = Gpu::with_options(GpuOptions { subgroups: None, gemv_lanes }).await.map_err(err)?;
             let mut opts = EngineOptions { device: Device::Gpu, context, ..Default::default() };
             if let Some(c) = chunk {
                 opts.prefill_chunk = c;

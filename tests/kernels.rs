@@ -190,12 +190,7 @@ const KERNELS: &[(Shader, Check, &str, &str)] = &[
     (Shader::MoeGemvDown, check_moe_gemv_down, "acc += weights[a] * rows_dot(", "acc += weights[t * p.k] * rows_dot("),
     (Shader::MoeGroup, check_moe_group, "starts[p.experts] = acc;", "starts[p.experts] = acc - 1u;"),
     (Shader::MoeGemmGateUp, check_moe_gemm_gate_up, "if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
-    (
-        Shader::MoeGemmDown,
-        check_moe_gemm_down,
-        "if (r < rows && n < p.dim) {",
-        "if (r + 1u < rows && n < p.dim) {",
-    ),
+    (Shader::MoeGemmDown, check_moe_gemm_down, "if (r < rows && n < p.dim) {", "if (r + 1u < rows && n < p.dim) {"),
     (Shader::MoeCombine, check_moe_combine, "for (var s = 0u; s < p.k; s++) {", "for (var s = 1u; s < p.k; s++) {"),
     (Shader::Copy, check_copy, "if (i < p.n) {", "if (i + 1u < p.n) {"),
     (Shader::Argmax, check_argmax, "(ov == best_v[lid] && oi < mine)", "(ov == best_v[lid] && oi > mine)"),

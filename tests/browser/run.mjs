@@ -31,8 +31,10 @@ try {
   const results = await page.evaluate(async (fixtures) => {
     const { createEngine } = await import('/pkg/webmoe.js');
     const out = [];
-    for (const prefillChunk of [256, 1]) {
-      const engine = await createEngine({ prefillChunk });
+    // Prefill kernels; decode kernels in the adapter's shape (8 lanes on SwiftShader); decode
+    // kernels in GPUs' 32-lane shape with workgroup-memory sums (what a browser on a GPU runs).
+    for (const [prefillChunk, gemvLanes] of [[256, undefined], [1, undefined], [1, 32]]) {
+      const engine = await createEngine({ prefillChunk, gemvLanes });
       for (const [name, url] of fixtures) {
         const ref = await (await fetch(`/tests/fixtures/${name}/reference.json`)).json();
         const progress = [];
@@ -48,7 +50,7 @@ try {
         }
         const done = progress.filter((p) => p.total > 0 && p.loaded === p.total).map((p) => p.file);
         out.push({
-          name, prefillChunk, maxDiff, adapter: engine.adapter,
+          name, prefillChunk, gemvLanes: gemvLanes ?? 'auto', maxDiff, adapter: engine.adapter,
           length: logits.length, expected: ref.tokens.length * ref.logits[0].length,
           progressEvents: progress.length, filesCompleted: [...new Set(done)],
         });
@@ -70,7 +72,7 @@ try {
   for (const r of results.out) {
     const ok = r.maxDiff <= TOL && r.length === r.expected && r.filesCompleted.length > 0;
     if (!ok) failed = true;
-    console.log(`${ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(36)} chunk ${String(r.prefillChunk).padStart(3)}  max|Δ| ${r.maxDiff.toExponential(2)}  ` +
+    console.log(`${ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(36)} chunk ${String(r.prefillChunk).padStart(3)} lanes ${String(r.gemvLanes).padStart(4)}  max|Δ| ${r.maxDiff.toExponential(2)}  ` +
       `progress events ${r.progressEvents}, files ${r.filesCompleted.join(' ')}`);
   }
   const e = results.errors;
@@ -79,7 +81,7 @@ try {
   expect(/config\.json.*not found/.test(e.missingModel ?? ''), `missing model rejects: ${e.missingModel}`);
   expect(/token id 999999/.test(e.badToken ?? ''), `bad token rejects: ${e.badToken}`);
   expect(e.usableAfter > 0, 'engine usable after errors');
-  if (results.out.length !== fixtures.length * 2) { failed = true; console.log('FAIL not every fixture ran'); }
+  if (results.out.length !== fixtures.length * 3) { failed = true; console.log('FAIL not every fixture ran'); }
 } finally {
   await browser.close();
   await srv.close();
