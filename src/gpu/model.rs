@@ -9,7 +9,7 @@
 //!   rope(q), rope(k) -> cache, v -> cache   caches [KVH, ctx, d]   (decode: in the matmul)
 //!   attn = attention(q, cache)              [T, H d]   (decode: split over KV chunks)
 //!   x   += attn · Wo^T                      (residual fused into the matmul)
-//!   xn   = rmsnorm(x)
+//!   xn   = rmsnorm(x)                       (MoE: fused into the router's kernel)
 //!   ids, w = router(xn)                     [T, K]   (dense: fixed ids 0, weights 1)
 //!   x   += sum_k w_k · W2[e_k] (silu(W1[e_k] xn) ⊙ W3[e_k] xn)
 //! Prefill (T > 1) uses tiled GEMMs with tokens grouped per expert; decode uses GEMVs.
@@ -284,10 +284,14 @@ impl GpuModel {
                     }
                     Path::Decode => ops::gemv(g, "attention output", &wo, &attn, Out::add(&x, d), d, c.q_dim())?,
                 });
-                prog.push(ops::rms_norm(g, &step, &ffn_norm, &x, &xn, d, c.eps, false)?);
-                if let Some(r) = &router {
-                    prog.push(ops::router(g, r, &xn, &ids, &weights, &hist, d, e, k, c.norm_topk, li)?);
-                }
+                // xn = rmsnorm(x) (fused into the router where there is one), then routing.
+                prog.push(match &router {
+                    Some(r) => {
+                        let out = (&ids, &weights, &hist);
+                        ops::router(g, r, (&ffn_norm, c.eps), &x, &xn, out, d, e, k, c.norm_topk, li)?
+                    }
+                    None => ops::rms_norm(g, &step, &ffn_norm, &x, &xn, d, c.eps, false)?,
+                });
                 match path {
                     Path::Prefill => {
                         prog.push(ops::moe_group(g, &step, &ids, &sorted, &pos_of, &starts, e, k)?);

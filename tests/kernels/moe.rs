@@ -5,22 +5,34 @@ use super::*;
 
 pub fn check_router(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let (t, dim, e, k) = (6, 40, 16, 4);
-    for norm in [true, false] {
-        let (x, wg) = (rng.vec(t * dim, 1.0), rng.vec(e * dim, 0.5));
-        let (ids, ws) = cpu::route(&x, dim, &wg, e, k, norm);
-        let (xb, wb, ib, wsb) =
-            (upload_f32(g, "x", &x), upload_f32(g, "wg", &wg), poisoned_u32(g, "ids", t * k), poisoned(g, "w", t * k));
+    let (t, dim, e, k, eps) = (6, 40, 16, 4, 1e-5);
+    for renorm in [true, false] {
+        let (x, wg, norm) = (rng.vec(t * dim, 1.0), rng.vec(e * dim, 0.5), rng.vec(dim, 1.0));
+        let (xb, wb, nb, xnb, ib, wsb) = (
+            upload_f32(g, "x", &x),
+            upload_f32(g, "wg", &wg),
+            upload_f32(g, "norm", &norm),
+            poisoned(g, "xn", t * dim),
+            poisoned_u32(g, "ids", t * k),
+            poisoned(g, "w", t * k),
+        );
         // Counts of layer 1 of 3 start from arbitrary values and gain one per choice.
         let hist0: Vec<u32> = (0..3 * e as u32).collect();
         let hb = upload_u32(g, "hist", &hist0);
-        let d = ops::router(g, &wb, &xb, &ib, &wsb, &hb, dim, e, k, norm, 1).map_err(|e| e.to_string())?;
+        let d = ops::router(g, &wb, (&nb, eps), &xb, &xnb, (&ib, &wsb, &hb), dim, e, k, renorm, 1)
+            .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        same_u32(&format!("router ids norm={norm}"), &read_u32(g, &ib, t * k), &ids)?;
+        // The normalised rows (the experts' input) first; routing is then checked on the
+        // GPU's own rows, so a near-tie cannot flip on a last-bit difference.
+        let xn = read_f32(g, &xnb, t * dim);
+        let want = cpu::rms_norm(&x, &norm, eps);
+        close("router's rmsnorm", &xn, &want, 1e-5, 1e-5)?;
+        let (ids, ws) = cpu::route(&xn, dim, &wg, e, k, renorm);
+        same_u32(&format!("router ids renorm={renorm}"), &read_u32(g, &ib, t * k), &ids)?;
         let mut hist = hist0.clone();
         ids.iter().for_each(|&i| hist[e + i as usize] += 1);
-        same_u32(&format!("router choice counts norm={norm}"), &read_u32(g, &hb, 3 * e), &hist)?;
-        close(&format!("router weights norm={norm}"), &read_f32(g, &wsb, t * k), &ws, 1e-6, 1e-5)?;
+        same_u32(&format!("router choice counts renorm={renorm}"), &read_u32(g, &hb, 3 * e), &hist)?;
+        close(&format!("router weights renorm={renorm}"), &read_f32(g, &wsb, t * k), &ws, 1e-6, 1e-5)?;
     }
     Ok(())
 }

@@ -197,27 +197,31 @@ pub fn attention_split(
 }
 
 /// `hist` [layers, experts] counts the choices; this router is layer `layer`.
+/// The FFN's RMSNorm fused with the MoE router (router.wgsl): `xn` = rmsnorm(`x`) * `norm`
+/// for the expert kernels, and each token's top-k expert ids and weights.
 pub fn router(
     g: &Gpu,
     wg: &Buffer,
+    (norm, eps): (&Buffer, f32),
     x: &Buffer,
-    ids: &Buffer,
-    weights: &Buffer,
-    hist: &Buffer,
+    xn: &Buffer,
+    (ids, weights, hist): (&Buffer, &Buffer, &Buffer),
     dim: usize,
     experts: usize,
     k: usize,
-    norm: bool,
+    renorm: bool,
     layer: usize,
 ) -> Result<Dispatch> {
     let params = [
         u32_of("router", dim)?,
         u32_of("experts", experts)?,
         u32_of("top-k", k)?,
-        norm as u32,
+        renorm as u32,
         u32_of("layer", layer)?,
+        eps.to_bits(),
     ];
-    g.make(Shader::Router, DType::F32, &params, &[wg, x, ids, weights, hist], Grid { x: 1, y: Rows::PER_TOKEN })
+    let bufs = [wg, norm, x, xn, ids, weights, hist];
+    g.make(Shader::Router, DType::F32, &params, &bufs, Grid { x: 1, y: Rows::PER_TOKEN })
 }
 
 /// `w`: stacked experts, each its gate (W1) then up (W3) rows, [2 ff, dim].
