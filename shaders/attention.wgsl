@@ -32,7 +32,6 @@ const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> ps: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -67,31 +66,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             s = dot_;
         }
-        red[lid] = s;
-        workgroupBarrier();
-        for (var r = WG / 2u; r > 0u; r >>= 1u) {
-            if (lid < r) {
-                red[lid] = max(red[lid], red[lid + r]);
-            }
-            workgroupBarrier();
-        }
-        let m_new = max(m, red[0]);
-        workgroupBarrier();
+        let m_new = max(m, wg_max(s, lid));
         var e = 0.0;
         if (j <= pos) {
             e = exp(s - m_new);
         }
-        ps[lid] = e;
-        red[lid] = e;
-        workgroupBarrier();
-        for (var r = WG / 2u; r > 0u; r >>= 1u) {
-            if (lid < r) {
-                red[lid] += red[lid + r];
-            }
-            workgroupBarrier();
-        }
+        ps[lid] = e;   // visible to all after wg_sum's barriers
         let rescale = exp(m - m_new);
-        l = l * rescale + red[0];
+        l = l * rescale + wg_sum(e, lid);
         let n = min(WG, pos + 1u - c);
         for (var i = 0u; i < PER_T; i++) {
             let di = lid + i * WG;

@@ -37,23 +37,6 @@ const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> qs: array<vec4<f32>, MAX_D / 4u>;
 var<workgroup> ps: array<f32, SB>;
-var<workgroup> red: array<f32, WG>;
-
-// The maximum (max_ = true) or sum of `v` over the workgroup, in every thread.
-fn wg_reduce(v: f32, lid: u32, max_: bool) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var r = WG / 2u; r > 0u; r >>= 1u) {
-        if (lid < r) {
-            red[lid] = select(red[lid] + red[lid + r], max(red[lid], red[lid + r]), max_);
-        }
-        workgroupBarrier();
-    }
-    let out = red[0];
-    workgroupBarrier();
-    return out;
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -102,7 +85,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             ps[jj] = sc;
             local_max = max(local_max, sc);
         }
-        let m_new = max(m, wg_reduce(local_max, lid, true));
+        let m_new = max(m, wg_max(local_max, lid));
         var local_sum = 0.0;
         for (var u = 0u; u < KPT; u++) {
             let jj = lid + u * WG;
@@ -114,7 +97,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             local_sum += e;
         }
         let rescale = exp(m - m_new);
-        l = l * rescale + wg_reduce(local_sum, lid, false);
+        l = l * rescale + wg_sum(local_sum, lid);
         let n = min(SB, hi - c);
         for (var i = 0u; i < PER_T; i++) {
             let di = lid + i * WG;

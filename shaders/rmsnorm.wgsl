@@ -18,7 +18,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 128u;
-var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -34,15 +33,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let v = x[xb + i];
         ss += v * v;
     }
-    red[lid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = inverseSqrt(red[0] / f32(p.dim) + p.eps);
+    let r = inverseSqrt(wg_sum(ss, lid) / f32(p.dim) + p.eps);
     let yb = dst * p.dim;
     for (var i = lid; i < p.dim; i += WG) {
         y[yb + i] = x[xb + i] * r * g[i];

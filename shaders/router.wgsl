@@ -34,23 +34,7 @@ struct Params {
 const WG: u32 = 64u;
 const MAX_E: u32 = 256u;
 
-var<workgroup> red: array<f32, WG>;
 var<workgroup> logits: array<f32, MAX_E>;
-
-// The sum of `v` over the workgroup, in every thread.
-fn wg_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var r = WG / 2u; r > 0u; r >>= 1u) {
-        if (lid < r) {
-            red[lid] += red[lid + r];
-        }
-        workgroupBarrier();
-    }
-    let out = red[0];
-    workgroupBarrier();
-    return out;
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

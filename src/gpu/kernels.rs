@@ -16,6 +16,7 @@ const LANES_SUBGROUP: &str = include_str!("../../shaders/lib/lanes_subgroup.wgsl
 const GEMV_ROWS_LIB: &str = include_str!("../../shaders/lib/gemv_rows.wgsl");
 const GEMM_TILE_LIB: &str = include_str!("../../shaders/lib/gemm_tile.wgsl");
 const EXPERT_TILES_LIB: &str = include_str!("../../shaders/lib/expert_tiles.wgsl");
+const WG_REDUCE_LIB: &str = include_str!("../../shaders/lib/wg_reduce.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
@@ -97,6 +98,11 @@ impl Shader {
     /// The prefill MoE matmuls, which find their expert's tile with `lib/expert_tiles.wgsl`.
     pub fn uses_expert_tiles(self) -> bool {
         matches!(self, Shader::MoeGemmGateUp | Shader::MoeGemmDown)
+    }
+
+    /// Kernels with workgroup-wide sums or maxima (`lib/wg_reduce.wgsl`).
+    pub fn uses_wg_reduce(self) -> bool {
+        matches!(self, Shader::RmsNorm | Shader::Router | Shader::Attention | Shader::AttentionSplit)
     }
 
     /// The kernel's own WGSL (without the shared prelude).
@@ -243,9 +249,10 @@ impl Gpu {
         let rows = if shader.uses_gemv_rows() { GEMV_ROWS_LIB } else { "" };
         let tile = if shader.uses_gemm_tile() { GEMM_TILE_LIB } else { "" };
         let experts = if shader.uses_expert_tiles() { EXPERT_TILES_LIB } else { "" };
+        let reduce = if shader.uses_wg_reduce() { WG_REDUCE_LIB } else { "" };
         // No `enable subgroups;`: Naga (wgpu 30) rejects the directive and instead accepts
         // the subgroup built-ins when the device was opened with Features::SUBGROUP.
-        format!("{COMMON}\n{weights}\n{lanes}\n{rows}\n{tile}\n{experts}\n{source}")
+        format!("{COMMON}\n{weights}\n{lanes}\n{rows}\n{tile}\n{experts}\n{reduce}\n{source}")
     }
 
     /// Compiles `shader` from `source` from now on. Tests use it to prove that a broken
