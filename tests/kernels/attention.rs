@@ -115,24 +115,38 @@ pub fn check_qkv_rope(g: &Gpu, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Random q|k|v rows (T tokens from position pos0) and KV caches on the GPU, a poisoned
+/// output, the step, and the CPU reference: what both attention checks start from.
+fn attention_case(
+    g: &Gpu,
+    rng: &mut Rng,
+    (heads, kvh, hd, ctx): (usize, usize, usize, usize),
+    t: usize,
+    pos0: usize,
+    window: Option<usize>,
+) -> (wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, Vec<f32>) {
+    let stride = (heads + 2 * kvh) * hd;
+    let qkv = rng.vec(t * stride, 1.0);
+    let kc = rng.vec(kvh * ctx * hd, 1.0);
+    let vc = rng.vec(kvh * ctx * hd, 1.0);
+    let q: Vec<f32> = qkv.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
+    let want = cpu::attention(&q, &kc, &vc, ctx, pos0, heads, kvh, hd, window);
+    (
+        upload_f32(g, "qkv", &qkv),
+        upload_f32(g, "k", &kc),
+        upload_f32(g, "v", &vc),
+        poisoned(g, "out", t * heads * hd),
+        step(g, t, pos0),
+        want,
+    )
+}
+
 pub fn check_attention(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     // head_dim 24 (not a power of two), 74 visible keys (more than one 64-key chunk).
     let (heads, kvh, hd, ctx, t, pos0) = (8, 2, 24, 200, 4, 70);
     for window in [None, Some(50)] {
-        let stride = (heads + 2 * kvh) * hd;
-        let qkv = rng.vec(t * stride, 1.0);
-        let kc = rng.vec(kvh * ctx * hd, 1.0);
-        let vc = rng.vec(kvh * ctx * hd, 1.0);
-        let q: Vec<f32> = qkv.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
-        let want = cpu::attention(&q, &kc, &vc, ctx, pos0, heads, kvh, hd, window);
-        let (qb, kb, vb, ob, s) = (
-            upload_f32(g, "qkv", &qkv),
-            upload_f32(g, "k", &kc),
-            upload_f32(g, "v", &vc),
-            poisoned(g, "out", t * heads * hd),
-            step(g, t, pos0),
-        );
+        let (qb, kb, vb, ob, s, want) = attention_case(g, &mut rng, (heads, kvh, hd, ctx), t, pos0, window);
         let d = ops::attention(g, &s, &qb, &kb, &vb, &ob, heads, kvh, hd, ctx, window).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         close(&format!("attention window={window:?}"), &read_f32(g, &ob, t * heads * hd), &want, 1e-5, 1e-4)?;
@@ -146,19 +160,7 @@ pub fn check_attention_split(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (heads, kvh, hd, ctx) = (8, 2, 24, 1100);
     for (t, pos0, window) in [(3, 1000, None), (3, 1000, Some(300)), (1, 5, None), (2, 511, Some(40))] {
-        let stride = (heads + 2 * kvh) * hd;
-        let qkv = rng.vec(t * stride, 1.0);
-        let kc = rng.vec(kvh * ctx * hd, 1.0);
-        let vc = rng.vec(kvh * ctx * hd, 1.0);
-        let q: Vec<f32> = qkv.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
-        let want = cpu::attention(&q, &kc, &vc, ctx, pos0, heads, kvh, hd, window);
-        let (qb, kb, vb, ob, s) = (
-            upload_f32(g, "qkv", &qkv),
-            upload_f32(g, "k", &kc),
-            upload_f32(g, "v", &vc),
-            poisoned(g, "out", t * heads * hd),
-            step(g, t, pos0),
-        );
+        let (qb, kb, vb, ob, s, want) = attention_case(g, &mut rng, (heads, kvh, hd, ctx), t, pos0, window);
         let pb = poisoned(g, "partials", ops::attention_partials_bytes(t, heads, hd, ctx) / 4);
         let [split, combine] = ops::attention_split(g, &s, &qb, &kb, &vb, &pb, &ob, heads, kvh, hd, ctx, window)
             .map_err(|e| e.to_string())?;

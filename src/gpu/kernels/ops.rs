@@ -130,13 +130,28 @@ pub fn attention(
     ctx: usize,
     window: Option<usize>,
 ) -> Result<Dispatch> {
-    let h = u32_of("heads", heads)?;
-    let window = window.map_or(Ok(0), |w| u32_of("sliding window", w))?;
-    let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
-    let params =
-        [h, u32_of("kv heads", kv_heads)?, u32_of("head_dim", head_dim)?, u32_of("context", ctx)?, window, scale];
-    let grid = Grid { x: h, y: Rows::PER_TOKEN };
+    let params = attention_params(heads, kv_heads, head_dim, ctx, window)?;
+    let grid = Grid { x: params[0], y: Rows::PER_TOKEN };
     g.make(Shader::Attention, DType::F32, &params, &[step, qkv, k_cache, v_cache, out], grid)
+}
+
+/// The parameters both attention kernels start with: heads, kv heads, head_dim, context,
+/// window (0: none), 1/sqrt(head_dim) as bits.
+fn attention_params(
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ctx: usize,
+    window: Option<usize>,
+) -> Result<[u32; 6]> {
+    Ok([
+        u32_of("heads", heads)?,
+        u32_of("kv heads", kv_heads)?,
+        u32_of("head_dim", head_dim)?,
+        u32_of("context", ctx)?,
+        window.map_or(Ok(0), |w| u32_of("sliding window", w))?,
+        (1.0 / (head_dim as f32).sqrt()).to_bits(),
+    ])
 }
 
 /// KV positions per split-K chunk for a cache of `ctx` positions: 256, or more when
@@ -173,21 +188,10 @@ pub fn attention_split(
             "attention: head_dim {head_dim} is not a multiple of 4 (keys are read as vec4s)"
         )));
     }
-    let h = u32_of("heads", heads)?;
-    let window = window.map_or(Ok(0), |w| u32_of("sliding window", w))?;
-    let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
+    let [h, kvh, d, c, w, scale] = attention_params(heads, kv_heads, head_dim, ctx, window)?;
     let chunk = u32_of("kv chunk", kv_chunk(ctx))?;
     let chunks = u32_of("kv chunks", ctx.div_ceil(kv_chunk(ctx)))?;
-    let params = [
-        h,
-        u32_of("kv heads", kv_heads)?,
-        u32_of("head_dim", head_dim)?,
-        u32_of("context", ctx)?,
-        window,
-        scale,
-        chunk,
-        chunks,
-    ];
+    let params = [h, kvh, d, c, w, scale, chunk, chunks];
     let grid = Grid { x: h, y: Rows::PER_TOKEN };
     let mut split =
         g.make(Shader::AttentionSplit, DType::F32, &params, &[step, qkv, k_cache, v_cache, partials], grid)?;
@@ -196,9 +200,9 @@ pub fn attention_split(
     Ok([split, combine])
 }
 
-/// `hist` [layers, experts] counts the choices; this router is layer `layer`.
 /// The FFN's RMSNorm fused with the MoE router (router.wgsl): `xn` = rmsnorm(`x`) * `norm`
-/// for the expert kernels, and each token's top-k expert ids and weights.
+/// for the expert kernels, and each token's top-k expert ids and weights; `hist`
+/// [layers, experts] counts the choices, this router being layer `layer`.
 pub fn router(
     g: &Gpu,
     wg: &Buffer,
