@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench, CPU and Vulkan variants, from the llama.cpp that PyPI's
-# llama-cpp-python source distribution vendors, into $BENCH_DIR (default
+# Builds llama.cpp's llama-bench (and with LLAMA_TARGETS other tools: llama-quantize,
+# llama-perplexity), CPU and Vulkan variants, from the llama.cpp that PyPI's
+# llama-cpp-python source distribution vendors (fetched with pip), into $BENCH_DIR (default
 # ~/.cache/webmoe/bench). Needs cmake, a C++ compiler, and for Vulkan glslc + libvulkan-dev.
 set -euo pipefail
 BENCH_DIR=${BENCH_DIR:-$HOME/.cache/webmoe/bench}
@@ -13,16 +14,14 @@ if ! command -v cmake >/dev/null || ! command -v glslc >/dev/null || [ ! -e /usr
   $SUDO apt-get install -y -q cmake glslc libvulkan-dev spirv-headers >&2
 fi
 if [ ! -d src/vendor/llama.cpp ]; then
-  log "downloading the llama-cpp-python source distribution from PyPI"
+  log "fetching the llama-cpp-python source distribution with pip"
   rm -rf dl src && mkdir -p dl src
-  # (pip download would build the package's metadata, i.e. compile it; fetch the file.)
-  python3 - <<'PY'
-import json, shutil, urllib.parse, urllib.request
-base = "https://pypi.org/pypi/llama-cpp-python/json"
-sd = next(u for u in json.load(urllib.request.urlopen(base, timeout=60))["urls"] if u["packagetype"] == "sdist")
-with urllib.request.urlopen(urllib.parse.urljoin(base, sd["url"]), timeout=600) as r, open("dl/" + sd["filename"], "wb") as f:
-    shutil.copyfileobj(r, f)
-PY
+  # pip download of an sdist prepares its metadata with the build backend; in a venv that
+  # has scikit-build-core, --no-build-isolation makes that a few seconds (no compile).
+  [ -x venv-dl/bin/pip ] || python3 -m venv venv-dl
+  venv-dl/bin/pip install --quiet scikit-build-core >&2
+  spec=llama-cpp-python${LLAMA_CPP_PYTHON_VERSION:+==$LLAMA_CPP_PYTHON_VERSION}
+  venv-dl/bin/pip download --quiet --no-deps --no-binary :all: --no-build-isolation "$spec" -d dl >&2
   tar -xzf dl/llama_cpp_python-*.tar.gz -C src --strip-components=1
 fi
 LLAMA=$BENCH_DIR/src/vendor/llama.cpp
@@ -53,12 +52,17 @@ for variant in ${LLAMA_VARIANTS:-cpu vulkan}; do
     cpu) flags=() ;;
     vulkan) flags=(-DGGML_VULKAN=ON) ;;
     vulkan-portable) flags=(-DGGML_VULKAN=ON -DGGML_NATIVE=OFF) ;;
+    none) continue ;;   # only unpack the source (its convert_hf_to_gguf.py)
     *) log "unknown variant $variant"; exit 2 ;;
   esac
-  if [ ! -x "$BENCH_DIR/$variant/bin/llama-bench" ]; then
-    log "building the $variant variant"
-    cmake -S "$LLAMA" -B "$BENCH_DIR/$variant" "${common[@]}" "${flags[@]}" >&2
-    cmake --build "$BENCH_DIR/$variant" --target llama-bench -j "$(nproc)" >&2
-  fi
+  # LLAMA_TARGETS: which tools (default llama-bench; the fixtures also want
+  # llama-quantize and llama-perplexity).
+  for target in ${LLAMA_TARGETS:-llama-bench}; do
+    if [ ! -x "$BENCH_DIR/$variant/bin/$target" ]; then
+      log "building $target ($variant)"
+      [ -f "$BENCH_DIR/$variant/CMakeCache.txt" ] || cmake -S "$LLAMA" -B "$BENCH_DIR/$variant" "${common[@]}" "${flags[@]}" >&2
+      cmake --build "$BENCH_DIR/$variant" --target "$target" -j "$(nproc)" >&2
+    fi
+  done
 done
 echo "$BENCH_DIR"

@@ -3,7 +3,8 @@
 //   k_cache, v_cache: [KVH, ctx, d] f32
 //   out: [T, H * d] f32
 // Query head h reads KV head h / (H / KVH). Keys j <= pos are visible, and with a sliding
-// window W only j > pos - W. One workgroup per (head, token) walks the visible keys in
+// window W only j > pos - W; with sinks, head h's sink logit joins the softmax (and adds
+// nothing to the output). One workgroup per (head, token) walks the visible keys in
 // chunks of WG with an online softmax (running max m, sum l, output acc), so any context
 // length fits in fixed workgroup memory. Grid: x = H, y = T.
 
@@ -13,9 +14,13 @@ struct Params {
     head_dim: u32,
     ctx: u32,
     window: u32,   // 0: no sliding window
-    scale: f32,    // 1 / sqrt(d)
+    scale: f32,    // multiplies q . k (1 / sqrt(d) unless the model says otherwise)
+    chunk: u32,    // split-K: KV positions per chunk (a multiple of WG)
+    chunks: u32,   // split-K: chunk slots per (token, head) in `partials`
+    sinks: u32,    // 1: sink logit sinks[h] joins each head's softmax (gpt-oss)
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,6 +29,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> sinks: array<f32>;   // [H]
 
 const WG: u32 = 64u;
 const MAX_D: u32 = 256u;
@@ -50,8 +56,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
 
+    // A sink is one more score with no value: start the running softmax from it.
     var m = NEG_BIG;
     var l = 0.0;
+    if (p.sinks != 0u) {
+        m = sinks[h];
+        l = 1.0;
+    }
     var acc = array<f32, PER_T>(0.0, 0.0, 0.0, 0.0);
     let cache0 = kvh * p.ctx;
     for (var c = lo; c <= pos; c += WG) {

@@ -16,9 +16,13 @@ struct Params {
     head_dim: u32,
     ctx: u32,
     window: u32,   // 0: no sliding window
-    scale: f32,    // 1 / sqrt(d)
-    chunk: u32,    // KV positions per chunk (a multiple of WG)
-    chunks: u32,   // chunk slots per (token, head) in `partials`
+    scale: f32,    // multiplies q . k (1 / sqrt(d) unless the model says otherwise)
+    chunk: u32,    // split-K: KV positions per chunk (a multiple of WG)
+    chunks: u32,   // split-K: chunk slots per (token, head) in `partials`
+    sinks: u32,    // 1: sink logit sinks[h] joins each head's softmax (gpt-oss)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

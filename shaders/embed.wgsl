@@ -1,4 +1,4 @@
-// Token embedding lookup: x[t, :] = E[tokens[t], :]
+// Token embedding lookup: x[t, :] = E[tokens[t], :] * scale
 //   E: [V, D] in WDTYPE (lib/weights.wgsl), tokens: [T] u32, x: [T, D] f32.
 // Ids are validated on the host; an id past V (never expected) reads row V-1 rather than
 // out of bounds. One thread per 4 elements. Grid: x = ceil(D / 1024), y = T.
@@ -8,6 +8,10 @@ struct Params {
     vocab: u32,
     s_off: u32,
     h_off: u32,
+    scale: f32,   // the model's embedding multiplier (1 for most)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,7 +27,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let tok = min(tokens[t], p.vocab - 1u);
-    let v = w4(WLayout(0u, p.s_off, p.h_off), tok * p.dim + i);
+    let v = w4(WLayout(0u, p.s_off, p.h_off), tok * p.dim + i) * p.scale;
     let b = t * p.dim + i;
     x[b] = v.x;
     x[b + 1u] = v.y;

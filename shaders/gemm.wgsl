@@ -1,6 +1,6 @@
-// Prefill matmul (tiled GEMM): Y[m, y_off + n] (+)= sum_k X[m, k] * W[n, k]
+// Prefill matmul (tiled GEMM): Y[m, y_off + n] (+)= alpha * (sum_k X[m, k] * W[n, k] + biases[y_off + n])
 //   X: [M, K] f32 with M = step.n_rows, W: [N, K] in WDTYPE (lib/weights.wgsl),
-//   Y: [M, y_stride] f32.
+//   Y: [M, y_stride] f32, biases: by output column (read only with `bias`).
 // Tiling: lib/gemm_tile.wgsl (32x32 outputs per workgroup of 64 threads, 4x4 each).
 // Grid: x = ceil(N / 32) (folded), y = ceil(M / 32).
 
@@ -12,7 +12,11 @@ struct Params {
     y_off: u32,
     s_off: u32,
     h_off: u32,
-    _pad: u32,
+    bias: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,6 +24,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> biases: array<f32>;
 
 const W_ROWS: u32 = TILE;
 
@@ -63,10 +68,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             let col = n0 + tx * 4u + j;
             if (row < m && col < p.n) {
                 let yi = row * p.y_stride + p.y_off + col;
+                var o = acc[i][j];
+                if (p.bias != 0u) {
+                    o += biases[p.y_off + col];
+                }
+                o *= p.alpha;
                 if (p.accumulate != 0u) {
-                    y[yi] += acc[i][j];
+                    y[yi] += o;
                 } else {
-                    y[yi] = acc[i][j];
+                    y[yi] = o;
                 }
             }
         }

@@ -1,13 +1,13 @@
 // Router-weighted sum of a token's expert outputs into the residual stream (prefill):
-//   x[t, n] += sum_s weights[t*K+s] * y[pos_of[t*K+s], n]
+//   x[t, n] += alpha * sum_s weights[t*K+s] * y[pos_of[t*K+s], n]
 //   y: [T*K, D] f32 in sorted order, pos_of/weights: [T*K], x: [T, D] f32.
 // Grid: x = ceil(D / 256), y = T.
 
 struct Params {
     dim: u32,
     k: u32,
+    alpha: f32,   // the residual scale
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,5 +28,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let a = t * p.k + s;
         s_ += weights[a] * y[pos_of[a] * p.dim + n];
     }
-    x[t * p.dim + n] += s_;
+    x[t * p.dim + n] += p.alpha * s_;
 }

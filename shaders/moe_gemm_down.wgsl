@@ -1,5 +1,5 @@
 // MoE expert down-projection for prefill, grouped by expert (after moe_gemm_gate_up.wgsl):
-//   y[q, n] = W2[e, n] . act[q]   for q in expert e's segment of the sorted order.
+//   y[q, n] = W2[e, n] . act[q] (+ b2[e, n])   for q in expert e's segment of the sorted order.
 //   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
 // Tiling: lib/gemm_tile.wgsl; tiles per expert: lib/expert_tiles.wgsl; moe_combine.wgsl then adds the
 // router-weighted rows into the residual stream.
@@ -13,7 +13,11 @@ struct Params {
     s_off: u32,    // weight layout within an expert block (lib/weights.wgsl)
     h_off: u32,
     e_stride: u32, // words from one expert's block to the next
+    bias: u32,     // 1: biases [E, D]
+    alpha: f32,    // multiplies what reaches the residual (the residual scale)
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,6 +25,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> starts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> biases: array<f32>;   // [E, D] (with `bias`)
 
 const W_ROWS: u32 = TILE;
 
@@ -68,7 +73,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + tx * 4u + j;
             if (r < rows && n < p.dim) {
-                y[(q0 + r) * p.dim + n] = acc[i][j];
+                var o = acc[i][j];
+                if (p.bias != 0u) {
+                    o += biases[e * p.dim + n];
+                }
+                y[(q0 + r) * p.dim + n] = o;
             }
         }
     }

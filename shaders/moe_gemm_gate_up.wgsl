@@ -1,5 +1,5 @@
 // MoE expert up-projection for prefill, grouped by expert (after moe_group.wgsl):
-//   act[q, f] = silu(W1[e, f] . x[t]) * (W3[e, f] . x[t])   for q in expert e's segment,
+//   act[q, f] = glu(W1[e, f] . x[t] + b1[e, f], W3[e, f] . x[t] + b3[e, f])   for q in expert e's segment,
 //   t = sorted[q] / K.  Rows of act follow the sorted order.
 //   w: E blocks `e_stride` words apart, each [2F, D] in WDTYPE (the expert's W1 rows, then
 //   its W3 rows), x: [T, D] f32,
@@ -17,6 +17,10 @@ struct Params {
     s_off: u32,    // weight layout within an expert block (lib/weights.wgsl)
     h_off: u32,
     e_stride: u32, // words from one expert's block to the next
+    bias: u32,     // 1: biases [E, 2F], each expert's gate then up biases
+    act_alpha: f32, // the clamped GLU's alpha and limit (ACT 2)
+    act_limit: f32,
+    _pad0: u32,
     _pad1: u32,
 }
 
@@ -26,6 +30,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> sorted: array<u32>;
 @group(0) @binding(4) var<storage, read> starts: array<u32>;
 @group(0) @binding(5) var<storage, read_write> act: array<f32>;
+@group(0) @binding(6) var<storage, read> biases: array<f32>;   // [E, 2F] (with `bias`)
 
 const W_ROWS: u32 = 2u * TILE;   // gate rows, then up rows
 
@@ -85,7 +90,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         for (var j = 0u; j < 4u; j++) {
             let f = f0 + tx * 4u + j;
             if (r < rows && f < p.ff) {
-                act[(q0 + r) * p.ff + f] = silu(g[i][j]) * u[i][j];
+                var gv = g[i][j];
+                var uv = u[i][j];
+                if (p.bias != 0u) {
+                    gv += biases[e * 2u * p.ff + f];
+                    uv += biases[e * 2u * p.ff + p.ff + f];
+                }
+                act[(q0 + r) * p.ff + f] = glu(gv, uv, p.act_alpha, p.act_limit);
             }
         }
     }

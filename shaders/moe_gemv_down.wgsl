@@ -1,5 +1,6 @@
 // MoE expert down-projection for decode, fused with the router-weighted sum and the
-// residual add:  res[t, n] += sum_s weights[t*K+s] * (W2[e_s, n] . x[t*K+s])
+// residual add:  res[t, n] += alpha * sum_s weights[t*K+s] * (W2[e_s, n] . x[t*K+s] + b2[e_s, n])
+// (biases only with `bias`).
 //   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE,
 //   x: [T*K, F] f32 (the experts' SwiGLU activations), ids/weights: [T*K] from the router,
 //   res: [T, D] f32 residual stream (read-modify-write).
@@ -9,12 +10,16 @@
 // Grid: x = ceil(D / ROWS), y = T.
 
 struct Params {
-    dim: u32,   // D
-    ff: u32,    // F
-    k: u32,     // K
-    s_off: u32, // weight layout within an expert block (lib/weights.wgsl)
+    dim: u32,      // D
+    ff: u32,       // F
+    k: u32,        // K
+    experts: u32,  // E
+    s_off: u32,    // weight layout within an expert block (lib/weights.wgsl)
     h_off: u32,
     e_stride: u32, // words from one expert's block to the next
+    bias: u32,     // 1: biases [E, D]
+    alpha: f32,    // multiplies what reaches the residual (the residual scale)
+    _pad0: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -25,6 +30,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> res: array<f32>;
+@group(0) @binding(6) var<storage, read> biases: array<f32>;   // [E, D]
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -49,7 +55,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         for (var r = 0u; r < NR; r++) {
             let n = n0 + (lid / LANES) * NR + r;
             if (n < p.dim) {
-                res[t * p.dim + n] += v[r];
+                var o = v[r];
+                if (p.bias != 0u) {
+                    for (var s = 0u; s < p.k; s++) {
+                        let a = t * p.k + s;
+                        o += weights[a] * biases[ids[a] * p.dim + n];
+                    }
+                }
+                res[t * p.dim + n] += p.alpha * o;
             }
         }
     }

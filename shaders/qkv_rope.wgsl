@@ -7,7 +7,8 @@
 // Rotary pairs are adjacent columns (2i, 2i + 1) of a head: GGUF's layout, and the one the
 // GPU weight buffers give every model (src/weights.rs reorders Hugging Face q/k rows), so
 // both halves of a pair are in the same thread's NR = 4 consecutive rows.
-//   table: [ctx, d/2] of (cos, sin). Grid: x = ceil(N / ROWS) (folded), y = T.
+//   table: [ctx, d/2] of (cos, sin); biases (with `bias`) by column of q|k|v, added before
+//   rotating. Grid: x = ceil(N / ROWS) (folded), y = T.
 
 struct Params {
     n: u32,        // rows of this matmul
@@ -19,9 +20,9 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     ctx: u32,
+    bias: u32,     // 1: add biases[column] before rotating (q/k/v biases)
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,6 +33,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(8) var<storage, read> biases: array<f32>;   // [(H + 2*KVH) * d]
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -56,8 +58,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             break;
         }
         let col = p.y_off + row;   // even: N, y_off and the group's first row are
-        let a = v[r];
-        let b = v[r + 1u];
+        var a = v[r];
+        var b = v[r + 1u];
+        if (p.bias != 0u) {
+            a += biases[col];
+            b += biases[col + 1u];
+        }
         if (col < q_dim + kv_dim) {
             let c = select(col - q_dim, col, col < q_dim);   // column within q or within k
             let cs = table[pos * (d / 2u) + (c % d) / 2u];

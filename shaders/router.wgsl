@@ -1,25 +1,35 @@
 // Fused MoE router with the FFN's RMSNorm in front: xn = rmsnorm(x) * g (written for the
-// expert kernels), logits = Wg xn, softmax over experts, top-k, optional renormalisation,
-// all in one kernel (one dispatch fewer per layer than norm + router); the chosen expert
-// ids and weights stay on the GPU for the expert kernels to read (no host round trip).
+// expert kernels), logits = Wg xn (+ bias), then either a softmax over all experts and the
+// top-k (optionally renormalised), or the top-k logits and a softmax over those k; weights
+// times `scale`. All in one kernel (one dispatch fewer per layer than norm + router); the
+// chosen expert ids and weights stay on the GPU for the expert kernels to read (no host
+// round trip). With `shared_gate`, sigmoid(w_shared · xn) goes to `shared_gates` for the shared
+// expert (Qwen2-MoE).
 //   g: [D] f32 (ffn_norm), x: [T, D] f32 (residual stream), xn: [T, D] f32 (out),
-//   wg: [E, D] f32, ids: [T, K] u32, weights: [T, K] f32,
+//   wg: [E, D] f32 router rows, then (with `bias`) [E] biases, then (with `shared_gate`)
+//       the shared expert's gate row [D],
+//   ids: [T, K] u32, weights: [T, K] f32, shared_gates: [T] f32,
 //   hist: [layers, E] u32, counts of how often each expert of each layer was chosen (for
 //   the statistics users see; read back only when asked, never inside the forward pass).
 // One workgroup per token: threads split D (each thread normalises and then reads back only
 // its own elements of xn, so no storage barrier is needed) for the sum of squares and for
-// each expert's dot product; thread 0 then does the O(E*K) selection. Ties go to the lower expert index (as the CPU reference).
+// each dot product; thread 0 then does the O(E*K) selection. Ties go to the lower expert
+// index (as the CPU reference).
 // Grid: y = T.
 
 struct Params {
     dim: u32,
     experts: u32,
     k: u32,
-    norm: u32,     // 1: chosen weights renormalised to sum to 1 (Mixtral)
+    norm: u32,         // 1: chosen softmax weights renormalised to sum to 1 (Mixtral)
     layer: u32,
-    eps: f32,      // RMSNorm epsilon
+    eps: f32,          // RMSNorm epsilon
+    order: u32,        // 0: softmax then top-k; 1: top-k logits then softmax (gpt-oss)
+    bias: u32,
+    scale: f32,
+    shared_gate: u32,
+    _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -30,9 +40,11 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(6) var<storage, read_write> weights: array<f32>;
 @group(0) @binding(7) var<storage, read_write> hist: array<atomic<u32>>;
+@group(0) @binding(8) var<storage, read_write> shared_gates: array<f32>;
 
 const WG: u32 = 64u;
 const MAX_E: u32 = 256u;
+const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> logits: array<f32, MAX_E>;
 
@@ -59,41 +71,68 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             logits[e] = l;
         }
     }
+    let extra = p.experts * p.dim;   // where the bias, then the shared gate row, start
+    if (p.shared_gate != 0u) {
+        let sb = extra + select(0u, p.experts, p.bias != 0u);
+        var s = 0.0;
+        for (var i = lid; i < p.dim; i += WG) {
+            s += wg[sb + i] * xn[xb + i];
+        }
+        let l = wg_sum(s, lid);
+        if (lid == 0u) {
+            shared_gates[t] = sigmoid(l);
+        }
+    }
     workgroupBarrier();
     if (lid != 0u) {
         return;
     }
-    // Softmax over all experts (numerically stable), then pick the k largest.
+    if (p.bias != 0u) {
+        for (var e = 0u; e < p.experts; e++) {
+            logits[e] += wg[extra + e];
+        }
+    }
     var mx = logits[0];
     for (var e = 1u; e < p.experts; e++) {
         mx = max(mx, logits[e]);
     }
-    var sum = 0.0;
-    for (var e = 0u; e < p.experts; e++) {
-        let v = exp(logits[e] - mx);
-        logits[e] = v;
-        sum += v;
+    // Softmax first: logits become probabilities (>= 0) and the sum is over all experts.
+    var sum = 1.0;
+    if (p.order == 0u) {
+        sum = 0.0;
+        for (var e = 0u; e < p.experts; e++) {
+            let v = exp(logits[e] - mx);
+            logits[e] = v;
+            sum += v;
+        }
     }
     var chosen_sum = 0.0;
     for (var s = 0u; s < p.k; s++) {
         var best = 0u;
-        var best_v = -1.0;
+        var best_v = NEG_BIG;
         for (var e = 0u; e < p.experts; e++) {
             if (logits[e] > best_v) {
                 best_v = logits[e];
                 best = e;
             }
         }
-        logits[best] = -2.0;   // taken (probabilities are >= 0)
-        let prob = best_v / sum;
-        ids[t * p.k + s] = best;
-        weights[t * p.k + s] = prob;
-        atomicAdd(&hist[p.layer * p.experts + best], 1u);
-        chosen_sum += prob;
-    }
-    if (p.norm != 0u) {
-        for (var s = 0u; s < p.k; s++) {
-            weights[t * p.k + s] = weights[t * p.k + s] / chosen_sum;
+        logits[best] = NEG_BIG;   // taken (below any probability or logit)
+        // Softmax over the chosen k: the first chosen is their maximum.
+        var w = best_v / sum;
+        if (p.order != 0u) {
+            w = exp(best_v - mx);
         }
+        ids[t * p.k + s] = best;
+        weights[t * p.k + s] = w;
+        atomicAdd(&hist[p.layer * p.experts + best], 1u);
+        chosen_sum += w;
+    }
+    let renorm = p.order != 0u || p.norm != 0u;
+    for (var s = 0u; s < p.k; s++) {
+        var w = weights[t * p.k + s];
+        if (renorm) {
+            w = w / chosen_sum;
+        }
+        weights[t * p.k + s] = w * p.scale;
     }
 }

@@ -1,300 +1,54 @@
-//! `config.json` of a Hugging Face model directory, resolved into the few numbers the
-//! engine needs. Accepts both the classic `rope_theta`/`rope_scaling` keys and the
-//! transformers-5 `rope_parameters` object. Every size is range-checked here, so later
-//! code can multiply them without overflow worries.
+//! The resolved description of a model: global sizes plus one `LayerPlan` per layer
+//! (`model::plan`). Every source (config.json through a family's file, GGUF metadata, a
+//! packed manifest) ends in `ModelConfig::validate`, so later code can multiply sizes
+//! without overflow worries and never meets a shape the kernels cannot run.
 
 use crate::error::{Error, Result};
-use serde_json::Value;
+use crate::model::plan::{Act, FfnPlan, LayerPlan, MoePlan, RopePlan, RopeScaling};
 
-/// Model families we run. Dense Llama/Mistral run as a MoE with one expert of weight 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Arch {
-    Mixtral,
-    Llama,
-    Mistral,
-}
-
-/// How rotary frequencies are derived from `theta` (see `rope::inv_freq`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum RopeScaling {
-    None,
-    /// Positions divided by `factor` (transformers "linear").
-    Linear {
-        factor: f32,
-    },
-    /// Llama 3.x frequency-dependent scaling (transformers "llama3").
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_pos: f32,
-    },
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
-    pub arch: Arch,
+    /// The family (`model::FAMILIES`) that read it, e.g. "mixtral", "qwen3moe".
+    pub family: String,
+    /// What the source called its architecture (HF `architectures[0]`, GGUF
+    /// `general.architecture`).
+    pub arch: String,
     pub hidden: usize,
-    /// Per-expert FFN width (`intermediate_size`).
-    pub ff: usize,
     pub layers: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
     pub vocab: usize,
     pub eps: f32,
-    pub rope_theta: f32,
-    pub rope_scaling: RopeScaling,
     pub max_positions: usize,
-    /// Keys older than this many positions are masked (Mistral-style sliding window).
-    pub sliding_window: Option<usize>,
-    /// Experts per layer; 1 for a dense model.
-    pub experts: usize,
-    /// Experts chosen per token; 1 for a dense model.
-    pub top_k: usize,
-    /// Renormalise the chosen experts' probabilities to sum to 1 (Mixtral: always).
-    pub norm_topk: bool,
     pub tie_embeddings: bool,
-    /// Rotary pairs are adjacent elements (GGUF "normal" layout, whose converter permutes
-    /// Q/K rows) instead of HF's rotate-half (i, i + d/2).
+    /// The source's q/k rows pair rotary elements (2i, 2i + 1) (GGUF "normal" rope, whose
+    /// converter permutes the rows) instead of (i, i + d/2) (HF rotate-half, GGUF "neox").
     pub rope_interleaved: bool,
+    /// Multiplies the token embeddings (Granite's embedding_multiplier).
+    pub embed_scale: f32,
+    /// Multiplies each block's output before the residual add (Granite).
+    pub residual_scale: f32,
+    /// Multiplies the logits (Granite: 1 / logits_scaling).
+    pub logit_scale: f32,
+    /// One plan per layer.
+    pub plan: Vec<LayerPlan>,
 }
 
 // Sanity bounds: far above any published model, low enough that products stay in u32/usize
 // ranges the kernels index with.
-const MAX_HIDDEN: usize = 1 << 16;
-const MAX_FF: usize = 1 << 18;
-const MAX_LAYERS: usize = 1024;
-const MAX_VOCAB: usize = 1 << 22;
-const MAX_HEAD_DIM: usize = 256;
-const MAX_HEADS: usize = 1024;
+pub const MAX_HIDDEN: usize = 1 << 16;
+pub const MAX_FF: usize = 1 << 18;
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_HEAD_DIM: usize = 256;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_POSITIONS: usize = 1 << 24;
 /// The router kernel keeps all expert logits in workgroup memory.
 pub const MAX_EXPERTS: usize = 256;
 pub const MAX_TOP_K: usize = 16;
 
 impl ModelConfig {
-    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let v: Value =
-            serde_json::from_slice(bytes).map_err(|e| Error::format("config.json", format!("not valid JSON: {e}")))?;
-        Self::from_json(&v)
-    }
-
-    pub fn from_json(v: &Value) -> Result<Self> {
-        let obj = v.as_object().ok_or_else(|| Error::config("top level is not a JSON object"))?;
-        let arch_name = obj
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .and_then(|a| a.first())
-            .and_then(|a| a.as_str())
-            .map(str::to_owned)
-            .or_else(|| obj.get("model_type").and_then(|m| m.as_str()).map(str::to_owned))
-            .ok_or_else(|| Error::config("neither 'architectures' nor 'model_type' is given"))?;
-        let arch = match arch_name.as_str() {
-            "MixtralForCausalLM" | "mixtral" => Arch::Mixtral,
-            "LlamaForCausalLM" | "llama" => Arch::Llama,
-            "MistralForCausalLM" | "mistral" => Arch::Mistral,
-            other => {
-                return Err(Error::config(format!(
-                    "unknown architecture '{other}' (supported: MixtralForCausalLM, LlamaForCausalLM, MistralForCausalLM)"
-                )));
-            }
-        };
-
-        let hidden = req_usize(obj, "hidden_size", MAX_HIDDEN)?;
-        let ff = req_usize(obj, "intermediate_size", MAX_FF)?;
-        let layers = req_usize(obj, "num_hidden_layers", MAX_LAYERS)?;
-        let heads = req_usize(obj, "num_attention_heads", MAX_HEADS)?;
-        let kv_heads = opt_usize(obj, "num_key_value_heads", MAX_HEADS)?.unwrap_or(heads);
-        let vocab = req_usize(obj, "vocab_size", MAX_VOCAB)?;
-        let head_dim = match opt_usize(obj, "head_dim", MAX_HEAD_DIM)? {
-            Some(d) => d,
-            None => {
-                if hidden % heads != 0 {
-                    return Err(Error::config(format!(
-                        "hidden_size {hidden} is not divisible by num_attention_heads {heads} and no head_dim is given"
-                    )));
-                }
-                hidden / heads
-            }
-        };
-        if head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
-            return Err(Error::config(format!("head_dim {head_dim} must be even and at most {MAX_HEAD_DIM}")));
-        }
-        if heads % kv_heads != 0 {
-            return Err(Error::config(format!(
-                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
-            )));
-        }
-        let eps = opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32;
-        let max_positions = opt_usize(obj, "max_position_embeddings", 1 << 24)?.unwrap_or(4096);
-
-        let (rope_theta, rope_scaling) = parse_rope(obj)?;
-
-        let sliding_window = match obj.get("sliding_window") {
-            None | Some(Value::Null) => None,
-            Some(_) => Some(req_usize(obj, "sliding_window", 1 << 24)?),
-        };
-        // Qwen2-style configs carry a window that is off unless use_sliding_window is set.
-        let sliding_window = match obj.get("use_sliding_window").and_then(|v| v.as_bool()) {
-            Some(false) => None,
-            _ => sliding_window,
-        };
-
-        let (experts, top_k) = match arch {
-            Arch::Mixtral => {
-                let e = req_usize(obj, "num_local_experts", MAX_EXPERTS)?;
-                let k = req_usize(obj, "num_experts_per_tok", MAX_TOP_K)?;
-                if k > e {
-                    return Err(Error::config(format!("num_experts_per_tok {k} exceeds num_local_experts {e}")));
-                }
-                (e, k)
-            }
-            Arch::Llama | Arch::Mistral => (1, 1),
-        };
-        let tie_embeddings = obj.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false);
-
-        for key in ["attention_bias", "mlp_bias"] {
-            if obj.get(key).and_then(|v| v.as_bool()) == Some(true) {
-                return Err(Error::config(format!("'{key}: true' is not supported yet")));
-            }
-        }
-        if let Some(act) = obj.get("hidden_act").and_then(|v| v.as_str())
-            && act != "silu"
-        {
-            return Err(Error::config(format!("hidden_act '{act}' is not supported (only silu)")));
-        }
-
-        Ok(ModelConfig {
-            arch,
-            hidden,
-            ff,
-            layers,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab,
-            eps,
-            rope_theta,
-            rope_scaling,
-            max_positions,
-            sliding_window,
-            experts,
-            top_k,
-            norm_topk: true,
-            tie_embeddings,
-            rope_interleaved: false,
-        })
-    }
-
-    /// The `llama` architecture of a GGUF file (dense, or MoE as llama.cpp writes Mixtral).
-    pub fn from_gguf(g: &crate::gguf::Gguf) -> Result<Self> {
-        let bad = |r: String| Error::format(&g.file, r);
-        let arch = g
-            .get("general.architecture")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad("no general.architecture".into()))?;
-        if arch != "llama" {
-            return Err(bad(format!("unknown architecture '{arch}' (supported: llama)")));
-        }
-        let num = |key: &str, max: usize| -> Result<Option<usize>> {
-            match g.get(&format!("llama.{key}")) {
-                None => Ok(None),
-                Some(v) => match v.as_u64() {
-                    Some(n) if n >= 1 && n <= max as u64 => Ok(Some(n as usize)),
-                    _ => Err(bad(format!("llama.{key} = {v:?} is out of range (1..={max})"))),
-                },
-            }
-        };
-        let req = |key: &str, max: usize| num(key, max)?.ok_or_else(|| bad(format!("missing llama.{key}")));
-        let float = |key: &str| -> Result<Option<f64>> {
-            match g.get(&format!("llama.{key}")) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_f64()
-                    .filter(|x| x.is_finite())
-                    .map(Some)
-                    .ok_or_else(|| bad(format!("llama.{key} is not a number"))),
-            }
-        };
-        let hidden = req("embedding_length", MAX_HIDDEN)?;
-        let heads = req("attention.head_count", MAX_HEADS)?;
-        let kv_heads = num("attention.head_count_kv", MAX_HEADS)?.unwrap_or(heads);
-        let head_dim = match num("attention.key_length", MAX_HEAD_DIM)? {
-            Some(d) => d,
-            None if hidden % heads == 0 => hidden / heads,
-            None => return Err(bad(format!("embedding_length {hidden} is not divisible by head_count {heads}"))),
-        };
-        if let Some(r) = num("rope.dimension_count", MAX_HEAD_DIM)?
-            && r != head_dim
-        {
-            return Err(bad(format!(
-                "partial rotary (rope.dimension_count {r} of head size {head_dim}) is not supported"
-            )));
-        }
-        let vocab = match num("vocab_size", MAX_VOCAB)? {
-            Some(v) => v,
-            None => match g.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()) {
-                Some(t) if !t.is_empty() && t.len() <= MAX_VOCAB => t.len(),
-                _ => g
-                    .tensors
-                    .get("token_embd.weight")
-                    .and_then(|t| t.shape.first().copied())
-                    .ok_or_else(|| bad("cannot tell the vocabulary size".into()))?,
-            },
-        };
-        let experts = num("expert_count", MAX_EXPERTS)?.unwrap_or(1);
-        let top_k = if experts > 1 { req("expert_used_count", MAX_TOP_K)? } else { 1 };
-        if top_k > experts {
-            return Err(bad(format!("expert_used_count {top_k} exceeds expert_count {experts}")));
-        }
-        let rope_scaling = match g.get("llama.rope.scaling.type").and_then(|v| v.as_str()) {
-            None | Some("none") => RopeScaling::None,
-            Some("linear") => RopeScaling::Linear {
-                factor: float("rope.scaling.factor")?
-                    .filter(|f| *f > 0.0)
-                    .ok_or_else(|| bad("linear rope scaling needs llama.rope.scaling.factor".into()))?
-                    as f32,
-            },
-            Some(other) => return Err(bad(format!("rope scaling '{other}' is not supported"))),
-        };
-        let cfg = ModelConfig {
-            arch: if experts > 1 { Arch::Mixtral } else { Arch::Llama },
-            hidden,
-            ff: req("feed_forward_length", MAX_FF)?,
-            layers: req("block_count", MAX_LAYERS)?,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab,
-            eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
-            rope_theta: float("rope.freq_base")?.unwrap_or(10000.0) as f32,
-            rope_scaling,
-            max_positions: num("context_length", 1 << 24)?.unwrap_or(4096),
-            sliding_window: None,
-            experts,
-            top_k,
-            norm_topk: true,
-            tie_embeddings: !g.tensors.contains_key("output.weight"),
-            rope_interleaved: true,
-        };
-        cfg.check().map_err(|e| bad(e.to_string()))?;
-        Ok(cfg)
-    }
-
-    /// Relations between sizes that every source must satisfy.
-    fn check(&self) -> Result<()> {
-        if !self.head_dim.is_multiple_of(2) || self.head_dim > MAX_HEAD_DIM {
-            return Err(Error::config(format!("head size {} must be even and at most {MAX_HEAD_DIM}", self.head_dim)));
-        }
-        if !self.heads.is_multiple_of(self.kv_heads) {
-            return Err(Error::config(format!(
-                "{} attention heads are not a multiple of {} KV heads",
-                self.heads, self.kv_heads
-            )));
-        }
-        Ok(())
-    }
-
     /// Width of the concatenated Q projection output.
     pub fn q_dim(&self) -> usize {
         self.heads * self.head_dim
@@ -302,79 +56,168 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+    /// Any layer routes among experts.
     pub fn is_moe(&self) -> bool {
-        self.experts > 1
+        self.plan.iter().any(|l| l.moe().is_some())
     }
-}
-
-fn parse_rope(obj: &serde_json::Map<String, Value>) -> Result<(f32, RopeScaling)> {
-    // transformers 5 writes everything into `rope_parameters`; older configs use
-    // `rope_theta` plus an optional `rope_scaling` object of the same shape.
-    let params = obj.get("rope_parameters").filter(|v| !v.is_null());
-    let theta = params
-        .and_then(|p| p.get("rope_theta"))
-        .or_else(|| obj.get("rope_theta"))
-        .map(|v| v.as_f64().ok_or_else(|| Error::config("rope_theta is not a number")))
-        .transpose()?
-        .unwrap_or(10000.0);
-    if !(theta > 1.0 && theta.is_finite()) {
-        return Err(Error::config(format!("rope_theta {theta} must be a finite number > 1")));
+    /// The most experts any layer has (1 for a dense model): sizes per-layer expert tables.
+    pub fn max_experts(&self) -> usize {
+        self.plan.iter().map(|l| l.moe().map_or(1, |m| m.experts)).max().unwrap_or(1)
     }
-    let scaling = params.or_else(|| obj.get("rope_scaling").filter(|v| !v.is_null()));
-    let Some(s) = scaling else { return Ok((theta as f32, RopeScaling::None)) };
-    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
-    let num = |k: &str| -> Result<f32> {
-        s.get(k)
-            .and_then(|v| v.as_f64())
-            .filter(|x| x.is_finite() && *x > 0.0)
-            .map(|x| x as f32)
-            .ok_or_else(|| Error::config(format!("rope scaling '{kind}' needs a positive number '{k}'")))
-    };
-    let scaling = match kind {
-        "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: num("factor")? },
-        "llama3" => RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_pos: num("original_max_position_embeddings")?,
-        },
-        other => return Err(Error::config(format!("rope type '{other}' is not supported (default, linear, llama3)"))),
-    };
-    Ok((theta as f32, scaling))
-}
+    /// The most experts any layer runs per token (1 for a dense model).
+    pub fn max_top_k(&self) -> usize {
+        self.plan.iter().map(|l| l.moe().map_or(1, |m| m.top_k)).max().unwrap_or(1)
+    }
+    /// The widest FFN any layer has (a routed expert, a shared expert or a dense MLP).
+    pub fn max_ff(&self) -> usize {
+        self.plan
+            .iter()
+            .map(|l| match &l.ffn {
+                FfnPlan::Dense(m) => m.ff,
+                FfnPlan::Moe(m) => m.ff.max(m.shared.as_ref().map_or(0, |s| s.ff)),
+            })
+            .max()
+            .unwrap_or(0)
+    }
+    /// Bytes of KV cache per token of context (f32 keys and values, every layer).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        (2 * self.layers * self.kv_dim() * 4) as u64
+    }
+    /// The MoE plan of the first MoE layer (what `info` shows as the model's experts).
+    pub fn first_moe(&self) -> Option<&MoePlan> {
+        self.plan.iter().find_map(|l| l.moe())
+    }
 
-fn opt_usize(obj: &serde_json::Map<String, Value>, key: &str, max: usize) -> Result<Option<usize>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            let n =
-                v.as_u64().ok_or_else(|| Error::config(format!("'{key}' must be a non-negative integer, got {v}")))?;
-            if n == 0 || n > max as u64 {
-                return Err(Error::config(format!("'{key}' = {n} is out of range (1..={max})")));
+    /// The checks every source must pass, whichever file it came from. Errors name the
+    /// field and its value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |r: String| Err(Error::config(r));
+        let range = |what: &str, v: usize, max: usize| -> Result<()> {
+            if v == 0 || v > max {
+                return Err(Error::config(format!("{what} = {v} is out of range (1..={max})")));
             }
-            Ok(Some(n as usize))
+            Ok(())
+        };
+        range("hidden size", self.hidden, MAX_HIDDEN)?;
+        range("layers", self.layers, MAX_LAYERS)?;
+        range("attention heads", self.heads, MAX_HEADS)?;
+        range("KV heads", self.kv_heads, MAX_HEADS)?;
+        range("head size", self.head_dim, MAX_HEAD_DIM)?;
+        range("vocabulary", self.vocab, MAX_VOCAB)?;
+        range("max positions", self.max_positions, MAX_POSITIONS)?;
+        if self.plan.len() != self.layers {
+            return bad(format!("{} layer plans for {} layers", self.plan.len(), self.layers));
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!("{} attention heads are not a multiple of {} KV heads", self.heads, self.kv_heads));
+        }
+        // Keys are read as vec4s and rotary pairs need an even size.
+        if !self.head_dim.is_multiple_of(4) {
+            return bad(format!("head size {} is not a multiple of 4, which the attention kernels need", self.head_dim));
+        }
+        if !self.hidden.is_multiple_of(4) {
+            return bad(format!("hidden size {} is not a multiple of 4, which the matmul kernels need", self.hidden));
+        }
+        if self.q_dim() > MAX_HIDDEN * 4 {
+            return bad(format!("{} heads of {} exceed the supported projection width", self.heads, self.head_dim));
+        }
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return bad(format!("RMSNorm epsilon {} is not in (0, 1)", self.eps));
+        }
+        for (what, v) in
+            [("embedding scale", self.embed_scale), ("residual scale", self.residual_scale), ("logit scale", self.logit_scale)]
+        {
+            if !(v.is_finite() && v != 0.0) {
+                return bad(format!("{what} {v} must be a finite, non-zero number"));
+            }
+        }
+        for (i, l) in self.plan.iter().enumerate() {
+            let at = |r: String| Error::config(format!("layer {i}: {r}"));
+            let a = &l.attn;
+            if !(a.scale.is_finite() && a.scale > 0.0) {
+                return Err(at(format!("attention scale {} must be a positive number", a.scale)));
+            }
+            if a.window == Some(0) {
+                return Err(at("a sliding window of 0 positions".into()));
+            }
+            check_rope(&a.rope).map_err(|e| at(e.to_string()))?;
+            match &l.ffn {
+                FfnPlan::Dense(m) => {
+                    range("dense FFN width", m.ff, MAX_FF).map_err(|e| at(e.to_string()))?;
+                    check_act(m.act).map_err(|e| at(e.to_string()))?;
+                }
+                FfnPlan::Moe(m) => {
+                    range("experts", m.experts, MAX_EXPERTS).map_err(|e| at(e.to_string()))?;
+                    range("experts per token", m.top_k, MAX_TOP_K).map_err(|e| at(e.to_string()))?;
+                    if m.top_k > m.experts {
+                        return Err(at(format!("{} experts per token, but only {} experts", m.top_k, m.experts)));
+                    }
+                    range("expert FFN width", m.ff, MAX_FF).map_err(|e| at(e.to_string()))?;
+                    check_act(m.act).map_err(|e| at(e.to_string()))?;
+                    if !(m.router.scale.is_finite() && m.router.scale > 0.0) {
+                        return Err(at(format!("router scale {} must be a positive number", m.router.scale)));
+                    }
+                    if let Some(s) = &m.shared {
+                        range("shared expert width", s.ff, MAX_FF).map_err(|e| at(e.to_string()))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_act(a: Act) -> Result<()> {
+    if let Act::ClampedSwiGlu { alpha, limit } = a
+        && !(alpha.is_finite() && limit.is_finite() && limit > 0.0)
+    {
+        return Err(Error::config(format!("clamped GLU alpha {alpha} / limit {limit} must be finite, limit > 0")));
+    }
+    Ok(())
+}
+
+fn check_rope(r: &RopePlan) -> Result<()> {
+    if !(r.theta > 1.0 && r.theta.is_finite()) {
+        return Err(Error::config(format!("rope theta {} must be a finite number > 1", r.theta)));
+    }
+    let pos = |what: &str, v: f32| -> Result<()> {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::config(format!("rope scaling {what} {v} must be a positive number")))
+        }
+    };
+    match r.scaling {
+        RopeScaling::None => Ok(()),
+        RopeScaling::Linear { factor } => pos("factor", factor),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_pos } => {
+            pos("factor", factor)?;
+            pos("low_freq_factor", low_freq_factor)?;
+            pos("high_freq_factor", high_freq_factor)?;
+            pos("original_max_position_embeddings", original_max_pos)?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(Error::config("llama3 rope scaling needs high_freq_factor > low_freq_factor"));
+            }
+            Ok(())
+        }
+        RopeScaling::Yarn { factor, original_max_pos, beta_fast, beta_slow, attention_factor, .. } => {
+            pos("factor", factor)?;
+            pos("original_max_position_embeddings", original_max_pos)?;
+            pos("beta_fast", beta_fast)?;
+            pos("beta_slow", beta_slow)?;
+            pos("attention_factor", attention_factor)
         }
     }
 }
 
-fn req_usize(obj: &serde_json::Map<String, Value>, key: &str, max: usize) -> Result<usize> {
-    opt_usize(obj, key, max)?.ok_or_else(|| Error::config(format!("missing '{key}'")))
-}
-
-fn opt_f64(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<f64>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::config(format!("'{key}' must be a number"))),
-    }
-}
-
-/// Rotary inverse frequencies, one per rotated pair: `inv_freq[i] = theta^(-2i/d)`,
-/// adjusted by the configured scaling. Computed like transformers (f32 base powers).
-pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    let d = cfg.head_dim;
-    let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
-    match cfg.rope_scaling {
+/// Rotary inverse frequencies for heads of `d`, one per rotated pair:
+/// `inv_freq[i] = theta^(-2i/d)`, adjusted by the scaling. Computed like transformers
+/// (f32 base powers; YaRN's ramp in f64 as Python computes its correction range).
+pub fn rope_inv_freq(rope: &RopePlan, d: usize) -> Vec<f32> {
+    let theta = rope.theta;
+    let pos_freq: Vec<f32> = (0..d / 2).map(|i| theta.powf((2 * i) as f32 / d as f32)).collect();
+    let base: Vec<f32> = pos_freq.iter().map(|p| 1.0 / p).collect();
+    match rope.scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
         RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_pos } => {
@@ -395,19 +238,57 @@ pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                 })
                 .collect()
         }
+        RopeScaling::Yarn { factor, original_max_pos, beta_fast, beta_slow, truncate, .. } => {
+            // transformers' _compute_yarn_parameters: the correction range in Python floats.
+            let dim = d as f64;
+            let (base_f, orig) = (theta as f64, original_max_pos as f64);
+            let corr = |rot: f64| dim * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base_f.ln());
+            let (mut low, mut high) = (corr(beta_fast as f64), corr(beta_slow as f64));
+            if truncate {
+                low = low.floor();
+                high = high.ceil();
+            }
+            let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+            if low == high {
+                high += 0.001;
+            }
+            // The ramp in torch float32: (arange - low) / (high - low), clamped to [0, 1].
+            let (lo32, span32) = (low as f32, (high - low) as f32);
+            pos_freq
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| {
+                    let ramp = ((i as f32 - lo32) / span32).clamp(0.0, 1.0);
+                    let extrapolation = 1.0 - ramp;
+                    let inter = 1.0 / (factor * p);
+                    let extra = 1.0 / p;
+                    inter * (1.0 - extrapolation) + extra * extrapolation
+                })
+                .collect()
+        }
     }
 }
 
-/// Rotary table `[positions, head_dim/2]` of `(cos, sin)` pairs. Computed on the host in
-/// f64 from the f32 angle so every GPU gets exactly the values transformers uses (GPU
-/// `sin`/`cos` are only accurate near zero on many drivers).
-pub fn rope_table(inv_freq: &[f32], positions: usize) -> Vec<f32> {
+/// What multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+pub fn rope_attention_factor(rope: &RopePlan) -> f32 {
+    match rope.scaling {
+        RopeScaling::Yarn { attention_factor, .. } => attention_factor,
+        _ => 1.0,
+    }
+}
+
+/// Rotary table `[positions, d/2]` of `(cos, sin)` pairs, times the attention factor.
+/// Computed on the host in f64 from the f32 angle so every GPU gets exactly the values
+/// transformers uses (GPU `sin`/`cos` are only accurate near zero on many drivers).
+pub fn rope_table(rope: &RopePlan, d: usize, positions: usize) -> Vec<f32> {
+    let inv_freq = rope_inv_freq(rope, d);
+    let f = rope_attention_factor(rope);
     let mut t = Vec::with_capacity(positions * inv_freq.len() * 2);
     for p in 0..positions {
-        for &f in inv_freq {
-            let angle = (p as f32 * f) as f64;
-            t.push(angle.cos() as f32);
-            t.push(angle.sin() as f32);
+        for &fr in &inv_freq {
+            let angle = (p as f32 * fr) as f64;
+            t.push(angle.cos() as f32 * f);
+            t.push(angle.sin() as f32 * f);
         }
     }
     t

@@ -191,18 +191,21 @@ impl Engine {
     /// Model facts for users (architecture, sizes, experts), as JSON.
     pub fn describe(&self) -> serde_json::Value {
         let c = &self.cfg;
+        let moe = c.first_moe();
         serde_json::json!({
-            "architecture": format!("{:?}", c.arch),
+            "family": c.family,
+            "architecture": c.arch,
             "layers": c.layers,
             "hidden": c.hidden,
             "heads": c.heads,
             "kv_heads": c.kv_heads,
             "head_dim": c.head_dim,
-            "experts": c.experts,
-            "experts_per_token": c.top_k,
+            "experts": moe.map_or(1, |m| m.experts),
+            "experts_per_token": moe.map_or(1, |m| m.top_k),
             "vocab": c.vocab,
             "context": self.context,
-            "sliding_window": c.sliding_window,
+            "sliding_window": c.plan.iter().filter_map(|l| l.attn.window).max(),
+            "plan": c.plan.iter().map(|l| l.describe()).collect::<Vec<_>>(),
             "device": self.device_name(),
             "has_tokenizer": self.tokenizer.is_some(),
             "has_chat_template": self.template.is_some(),

@@ -105,7 +105,7 @@ fn ggml_type(id: u32) -> DType {
         27 => DType::Unsupported("I64"),
         28 => DType::Unsupported("F64"),
         34 | 35 => DType::Unsupported("TQ*"),
-        39 => DType::Unsupported("MXFP4"),
+        39 => DType::MXFP4,
         _ => DType::Unsupported("unknown"),
     }
 }

@@ -308,26 +308,41 @@ fn info(path: &std::path::Path) -> Result<()> {
         println!("name:           {n}");
     }
     println!(
-        "architecture:   {:?}{}",
+        "family:         {} ({}, {})",
+        c.family,
         c.arch,
-        if files.metadata.is_empty() { " (Hugging Face safetensors)" } else { " (GGUF llama)" }
+        if files.metadata.is_empty() { "Hugging Face safetensors" } else { "GGUF" }
     );
     println!("layers:         {}", c.layers);
-    println!("hidden:         {} (FFN {} per expert)", c.hidden, c.ff);
-    println!(
-        "attention:      {} heads, {} KV heads, head size {}{}",
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        c.sliding_window.map(|w| format!(", sliding window {w}")).unwrap_or_default()
-    );
-    if c.is_moe() {
-        println!("experts:        {} per layer, {} chosen per token", c.experts, c.top_k);
-    } else {
-        println!("experts:        dense (one FFN)");
+    println!("hidden:         {}", c.hidden);
+    println!("attention:      {} heads, {} KV heads, head size {}", c.heads, c.kv_heads, c.head_dim);
+    match c.first_moe() {
+        Some(m) => println!(
+            "experts:        {} per MoE layer, {} chosen per token ({} of {} layers MoE)",
+            m.experts,
+            m.top_k,
+            c.plan.iter().filter(|l| l.moe().is_some()).count(),
+            c.layers
+        ),
+        None => println!("experts:        dense (one FFN)"),
+    }
+    if c.embed_scale != 1.0 || c.residual_scale != 1.0 || c.logit_scale != 1.0 {
+        println!(
+            "multipliers:    embedding {}, residual {}, logits {}",
+            c.embed_scale, c.residual_scale, c.logit_scale
+        );
     }
     println!("vocabulary:     {}", c.vocab);
-    println!("context:        {} positions (rope theta {})", c.max_positions, c.rope_theta);
+    println!("context:        {} positions", c.max_positions);
+    // The plan, one line per run of identical layers.
+    println!("layer plan:");
+    let mut i = 0;
+    while i < c.layers {
+        let j = (i..c.layers).find(|&j| c.plan[j] != c.plan[i]).unwrap_or(c.layers);
+        let at = if j - i == 1 { format!("{i}") } else { format!("{i}-{}", j - 1) };
+        println!("  {at:<8} {}", c.plan[i].describe());
+        i = j;
+    }
     println!("parameters:     {} total, {} active per token", count(s.params), count(s.active_params));
     println!("weights:        {}", human(s.weight_bytes));
     for (t, (n, b)) in &s.types {

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 
 pub const FORMAT: &str = "webmoe-packed";
 /// 2: q/k rows with rotary pairs adjacent (src/weights.rs).
-pub const VERSION: u32 = 2;
+/// 3: the config is a layer plan (model/plan.rs); slots for biases, q/k norms, sinks and
+///    shared experts.
+pub const VERSION: u32 = 3;
 const MANIFEST: &str = "manifest.json";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,16 +71,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn dtype_of(name: &str) -> Result<DType> {
-    Ok(match name {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "Q8_0" => DType::Q8_0,
-        "Q4_0" => DType::Q4_0,
-        "Q4_1" => DType::Q4_1,
-        "Q4_K" => DType::Q4K,
-        "Q6_K" => DType::Q6K,
-        other => return Err(Error::format(MANIFEST, format!("unknown storage type '{other}'"))),
+    DType::from_name(name).ok_or_else(|| {
+        Error::format(MANIFEST, format!("unknown storage type '{name}' (supported: {})", DType::SUPPORTED.join(", ")))
     })
 }
 
@@ -195,14 +189,27 @@ pub fn pack(
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(bytes)
+        // Format and version first, so an older manifest is refused by name rather than by
+        // whatever field it lacks.
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
+            version: u32,
+        }
+        let h: Head = serde_json::from_slice(bytes)
             .map_err(|e| Error::format(MANIFEST, format!("not a webmoe manifest: {e}")))?;
-        if m.format != FORMAT || m.version != VERSION {
+        if h.format != FORMAT || h.version != VERSION {
             return Err(Error::format(
                 MANIFEST,
-                format!("format {} v{} is not {FORMAT} v{VERSION}", m.format, m.version),
+                format!(
+                    "format {} v{} is not {FORMAT} v{VERSION}: pack the model again with this version of webmoe",
+                    h.format, h.version
+                ),
             ));
         }
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::format(MANIFEST, format!("not a webmoe manifest: {e}")))?;
+        m.config.validate().map_err(|e| Error::format(MANIFEST, e))?;
         for t in &m.tensors {
             let bad = |r: String| Error::format(MANIFEST, format!("tensor {}: {r}", t.slot));
             Slot::parse(&t.slot).ok_or_else(|| bad("unknown slot".into()))?;

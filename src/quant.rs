@@ -1,14 +1,15 @@
-//! Block quantization formats (GGUF's Q8_0, Q4_0, Q4_1, Q4_K, Q6_K):
+//! Block quantization formats (GGUF's Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, MXFP4):
 //! - `dequantize`: the CPU reference, the same arithmetic as gguf-py's `dequantize`;
 //! - `quantize`: Q8_0/Q4_0/Q4_1 from f32, bit-identical to gguf-py's `quantize`;
 //! - `repack`: the GPU layout the kernels read (`shaders/lib/weights.wgsl`).
 //!
 //! GPU layout, structure-of-arrays in one buffer of u32 words, all in element order:
 //!   quants  at word 0: f32/f16/bf16 values as stored; i8 (Q8_0) four per word;
-//!           4-bit values (Q4_*, and the low 4 bits of Q6_K) eight per word, element
+//!           4-bit values (Q4_*, MXFP4, the low 4 bits of Q6_K) eight per word, element
 //!           8w+k in bits 4k..4k+3 (GGUF's within-block nibble order is undone);
 //!   high    at word `h_off` (Q6_K only): the top 2 bits, sixteen per word;
 //!   scales  at word `s_off`: f16 d per 32 (Q8_0, Q4_0); f16 (d, m) per 32 (Q4_1);
+//!           the E8M0 byte per 32 (MXFP4);
 //!           the 16 header bytes of each super-block (Q4_K: d, dmin, 12 packed 6-bit
 //!           scales/mins); 16 i8 scales + f16 d + 2 pad bytes per super-block (Q6_K).
 //! Concatenating tensors concatenates each region, so fused and stacked tensors
@@ -82,8 +83,25 @@ pub fn dequantize(dtype: DType, bytes: &[u8]) -> Vec<f32> {
                 (0..256).map(move |e| (d * (b[192 + e / 16] as i8) as f32) * (q6k_value(b, e) as i32 - 32) as f32)
             })
             .collect(),
+        DType::MXFP4 => bytes
+            .chunks_exact(17)
+            .flat_map(|b| {
+                let d = e8m0_half(b[0]);
+                let qs = &b[1..];
+                (0..32).map(move |i| d * MXFP4_VALUES[nibble(qs, i) as usize] as f32)
+            })
+            .collect(),
         DType::Unsupported(_) => Vec::new(),
     }
+}
+
+/// MXFP4's E2M1 values, doubled (ggml's kvalues_mxfp4).
+pub const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// Half the E8M0 scale 2^(e - 127), as ggml_e8m0_to_fp32_half computes it.
+pub fn e8m0_half(e: u8) -> f32 {
+    let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e as u32) - 1) << 23 };
+    f32::from_bits(bits)
 }
 
 /// Element i of a 32-element block of nibbles: low nibbles hold 0..16, high 16..32.
@@ -266,8 +284,12 @@ pub fn repack(dtype: DType, bytes: &[u8]) -> Packed {
                 p.quants.extend_from_slice(&b[2..]);
             }
         }
-        DType::Q4_0 | DType::Q4_1 => {
-            let hdr = if dtype == DType::Q4_0 { 2 } else { 4 };
+        DType::Q4_0 | DType::Q4_1 | DType::MXFP4 => {
+            let hdr = match dtype {
+                DType::Q4_0 => 2,
+                DType::Q4_1 => 4,
+                _ => 1,
+            };
             for b in bytes.chunks_exact(hdr + 16) {
                 p.scales.extend_from_slice(&b[..hdr]);
                 let qs = &b[hdr..];

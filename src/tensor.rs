@@ -18,11 +18,33 @@ pub enum DType {
     Q4K,
     /// Super-blocks of 256: 256 x 6-bit, 16 i8 scales, f16 d.
     Q6K,
+    /// Blocks of 32: an E8M0 scale byte, 32 x 4-bit E2M1 (OCP microscaling; gpt-oss experts).
+    MXFP4,
     /// Any other stored type: parsed so a header is accepted, rejected when used.
     Unsupported(&'static str),
 }
 
 impl DType {
+    /// The storage types weights can have, as `name` spells them (for error messages).
+    pub const SUPPORTED: &'static [&'static str] =
+        &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "MXFP4"];
+
+    /// A type by its `name`.
+    pub fn from_name(name: &str) -> Option<DType> {
+        Some(match name {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "Q8_0" => DType::Q8_0,
+            "Q4_0" => DType::Q4_0,
+            "Q4_1" => DType::Q4_1,
+            "Q4_K" => DType::Q4K,
+            "Q6_K" => DType::Q6K,
+            "MXFP4" => DType::MXFP4,
+            _ => return None,
+        })
+    }
+
     pub fn from_safetensors(s: &str) -> DType {
         match s {
             "F32" => DType::F32,
@@ -51,6 +73,7 @@ impl DType {
             DType::Q4_1 => (32, 20),
             DType::Q4K => (256, 144),
             DType::Q6K => (256, 210),
+            DType::MXFP4 => (32, 17),
             DType::Unsupported("F64") | DType::Unsupported("I64") => (1, 8),
             DType::Unsupported("I32") => (1, 4),
             DType::Unsupported("I16") => (1, 2),
@@ -82,6 +105,7 @@ impl DType {
             DType::Q4_1 => "Q4_1",
             DType::Q4K => "Q4_K",
             DType::Q6K => "Q6_K",
+            DType::MXFP4 => "MXFP4",
             DType::Unsupported(s) => s,
         }
     }
@@ -97,6 +121,7 @@ impl DType {
             DType::Q4_1 => 5,
             DType::Q4K => 6,
             DType::Q6K => 7,
+            DType::MXFP4 => 8,
             DType::Unsupported(_) => u32::MAX,
         }
     }

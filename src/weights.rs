@@ -24,34 +24,95 @@ pub enum Slot {
     Q(u32),
     K(u32),
     V(u32),
+    /// q|k|v biases [q_dim + 2 kv_dim] f32, indexed by output column.
+    QkvBias(u32),
+    /// q norm weights then k norm weights, f32 ([2 d] per head, or [q_dim + kv_dim]).
+    QkNorm(u32),
+    /// One sink logit per query head [heads] f32.
+    Sinks(u32),
     Wo(u32),
+    /// [hidden] f32.
+    OBias(u32),
     FfnNorm(u32),
+    /// Router rows [E, D], then the router bias [E], then the shared expert's gate [D]
+    /// (each when the model has it), f32.
     Router(u32),
     /// Stacked experts, each its gate rows then its up rows.
     GateUp(u32),
     /// Stacked experts, each its down projection.
     Down(u32),
+    /// Expert biases [E, 2 ff] (gate then up) and [E, D], f32.
+    GateUpBias(u32),
+    DownBias(u32),
+    /// The shared expert as a one-expert stack: gate then up rows; down.
+    SharedGateUp(u32),
+    SharedDown(u32),
     FinalNorm,
     /// Absent when the embeddings are tied.
     LmHead,
 }
 
+/// (name, constructor) of every per-layer slot, in upload (and packing) order.
+type LayerSlot = (&'static str, fn(u32) -> Slot);
+const LAYER_SLOTS: [LayerSlot; 18] = [
+    ("attn_norm", Slot::AttnNorm),
+    ("qkv", Slot::Qkv),
+    ("q", Slot::Q),
+    ("k", Slot::K),
+    ("v", Slot::V),
+    ("qkv_bias", Slot::QkvBias),
+    ("qk_norm", Slot::QkNorm),
+    ("sinks", Slot::Sinks),
+    ("wo", Slot::Wo),
+    ("o_bias", Slot::OBias),
+    ("ffn_norm", Slot::FfnNorm),
+    ("router", Slot::Router),
+    ("experts.gate_up", Slot::GateUp),
+    ("experts.down", Slot::Down),
+    ("experts.gate_up_bias", Slot::GateUpBias),
+    ("experts.down_bias", Slot::DownBias),
+    ("shared.gate_up", Slot::SharedGateUp),
+    ("shared.down", Slot::SharedDown),
+];
+
 impl Slot {
+    /// The layer and per-layer name of a layer slot.
+    fn layer_part(self) -> Option<(u32, &'static str)> {
+        LAYER_SLOTS.iter().find_map(|(name, make)| {
+            let l = match self {
+                Slot::AttnNorm(l)
+                | Slot::Qkv(l)
+                | Slot::Q(l)
+                | Slot::K(l)
+                | Slot::V(l)
+                | Slot::QkvBias(l)
+                | Slot::QkNorm(l)
+                | Slot::Sinks(l)
+                | Slot::Wo(l)
+                | Slot::OBias(l)
+                | Slot::FfnNorm(l)
+                | Slot::Router(l)
+                | Slot::GateUp(l)
+                | Slot::Down(l)
+                | Slot::GateUpBias(l)
+                | Slot::DownBias(l)
+                | Slot::SharedGateUp(l)
+                | Slot::SharedDown(l) => l,
+                _ => return None,
+            };
+            (make(l) == self).then_some((l, *name))
+        })
+    }
+
     pub fn name(self) -> String {
         match self {
             Slot::Embed => "embed".into(),
             Slot::FinalNorm => "final_norm".into(),
             Slot::LmHead => "lm_head".into(),
-            Slot::AttnNorm(l) => format!("layer.{l}.attn_norm"),
-            Slot::Qkv(l) => format!("layer.{l}.qkv"),
-            Slot::Q(l) => format!("layer.{l}.q"),
-            Slot::K(l) => format!("layer.{l}.k"),
-            Slot::V(l) => format!("layer.{l}.v"),
-            Slot::Wo(l) => format!("layer.{l}.wo"),
-            Slot::FfnNorm(l) => format!("layer.{l}.ffn_norm"),
-            Slot::Router(l) => format!("layer.{l}.router"),
-            Slot::GateUp(l) => format!("layer.{l}.experts.gate_up"),
-            Slot::Down(l) => format!("layer.{l}.experts.down"),
+            s => match s.layer_part() {
+                Some((l, name)) => format!("layer.{l}.{name}"),
+                None => format!("{s:?}"),
+            },
         }
     }
 
@@ -65,37 +126,14 @@ impl Slot {
         let rest = s.strip_prefix("layer.")?;
         let (l, what) = rest.split_once('.')?;
         let l: u32 = l.parse().ok()?;
-        Some(match what {
-            "attn_norm" => Slot::AttnNorm(l),
-            "qkv" => Slot::Qkv(l),
-            "q" => Slot::Q(l),
-            "k" => Slot::K(l),
-            "v" => Slot::V(l),
-            "wo" => Slot::Wo(l),
-            "ffn_norm" => Slot::FfnNorm(l),
-            "router" => Slot::Router(l),
-            "experts.gate_up" => Slot::GateUp(l),
-            "experts.down" => Slot::Down(l),
-            _ => return None,
-        })
+        LAYER_SLOTS.iter().find(|(name, _)| *name == what).map(|(_, make)| make(l))
     }
 
     /// Every slot a model of this shape can have, in upload (and packing) order.
     pub fn all(cfg: &ModelConfig) -> Vec<Slot> {
         let mut v = vec![Slot::Embed];
         for l in 0..cfg.layers as u32 {
-            v.extend([
-                Slot::AttnNorm(l),
-                Slot::Qkv(l),
-                Slot::Q(l),
-                Slot::K(l),
-                Slot::V(l),
-                Slot::Wo(l),
-                Slot::FfnNorm(l),
-                Slot::Router(l),
-                Slot::GateUp(l),
-                Slot::Down(l),
-            ]);
+            v.extend(LAYER_SLOTS.iter().map(|(_, make)| make(l)));
         }
         v.extend([Slot::FinalNorm, Slot::LmHead]);
         v
@@ -114,28 +152,38 @@ pub trait WeightSource {
     }
 }
 
-/// Rows of `t` ([heads * d, K]) reordered so that row h*d + 2i is row h*d + i and row
-/// h*d + 2i + 1 is row h*d + i + d/2: rotate-half pairs become adjacent rows.
-fn pairs_adjacent(t: TensorRef<'_>, heads: usize, d: usize) -> Result<Vec<u8>> {
+/// Rows of `data` ([heads * d] rows of equal size) reordered so that row h*d + 2i is row
+/// h*d + i and row h*d + 2i + 1 is row h*d + i + d/2: rotate-half pairs become adjacent
+/// rows. `None` when the rows do not divide evenly.
+fn pairs_adjacent_bytes(data: &[u8], heads: usize, d: usize) -> Option<Vec<u8>> {
     let rows = heads * d;
-    let row_bytes = t.data.len() / rows.max(1);
-    if !d.is_multiple_of(2) || row_bytes * rows != t.data.len() {
-        return Err(Error::tensor(
-            t.file,
-            t.name,
-            format!("cannot reorder {rows} rows of head_dim {d} for rotary pairs"),
-        ));
+    let row_bytes = data.len() / rows.max(1);
+    if !d.is_multiple_of(2) || row_bytes * rows != data.len() {
+        return None;
     }
     let half = d / 2;
-    let mut out = Vec::with_capacity(t.data.len());
+    let mut out = Vec::with_capacity(data.len());
     for h in 0..heads {
         for i in 0..half {
             for src in [h * d + i, h * d + i + half] {
-                out.extend_from_slice(&t.data[src * row_bytes..(src + 1) * row_bytes]);
+                out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }
-    Ok(out)
+    Some(out)
+}
+
+fn pairs_adjacent(t: TensorRef<'_>, heads: usize, d: usize) -> Result<Vec<u8>> {
+    pairs_adjacent_bytes(t.data, heads, d).ok_or_else(|| {
+        Error::tensor(t.file, t.name, format!("cannot reorder {} rows of head_dim {d} for rotary pairs", heads * d))
+    })
+}
+
+/// A per-element vector of q or k ([heads * d]: biases, norm weights) in the same order.
+fn pairs_adjacent_f32(v: &[f32], heads: usize, d: usize) -> Result<Vec<f32>> {
+    let b = pairs_adjacent_bytes(bytemuck::cast_slice(v), heads, d)
+        .ok_or_else(|| Error::input(format!("cannot reorder {} values of head_dim {d}", v.len())))?;
+    Ok(bytemuck::cast_slice(&b).to_vec())
 }
 
 /// `t` with its bytes replaced by `data`, when there are replacement bytes.
@@ -146,8 +194,12 @@ fn with<'a>(t: TensorRef<'a>, data: &'a Option<Vec<u8>>) -> TensorRef<'a> {
     }
 }
 
+fn f32_vec(v: &[f32]) -> Result<PackedBuffer> {
+    pack_matrix(DType::F32, &[bytemuck::cast_slice(v)])
+}
+
 fn f32_buffer(t: TensorRef<'_>) -> Result<PackedBuffer> {
-    pack_matrix(DType::F32, &[&from_f32(DType::F32, &t.to_f32())])
+    f32_vec(&t.to_f32())
 }
 
 /// Matrix parts in their common storage type, or widened to f32 when they differ.
@@ -190,10 +242,18 @@ impl WeightSource for ModelFiles {
             Slot::K(i) => l(i).map(|x| x.wk.clone()),
             Slot::V(i) => l(i).map(|x| x.wv.clone()),
             Slot::Qkv(i) => l(i).map(|x| format!("{} + k + v", x.wq)),
+            Slot::QkvBias(i) => l(i).and_then(|x| x.q_bias.clone()).map(|b| format!("{b} + k + v")),
+            Slot::QkNorm(i) => l(i).and_then(|x| x.q_norm.clone()).map(|b| format!("{b} + k")),
+            Slot::Sinks(i) => l(i).and_then(|x| x.sinks.clone()),
             Slot::Wo(i) => l(i).map(|x| x.wo.clone()),
+            Slot::OBias(i) => l(i).and_then(|x| x.o_bias.clone()),
             Slot::Router(i) => l(i).and_then(|x| x.router.clone()),
             Slot::GateUp(i) => Some(format!("layer {i} experts' gate and up projections")),
             Slot::Down(i) => Some(format!("layer {i} experts' down projections")),
+            Slot::GateUpBias(i) => Some(format!("layer {i} experts' gate and up biases")),
+            Slot::DownBias(i) => Some(format!("layer {i} experts' down biases")),
+            Slot::SharedGateUp(i) => l(i).and_then(|x| x.shared.as_ref()).map(|s| format!("{} + up", s.gate)),
+            Slot::SharedDown(i) => l(i).and_then(|x| x.shared.as_ref()).map(|s| s.down.clone()),
         };
         name.unwrap_or_else(|| slot.name())
     }
@@ -205,14 +265,6 @@ impl WeightSource for ModelFiles {
         let layer = |l: u32| -> Result<&crate::model::LayerNames> {
             n.layers.get(l as usize).ok_or_else(|| Error::input(format!("no layer {l}")))
         };
-        let qkv = |l: u32| -> Result<[TensorRef<'_>; 3]> {
-            let ln = layer(l)?;
-            Ok([
-                self.expect(&ln.wq, &[c.q_dim(), d])?,
-                self.expect(&ln.wk, &[c.kv_dim(), d])?,
-                self.expect(&ln.wv, &[c.kv_dim(), d])?,
-            ])
-        };
         // q and k with rotary pairs in adjacent rows (see the module comment).
         let reordered = |t: &[TensorRef<'_>; 3]| -> Result<[Option<Vec<u8>>; 2]> {
             if c.rope_interleaved {
@@ -220,8 +272,12 @@ impl WeightSource for ModelFiles {
             }
             Ok([Some(pairs_adjacent(t[0], c.heads, c.head_dim)?), Some(pairs_adjacent(t[1], c.kv_heads, c.head_dim)?)])
         };
-
+        // The same order for per-element vectors of q ([heads] of d) and k.
+        let vec_order = |v: &[f32], heads: usize| -> Result<Vec<f32>> {
+            if c.rope_interleaved { Ok(v.to_vec()) } else { pairs_adjacent_f32(v, heads, c.head_dim) }
+        };
         let fused = |t: &[TensorRef<'_>; 3]| t[0].dtype == t[1].dtype && t[1].dtype == t[2].dtype;
+        let li = |l: u32| l as usize;
         Ok(Some(match slot {
             Slot::Embed => matrix(&[self.expect(&n.embed, &[c.vocab, d])?])?,
             Slot::LmHead if n.lm_head == n.embed => return Ok(None),
@@ -230,7 +286,7 @@ impl WeightSource for ModelFiles {
             Slot::AttnNorm(l) => f32_buffer(self.expect(&layer(l)?.attn_norm, &[d])?)?,
             Slot::FfnNorm(l) => f32_buffer(self.expect(&layer(l)?.ffn_norm, &[d])?)?,
             Slot::Qkv(l) => {
-                let t = qkv(l)?;
+                let t = self.qkv(li(l))?;
                 if !fused(&t) {
                     return Ok(None);
                 }
@@ -238,7 +294,7 @@ impl WeightSource for ModelFiles {
                 matrix(&[with(t[0], &r[0]), with(t[1], &r[1]), t[2]])?
             }
             Slot::Q(l) | Slot::K(l) | Slot::V(l) => {
-                let t = qkv(l)?;
+                let t = self.qkv(li(l))?;
                 if fused(&t) {
                     return Ok(None);
                 }
@@ -249,18 +305,60 @@ impl WeightSource for ModelFiles {
                     _ => t[2],
                 }])?
             }
-            Slot::Wo(l) => matrix(&[self.expect(&layer(l)?.wo, &[d, c.q_dim()])?])?,
-            Slot::Router(l) => match &layer(l)?.router {
-                Some(r) => f32_buffer(self.expect(r, &[c.experts, d])?)?,
+            Slot::QkvBias(l) => {
+                let Some(b) = self.qkv_bias(li(l))? else { return Ok(None) };
+                let (q, kv) = (c.q_dim(), c.kv_dim());
+                let mut v = vec_order(&b[..q], c.heads)?;
+                v.extend(vec_order(&b[q..q + kv], c.kv_heads)?);
+                v.extend_from_slice(&b[q + kv..]);
+                f32_vec(&v)?
+            }
+            Slot::QkNorm(l) => {
+                let Some((qn, kn)) = self.qk_norm(li(l))? else { return Ok(None) };
+                // Per-head weights [d] are one head's order; whole-projection weights span
+                // every head.
+                let whole = c.plan[li(l)].attn.qk_norm == crate::model::plan::QkNorm::Whole;
+                let (qh, kh) = if whole { (c.heads, c.kv_heads) } else { (1, 1) };
+                let mut v = vec_order(&qn, qh)?;
+                v.extend(vec_order(&kn, kh)?);
+                f32_vec(&v)?
+            }
+            Slot::Sinks(l) => match self.sinks(li(l))? {
+                Some(s) => f32_vec(&s)?,
                 None => return Ok(None),
             },
+            Slot::Wo(l) => matrix(&[self.expect(&layer(l)?.wo, &[d, c.q_dim()])?])?,
+            Slot::OBias(l) => match self.o_bias(li(l))? {
+                Some(b) => f32_vec(&b)?,
+                None => return Ok(None),
+            },
+            Slot::Router(l) => {
+                let Some((mut w, bias)) = self.router(li(l))? else { return Ok(None) };
+                w.extend(bias.unwrap_or_default());
+                w.extend(self.shared_gate(li(l))?.unwrap_or_default());
+                f32_vec(&w)?
+            }
             Slot::GateUp(l) | Slot::Down(l) => {
-                let mut v = Vec::with_capacity(c.experts);
-                for e in 0..c.experts {
-                    let [w1, w3, w2] = self.expert(l as usize, e)?;
+                let (count, _) = self.ffn_shape(li(l));
+                let mut v = Vec::with_capacity(count);
+                for e in 0..count {
+                    let [w1, w3, w2] = self.expert(li(l), e)?;
                     v.push(if matches!(slot, Slot::GateUp(_)) { vec![w1, w3] } else { vec![w2] });
                 }
                 experts(&v)?
+            }
+            Slot::GateUpBias(l) | Slot::DownBias(l) => {
+                let (count, _) = self.ffn_shape(li(l));
+                let mut v = Vec::new();
+                for e in 0..count {
+                    let Some((gu, dn)) = self.expert_bias(li(l), e)? else { return Ok(None) };
+                    v.extend(if matches!(slot, Slot::GateUpBias(_)) { gu } else { dn });
+                }
+                f32_vec(&v)?
+            }
+            Slot::SharedGateUp(l) | Slot::SharedDown(l) => {
+                let Some([w1, w3, w2]) = self.shared_expert(li(l))? else { return Ok(None) };
+                experts(&[if matches!(slot, Slot::SharedGateUp(_)) { vec![w1, w3] } else { vec![w2] }])?
             }
         }))
     }

@@ -12,8 +12,17 @@ use webmoe::gpu::{Gpu, GpuOptions, GpuWeight, Out, Rows, Shader};
 use webmoe::tensor::{DType, to_f32};
 
 /// Every storage type the weight loader (shaders/lib/weights.wgsl) reads.
-const DTYPES: [DType; 8] =
-    [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
+const DTYPES: [DType; 9] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4K,
+    DType::Q6K,
+    DType::MXFP4,
+];
 
 /// `base` rounded up to whole blocks of `dtype` (matmul inner dimensions must be).
 fn inner_dim(dtype: DType, base: usize) -> usize {
@@ -39,16 +48,19 @@ type Check = fn(&Gpu, u64) -> Result<(), String>;
 fn check_embed(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (vocab, t) = (50, 5);
-    for dt in DTYPES {
+    for (i, dt) in DTYPES.into_iter().enumerate() {
         let dim = inner_dim(dt, 36);
         let (w, e) = weight(g, &mut rng, dt, 1, vocab * dim, 1.0);
         let e = &e[0];
+        // Every other type with an embedding multiplier (Granite's).
+        let scale = if i % 2 == 1 { 12.5 } else { 1.0 };
         let toks: Vec<u32> = (0..t).map(|_| rng.below(vocab) as u32).collect();
         let (tb, xb) = (upload_u32(g, "tok", &toks), poisoned(g, "x", t * dim));
-        let d = ops::embed(g, &w, &tb, &xb, dim, vocab).map_err(|e| e.to_string())?;
+        let d = ops::embed(g, &w, &tb, &xb, dim, vocab, scale).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        let want: Vec<f32> = toks.iter().flat_map(|&k| e[k as usize * dim..(k as usize + 1) * dim].to_vec()).collect();
-        close(&format!("embed {dt:?}"), &read_f32(g, &xb, t * dim), &want, 0.0, 0.0)?;
+        let want: Vec<f32> =
+            toks.iter().flat_map(|&k| e[k as usize * dim..(k as usize + 1) * dim].iter().map(|v| v * scale)).collect();
+        close(&format!("embed {dt:?} scale {scale}"), &read_f32(g, &xb, t * dim), &want, 0.0, 0.0)?;
     }
     Ok(())
 }
@@ -85,21 +97,32 @@ fn check_matmul(
     let mut rng = Rng::new(seed);
     for &dt in dtypes {
         let k = inner_dim(dt, k_base);
-        for (accumulate, off, stride) in [(false, 0, n), (true, 0, n), (false, 3, n + 7)] {
+        // (accumulate, column offset, row stride, bias, alpha): plain, residual add, a
+        // column slice (q|k|v) with a bias indexed by column, a scaled add with a bias.
+        let cases = [
+            (false, 0, n, false, 1.0),
+            (true, 0, n, false, 1.0),
+            (false, 3, n + 7, true, 1.0),
+            (true, 0, n, true, 0.25),
+        ];
+        for (accumulate, off, stride, with_bias, alpha) in cases {
             let (w, wv) = weight(g, &mut rng, dt, 1, n * k, 0.5);
             let x = rng.vec(t * k, 1.0);
             let y0 = rng.vec(t * stride, 1.0);
+            let bias = rng.vec(off + n, 1.0);
             let prod = cpu::matmul(&x, t, k, &wv[0], n);
             // Columns outside off..off+n keep their initial (poisoned) values.
             let mut want = if accumulate { y0.clone() } else { vec![f32::NAN; t * stride] };
             for r in 0..t {
                 for j in 0..n {
                     let o = r * stride + off + j;
-                    want[o] = if accumulate { y0[o] + prod[r * n + j] } else { prod[r * n + j] };
+                    let v = alpha * (prod[r * n + j] + if with_bias { bias[off + j] } else { 0.0 });
+                    want[o] = if accumulate { y0[o] + v } else { v };
                 }
             }
             let yb = if accumulate { upload_f32(g, "y", &y0) } else { poisoned(g, "y", t * stride) };
-            let out = Out { buf: &yb, stride, off, accumulate };
+            let bb = upload_f32(g, "bias", &bias);
+            let out = Out { buf: &yb, stride, off, accumulate, bias: with_bias.then_some(&bb), alpha };
             let (xb, s) = (upload_f32(g, "x", &x), step(g, t, 0));
             let d =
                 if prefill { ops::gemm(g, "w", &s, &w, &xb, out, n, k) } else { ops::gemv(g, "w", &w, &xb, out, n, k) }
@@ -109,7 +132,7 @@ fn check_matmul(
             let (got, want): (Vec<f32>, Vec<f32>) =
                 got.iter().zip(&want).filter(|(_, w)| !w.is_nan()).map(|(g, w)| (*g, *w)).unzip();
             let name = format!(
-                "{} {dt:?} accumulate={accumulate} cols {off}.. of {stride} [{t}x{k}]·[{n}x{k}]^T",
+                "{} {dt:?} accumulate={accumulate} bias={with_bias} alpha={alpha} cols {off}.. of {stride} [{t}x{k}]·[{n}x{k}]^T",
                 if prefill { "gemm" } else { "gemv" }
             );
             close(&name, &got, &want, 1e-4, 1e-4)?;
@@ -159,41 +182,134 @@ fn check_copy(g: &Gpu, seed: u64) -> Result<(), String> {
     close("copy", &read_f32(g, &db, 4 * n), &src, 0.0, 0.0).map(|_| ())
 }
 
-/// Every kernel, its check, and a deliberate break: (text in its .wgsl, replacement).
-const KERNELS: &[(Shader, Check, &str, &str)] = &[
-    (Shader::Embed, check_embed, "if (i >= p.dim) {", "if (i + 4u >= p.dim) {"),
+/// Every kernel, its check, and deliberate breaks: (text in its .wgsl, replacement), each
+/// of which alone must make the check fail. Besides an off-by-one per kernel, every
+/// variant a model family needs is broken once: biases, scales, q/k norms, sinks, the
+/// router's orders and shared gate, the activations.
+type Mutations = &'static [(&'static str, &'static str)];
+const KERNELS: &[(Shader, Check, Mutations)] = &[
+    (
+        Shader::Embed,
+        check_embed,
+        &[("if (i >= p.dim) {", "if (i + 4u >= p.dim) {"), ("i) * p.scale;", "i);")],
+    ),
     (
         Shader::RmsNorm,
         check_rmsnorm,
-        "for (var i = lid; i < p.dim; i += WG) {\n        y[",
-        "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y[",
+        &[("for (var i = lid; i < p.dim; i += WG) {\n        y[", "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y[")],
     ),
-    (Shader::Gemv, check_gemv, "if (row < p.n) {", "if (row + 1u < p.n) {"),
-    (Shader::Gemm, check_gemm, "if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
-    (Shader::QkvRope, check_qkv_rope, "v_cache[ci + 1u] = b;", "v_cache[ci + 1u] = a;"),
-    (Shader::RopeKv, check_rope_kv, "k_cache[cb + e.y] =", "k_cache[cb + e.x] ="),
-    (Shader::Attention, check_attention, "if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"),
+    (
+        Shader::Gemv,
+        check_gemv,
+        &[
+            ("if (row < p.n) {", "if (row + 1u < p.n) {"),
+            ("o += biases[p.y_off + row];", "o += biases[row];"),
+            ("o *= p.alpha;", ""),
+        ],
+    ),
+    (
+        Shader::Gemm,
+        check_gemm,
+        &[
+            ("if (row < m && col < p.n) {", "if (row + 1u < m && col < p.n) {"),
+            ("o += biases[p.y_off + col];", "o += biases[col];"),
+            ("o *= p.alpha;", ""),
+        ],
+    ),
+    (
+        Shader::QkvRope,
+        check_qkv_rope,
+        &[("v_cache[ci + 1u] = b;", "v_cache[ci + 1u] = a;"), ("b += biases[col + 1u];", "b += biases[col];")],
+    ),
+    (
+        Shader::RopeKv,
+        check_rope_kv,
+        &[
+            ("k_cache[cb + e.y] =", "k_cache[cb + e.x] ="),
+            ("a *= r * nw[wb + e.x];", "a *= nw[wb + e.x];"),
+            ("let wb = select(d, 0u, is_q);", "let wb = 0u;"),
+        ],
+    ),
+    (
+        Shader::QkNorm,
+        check_qk_norm,
+        &[
+            ("qkv[base + i] = qkv[base + i] * r * nw[wb + i];", "qkv[base + i] = qkv[base + i] * nw[wb + i];"),
+            ("let wb = select(0u, q_dim, is_k);", "let wb = 0u;"),
+        ],
+    ),
+    (
+        Shader::Attention,
+        check_attention,
+        &[("if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"), ("l = 1.0;", "l = 0.0;")],
+    ),
     (
         Shader::AttentionSplit,
         check_attention_split,
-        "let hi = min(pos + 1u, (s + 1u) * p.chunk);",
-        "let hi = min(pos, (s + 1u) * p.chunk);",
+        &[("let hi = min(pos + 1u, (s + 1u) * p.chunk);", "let hi = min(pos, (s + 1u) * p.chunk);")],
     ),
     (
         Shader::AttentionCombine,
         check_attention_split,
-        "for (var s = 0u; s < used; s++) {\n        let pb = base + s * (d + 2u);\n        l +=",
-        "for (var s = 1u; s < used; s++) {\n        let pb = base + s * (d + 2u);\n        l +=",
+        &[
+            (
+                "for (var s = 0u; s < used; s++) {\n        let pb = base + s * (d + 2u);\n        l +=",
+                "for (var s = 1u; s < used; s++) {\n        let pb = base + s * (d + 2u);\n        l +=",
+            ),
+            ("l = exp(sinks[h] - big);", "l = 0.0;"),
+        ],
     ),
-    (Shader::Router, check_router, "weights[t * p.k + s] = prob;", "weights[t * p.k + s] = best_v;"),
-    (Shader::MoeGemvGateUp, check_moe_gemv_gate_up, "let e = ids[a];", "let e = ids[t * p.k];"),
-    (Shader::MoeGemvDown, check_moe_gemv_down, "acc += weights[a] * rows_dot(", "acc += weights[t * p.k] * rows_dot("),
-    (Shader::MoeGroup, check_moe_group, "starts[p.experts] = acc;", "starts[p.experts] = acc - 1u;"),
-    (Shader::MoeGemmGateUp, check_moe_gemm_gate_up, "if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
-    (Shader::MoeGemmDown, check_moe_gemm_down, "if (r < rows && n < p.dim) {", "if (r + 1u < rows && n < p.dim) {"),
-    (Shader::MoeCombine, check_moe_combine, "for (var s = 0u; s < p.k; s++) {", "for (var s = 1u; s < p.k; s++) {"),
-    (Shader::Copy, check_copy, "if (i < p.n) {", "if (i + 1u < p.n) {"),
-    (Shader::Argmax, check_argmax, "(ov == best_v[lid] && oi < mine)", "(ov == best_v[lid] && oi > mine)"),
+    (
+        Shader::Router,
+        check_router,
+        &[
+            ("var w = best_v / sum;", "var w = best_v;"),
+            ("w = exp(best_v - mx);", "w = best_v;"),
+            ("logits[e] += wg[extra + e];", "logits[e] += 0.0;"),
+            ("shared_gates[t] = sigmoid(l);", "shared_gates[t] = l;"),
+            ("weights[t * p.k + s] = w * p.scale;", "weights[t * p.k + s] = w;"),
+        ],
+    ),
+    (
+        Shader::MoeGemvGateUp,
+        check_moe_gemv_gate_up,
+        &[
+            ("let e = ids[a];", "let e = ids[t * p.k];"),
+            ("gv += biases[e * 2u * p.ff + f];", "gv += biases[f];"),
+            ("glu(gv, uv, p.act_alpha, p.act_limit)", "glu(gv, uv, p.act_alpha, 1e9)"),
+        ],
+    ),
+    (
+        Shader::MoeGemvDown,
+        check_moe_gemv_down,
+        &[
+            ("acc += weights[a] * rows_dot(", "acc += weights[t * p.k] * rows_dot("),
+            ("o += weights[a] * biases[ids[a] * p.dim + n];", "o += biases[ids[a] * p.dim + n];"),
+            ("res[t * p.dim + n] += p.alpha * o;", "res[t * p.dim + n] += o;"),
+        ],
+    ),
+    (Shader::MoeGroup, check_moe_group, &[("starts[p.experts] = acc;", "starts[p.experts] = acc - 1u;")]),
+    (
+        Shader::MoeGemmGateUp,
+        check_moe_gemm_gate_up,
+        &[
+            ("if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
+            ("uv += biases[e * 2u * p.ff + p.ff + f];", "uv += biases[e * 2u * p.ff + f];"),
+            ("glu(gv, uv, p.act_alpha, p.act_limit)", "glu(uv, gv, p.act_alpha, p.act_limit)"),
+        ],
+    ),
+    (
+        Shader::MoeGemmDown,
+        check_moe_gemm_down,
+        &[("if (r < rows && n < p.dim) {", "if (r + 1u < rows && n < p.dim) {"), ("o += biases[e * p.dim + n];", "o += biases[n];")],
+    ),
+    (
+        Shader::MoeCombine,
+        check_moe_combine,
+        &[("for (var s = 0u; s < p.k; s++) {", "for (var s = 1u; s < p.k; s++) {"), ("+= p.alpha * s_;", "+= s_;")],
+    ),
+    (Shader::Copy, check_copy, &[("if (i < p.n) {", "if (i + 1u < p.n) {")]),
+    (Shader::Argmax, check_argmax, &[("(ov == best_v[lid] && oi < mine)", "(ov == best_v[lid] && oi > mine)")]),
 ];
 
 fn seed() -> u64 {
@@ -204,7 +320,7 @@ fn seed() -> u64 {
 }
 
 fn run_check(shader: Shader) {
-    let (_, check, _, _) = KERNELS.iter().find(|k| k.0 == shader).expect("kernel listed");
+    let (_, check, _) = KERNELS.iter().find(|k| k.0 == shader).expect("kernel listed");
     let s = seed();
     if let Err(e) = check(&gpu(), s) {
         panic!("{e} (WEBMOE_TEST_SEED={s})");
@@ -242,6 +358,10 @@ fn attention() {
 #[test]
 fn attention_split() {
     run_check(Shader::AttentionSplit)
+}
+#[test]
+fn qk_norm() {
+    run_check(Shader::QkNorm)
 }
 #[test]
 fn router() {
@@ -377,13 +497,34 @@ fn every_kernel_has_a_check() {
 fn broken_kernels_fail() {
     let g = fresh_gpu();
     let s = seed();
-    for (shader, check, from, to) in KERNELS {
+    for (shader, check, mutations) in KERNELS {
         let src = shader.source();
-        assert!(src.contains(from), "{}: mutation anchor {from:?} not found", shader.name());
-        g.replace_kernel_source(*shader, src.replacen(from, to, 1));
-        let r = check(&g, s);
-        g.replace_kernel_source(*shader, src.to_string());
-        assert!(r.is_err(), "{}: a deliberately broken kernel passed its check (seed {s})", shader.name());
-        println!("{} broken as intended -> {}", shader.name(), r.unwrap_err());
+        for (from, to) in mutations.iter() {
+            assert!(src.contains(from), "{}: mutation anchor {from:?} not found", shader.name());
+            g.replace_kernel_source(*shader, src.replacen(from, to, 1));
+            let r = check(&g, s);
+            g.replace_kernel_source(*shader, src.to_string());
+            assert!(r.is_err(), "{}: broken by {from:?} -> {to:?}, it passed its check (seed {s})", shader.name());
+            println!("{} broken as intended ({from:?}) -> {}", shader.name(), r.unwrap_err());
+        }
+    }
+}
+
+/// Each kernel's `Params` struct in WGSL has the fields, in order, of the Rust struct
+/// the host fills (src/gpu/params.rs): a field added on one side only fails here.
+#[test]
+fn params_mirror_wgsl() {
+    for shader in Shader::ALL {
+        let src = shader.source();
+        let start = src.find("struct Params {").unwrap_or_else(|| panic!("{}: no struct Params", shader.name()));
+        let body = &src[start + "struct Params {".len()..];
+        let body = &body[..body.find('}').expect("struct end")];
+        let fields: Vec<&str> = body
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split(':').next().unwrap_or("").trim())
+            .collect();
+        assert_eq!(fields, shader.params_fields(), "{}: WGSL Params and the Rust params struct differ", shader.name());
     }
 }

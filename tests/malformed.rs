@@ -152,11 +152,16 @@ fn bad_configs() {
     let orig: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
         (Box::new(|c| c["architectures"] = json!(["GPT2LMHeadModel"])), "unknown architecture 'GPT2LMHeadModel'"),
-        (Box::new(|c| c["num_key_value_heads"] = json!(3)), "not a multiple of num_key_value_heads 3"),
+        (Box::new(|c| c["num_key_value_heads"] = json!(3)), "4 attention heads are not a multiple of 3 KV heads"),
         (Box::new(|c| c["hidden_size"] = json!(-1)), "'hidden_size' must be a non-negative integer"),
         (Box::new(|c| c["vocab_size"] = json!(1u64 << 40)), "'vocab_size' = 1099511627776 is out of range"),
-        (Box::new(|c| c["num_experts_per_tok"] = json!(9)), "num_experts_per_tok 9 exceeds num_local_experts 4"),
-        (Box::new(|c| c["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 10000.0})), "rope type 'yarn'"),
+        (Box::new(|c| c["num_experts_per_tok"] = json!(9)), "9 experts per token, but only 4 experts"),
+        (
+            Box::new(|c| c["rope_parameters"] = json!({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})),
+            "rope scaling type 'dynamic' is not supported",
+        ),
+        (Box::new(|c| c["hidden_act"] = json!("gelu")), "'hidden_act' = \"gelu\" is not supported"),
+        (Box::new(|c| c["architectures"] = json!(["PhimoeForCausalLM"])), "unknown architecture 'PhimoeForCausalLM'"),
         (
             Box::new(|c| {
                 c.as_object_mut().unwrap().remove("num_hidden_layers");

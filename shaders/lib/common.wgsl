@@ -34,3 +34,30 @@ fn linear_x(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
 }
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// GELU with the tanh approximation (transformers' gelu_pytorch_tanh).
+fn gelu_tanh(x: f32) -> f32 {
+    // tanh saturates long before 15; the clamp keeps drivers' exp-based tanh finite.
+    return 0.5 * x * (1.0 + tanh(clamp(0.7978846 * (x + 0.044715 * x * x * x), -15.0, 15.0)));
+}
+
+// The FFN's gated activation (src/model/plan.rs Act::shader_code): 0 silu(g) * u,
+// 1 gelu_tanh(g) * u, 2 gpt-oss's clamped GLU (u' + 1) * g' * sigmoid(alpha * g') with
+// g' = min(g, limit), u' = clamp(u, -limit, limit).
+override ACT: u32 = 0u;
+
+fn glu(g: f32, u: f32, alpha: f32, limit: f32) -> f32 {
+    if (ACT == 1u) {
+        return gelu_tanh(g) * u;
+    }
+    if (ACT == 2u) {
+        let gc = min(g, limit);
+        let uc = clamp(u, -limit, limit);
+        return (uc + 1.0) * (gc * sigmoid(gc * alpha));
+    }
+    return silu(g) * u;
+}

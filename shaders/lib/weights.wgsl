@@ -23,6 +23,26 @@ const DT_Q4_0: u32 = 4u;
 const DT_Q4_1: u32 = 5u;
 const DT_Q4_K: u32 = 6u;
 const DT_Q6_K: u32 = 7u;
+const DT_MXFP4: u32 = 8u;
+
+// MXFP4: an E2M1 nibble's value, doubled (ggml's kvalues_mxfp4: 0 1 2 3 4 6 8 12, and
+// negated with the top bit): exponent bits e = (n >> 1) & 3, mantissa bit m = n & 1.
+fn e2m1x2(n: u32) -> f32 {
+    let e = (n >> 1u) & 3u;
+    let m = f32(n & 1u);
+    let p = f32(1u << e);
+    let mag = select(p + m * p * 0.5, m, e == 0u);
+    return select(mag, -mag, (n & 8u) != 0u);
+}
+
+fn e2m1x2_4(q: u32) -> vec4<f32> {
+    return vec4<f32>(e2m1x2(q & 15u), e2m1x2((q >> 4u) & 15u), e2m1x2((q >> 8u) & 15u), e2m1x2((q >> 12u) & 15u));
+}
+
+// Half of MXFP4's E8M0 block scale 2^(e - 127) (ggml_e8m0_to_fp32_half), from byte `b`.
+fn e8m0_half(b: u32) -> f32 {
+    return bitcast<f32>(select((b - 1u) << 23u, 0x00200000u << b, b < 2u));
+}
 
 // Four 4-bit values from the low 16 bits of q.
 fn nibbles4(q: u32) -> vec4<f32> {
@@ -100,6 +120,10 @@ fn w4(l: WLayout, i: u32) -> vec4<f32> {
             let d = unpack2x16float(wu(base + 4u)).x;
             return (d * sc) * (q - vec4<f32>(32.0));
         }
+        case 8u: {   // MXFP4: e8m0_half(scale byte) * doubled E2M1 value
+            let q = e2m1x2_4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u));
+            return e8m0_half(scale_byte(s0, i >> 5u)) * q;
+        }
         default: {
             return vec4<f32>(0.0);
         }
@@ -173,6 +197,13 @@ fn wdot32(l: WLayout, i: u32, xv: array<vec4<f32>, 8>, sx: f32) -> f32 {
                 mn = (scale_byte(sb, sj + 4u) >> 4u) | ((scale_byte(sb, sj) >> 6u) << 4u);
             }
             return (dd.x * f32(sc)) * qx - (dd.y * f32(mn)) * sx;
+        }
+        case 8u: {   // MXFP4: 32 nibbles in 4 words, one scale byte
+            let q = w[(q0 + (i >> 3u)) >> 2u];
+            let qx = dot(e2m1x2_4(q.x), xv[0]) + dot(e2m1x2_4(q.x >> 16u), xv[1]) + dot(e2m1x2_4(q.y), xv[2])
+                + dot(e2m1x2_4(q.y >> 16u), xv[3]) + dot(e2m1x2_4(q.z), xv[4]) + dot(e2m1x2_4(q.z >> 16u), xv[5])
+                + dot(e2m1x2_4(q.w), xv[6]) + dot(e2m1x2_4(q.w >> 16u), xv[7]);
+            return e8m0_half(scale_byte(s0, i >> 5u)) * qx;
         }
         default: {   // F32, F16, BF16, Q6_K: four at a time
             var acc = 0.0;

@@ -2,10 +2,13 @@
 //! per kernel that binds buffers and returns a ready-to-encode `Dispatch`. Every kernel has
 //! a reference test against `crate::cpu` in tests/kernels.rs.
 //!
-//! Binding convention: binding 0 is the kernel's own `Params` uniform, bindings 1.. are the
-//! buffers in the order the constructor takes them (as declared in the .wgsl file).
+//! Binding convention: binding 0 is the kernel's own `Params` uniform (a `params.rs` struct),
+//! bindings 1.. are the buffers in the order the constructor takes them (as declared in
+//! the .wgsl file). Optional inputs a model lacks (biases, norms, sinks) are bound to
+//! `Gpu::dummy` and never read: a flag in the params says so.
 
 use super::Gpu;
+use super::params::{self, KernelParams};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -29,6 +32,7 @@ pub enum Shader {
     Attention,
     AttentionSplit,
     AttentionCombine,
+    QkNorm,
     Router,
     MoeGemvGateUp,
     MoeGemvDown,
@@ -52,6 +56,7 @@ impl Shader {
             Shader::Attention => "attention",
             Shader::AttentionSplit => "attention_split",
             Shader::AttentionCombine => "attention_combine",
+            Shader::QkNorm => "qk_norm",
             Shader::Router => "router",
             Shader::MoeGemvGateUp => "moe_gemv_gate_up",
             Shader::MoeGemvDown => "moe_gemv_down",
@@ -102,7 +107,59 @@ impl Shader {
 
     /// Kernels with workgroup-wide sums or maxima (`lib/wg_reduce.wgsl`).
     pub fn uses_wg_reduce(self) -> bool {
-        matches!(self, Shader::RmsNorm | Shader::Router | Shader::Attention | Shader::AttentionSplit)
+        matches!(
+            self,
+            Shader::RmsNorm
+                | Shader::Router
+                | Shader::Attention
+                | Shader::AttentionSplit
+                | Shader::RopeKv
+                | Shader::QkNorm
+        )
+    }
+
+    /// Every kernel, for tests that walk them all.
+    pub const ALL: [Shader; 19] = [
+        Shader::Embed,
+        Shader::RmsNorm,
+        Shader::Gemv,
+        Shader::QkvRope,
+        Shader::Gemm,
+        Shader::RopeKv,
+        Shader::Attention,
+        Shader::AttentionSplit,
+        Shader::AttentionCombine,
+        Shader::QkNorm,
+        Shader::Router,
+        Shader::MoeGemvGateUp,
+        Shader::MoeGemvDown,
+        Shader::MoeGroup,
+        Shader::MoeGemmGateUp,
+        Shader::MoeGemmDown,
+        Shader::MoeCombine,
+        Shader::Argmax,
+        Shader::Copy,
+    ];
+
+    /// The field names of the Rust struct mirroring this kernel's WGSL `Params`.
+    pub fn params_fields(self) -> &'static [&'static str] {
+        use params::*;
+        match self {
+            Shader::Embed => EmbedParams::FIELDS,
+            Shader::RmsNorm => RmsNormParams::FIELDS,
+            Shader::Gemv | Shader::Gemm => MatmulParams::FIELDS,
+            Shader::QkvRope => QkvRopeParams::FIELDS,
+            Shader::RopeKv => RopeKvParams::FIELDS,
+            Shader::Attention | Shader::AttentionSplit | Shader::AttentionCombine => AttentionParams::FIELDS,
+            Shader::QkNorm => QkNormParams::FIELDS,
+            Shader::Router => RouterParams::FIELDS,
+            Shader::MoeGemvGateUp | Shader::MoeGemmGateUp => MoeGateUpParams::FIELDS,
+            Shader::MoeGemvDown | Shader::MoeGemmDown => MoeDownParams::FIELDS,
+            Shader::MoeGroup => MoeGroupParams::FIELDS,
+            Shader::MoeCombine => MoeCombineParams::FIELDS,
+            Shader::Argmax => ArgmaxParams::FIELDS,
+            Shader::Copy => CopyParams::FIELDS,
+        }
     }
 
     /// The kernel's own WGSL (without the shared prelude).
@@ -117,6 +174,7 @@ impl Shader {
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionSplit => include_str!("../../shaders/attention_split.wgsl"),
             Shader::AttentionCombine => include_str!("../../shaders/attention_combine.wgsl"),
+            Shader::QkNorm => include_str!("../../shaders/qk_norm.wgsl"),
             Shader::Router => include_str!("../../shaders/router.wgsl"),
             Shader::MoeGemvGateUp => include_str!("../../shaders/moe_gemv_gate_up.wgsl"),
             Shader::MoeGemvDown => include_str!("../../shaders/moe_gemv_down.wgsl"),
@@ -201,14 +259,29 @@ impl Dispatch {
     }
 }
 
+/// What a pipeline is specialised to (WGSL override constants): the weight storage type
+/// (WDTYPE) and the FFN activation (ACT, `plan::Act::shader_code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub dtype: DType,
+    pub act: u32,
+}
+
+impl From<DType> for Variant {
+    fn from(dtype: DType) -> Variant {
+        Variant { dtype, act: 0 }
+    }
+}
+
 impl Gpu {
-    /// The compute pipeline for `shader` specialised to weight type `dtype`, compiled once.
-    pub fn pipeline(&self, shader: Shader, dtype: DType) -> Result<wgpu::ComputePipeline> {
-        let code = dtype.shader_code();
+    /// The compute pipeline for `shader` specialised to `variant`, compiled once.
+    pub fn pipeline(&self, shader: Shader, variant: impl Into<Variant>) -> Result<wgpu::ComputePipeline> {
+        let variant = variant.into();
+        let code = variant.dtype.shader_code();
         if code == u32::MAX {
-            return Err(Error::gpu(format!("{}: weight dtype {} has no kernel", shader.name(), dtype.name())));
+            return Err(Error::gpu(format!("{}: weight dtype {} has no kernel", shader.name(), variant.dtype.name())));
         }
-        let key = (shader, code);
+        let key = (shader, variant);
         if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(p);
         }
@@ -218,7 +291,7 @@ impl Gpu {
             label: Some(shader.name()),
             source: wgpu::ShaderSource::Wgsl(self.compose(shader, source).into()),
         });
-        let constants = [("WDTYPE", code as f64)];
+        let constants = [("WDTYPE", code as f64), ("ACT", variant.act as f64)];
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(shader.name()),
             layout: None,
@@ -267,15 +340,15 @@ impl Gpu {
     }
 
     /// Binds `params` (binding 0) and `buffers` (bindings 1..) for `pipeline`.
-    pub fn bind(
+    pub fn bind<P: KernelParams>(
         &self,
         shader: Shader,
         pipeline: wgpu::ComputePipeline,
-        params: &[u32],
+        params: &P,
         buffers: &[&wgpu::Buffer],
         grid: Grid,
     ) -> Dispatch {
-        let uniform = self.uniform(shader.name(), params);
+        let uniform = self.uniform_bytes(shader.name(), bytemuck::bytes_of(params));
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         for (i, b) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
@@ -288,16 +361,21 @@ impl Gpu {
         Dispatch { shader, pipeline, bind_group, grid, weight_bytes: 0, kv_chunk: 0 }
     }
 
-    fn make(
+    fn make<P: KernelParams>(
         &self,
         shader: Shader,
-        dtype: DType,
-        params: &[u32],
+        variant: impl Into<Variant>,
+        params: &P,
         buffers: &[&wgpu::Buffer],
         grid: Grid,
     ) -> Result<Dispatch> {
-        let pipeline = self.pipeline(shader, dtype)?;
+        let pipeline = self.pipeline(shader, variant)?;
         Ok(self.bind(shader, pipeline, params, buffers, grid))
+    }
+
+    /// `b`, or the dummy buffer when the input is absent.
+    pub fn or_dummy<'a>(&'a self, b: Option<&'a wgpu::Buffer>) -> &'a wgpu::Buffer {
+        b.unwrap_or(&self.dummy)
     }
 }
 
@@ -313,27 +391,39 @@ pub struct GpuWeight {
     pub expert_stride: u32,
 }
 
-/// Where a matmul writes: columns `off..off+n` of rows `stride` wide, written or added.
+/// Where a matmul writes: columns `off..off+n` of rows `stride` wide, written or added, as
+/// alpha * (W x + bias[off + n]).
 #[derive(Clone, Copy)]
 pub struct Out<'a> {
     pub buf: &'a wgpu::Buffer,
     pub stride: usize,
     pub off: usize,
     pub accumulate: bool,
+    /// Indexed by output column (`off + n`): q|k|v biases share one buffer.
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub alpha: f32,
 }
 
 impl<'a> Out<'a> {
     /// The whole output row, overwritten.
     pub fn write(buf: &'a wgpu::Buffer, n: usize) -> Self {
-        Out { buf, stride: n, off: 0, accumulate: false }
+        Out { buf, stride: n, off: 0, accumulate: false, bias: None, alpha: 1.0 }
     }
     /// The whole output row, added to (fuses a residual add).
     pub fn add(buf: &'a wgpu::Buffer, n: usize) -> Self {
-        Out { buf, stride: n, off: 0, accumulate: true }
+        Out { accumulate: true, ..Out::write(buf, n) }
     }
     /// Columns `off..` of rows `stride` wide, overwritten.
     pub fn cols(buf: &'a wgpu::Buffer, stride: usize, off: usize) -> Self {
-        Out { buf, stride, off, accumulate: false }
+        Out { stride, off, ..Out::write(buf, stride) }
+    }
+    /// Adds `bias` (when there is one) before scaling.
+    pub fn with_bias(self, bias: Option<&'a wgpu::Buffer>) -> Self {
+        Out { bias, ..self }
+    }
+    /// Multiplies the result (a residual or logit scale).
+    pub fn scaled(self, alpha: f32) -> Self {
+        Out { alpha, ..self }
     }
 }
 

@@ -3,6 +3,8 @@
 
 pub mod kernels;
 pub mod model;
+pub mod params;
+pub mod program;
 
 use crate::error::{Error, Result};
 use crate::platform;
@@ -12,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
-pub use kernels::{Dispatch, GpuWeight, Grid, Out, Rows, Shader};
+pub use kernels::{Dispatch, GpuWeight, Grid, Out, Rows, Shader, Variant};
 
 /// Optional device features to use when the adapter has them, and kernel shapes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -77,7 +79,9 @@ pub struct Gpu {
     pub subgroups: bool,
     /// Threads per group of GEMV rows (`gemv_lanes`).
     pub lanes: u32,
-    pipelines: Mutex<HashMap<(Shader, u32), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(Shader, Variant), wgpu::ComputePipeline>>,
+    /// Bound in place of absent optional inputs (`dummy`).
+    dummy: wgpu::Buffer,
     /// Kernel sources replaced at run time (tests build deliberately broken kernels).
     sources: Mutex<HashMap<Shader, String>>,
 }
@@ -142,7 +146,14 @@ impl Gpu {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("absent optional input"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(Gpu {
+            dummy,
             device,
             queue,
             limits,
@@ -282,14 +293,25 @@ impl Gpu {
     }
 
     pub fn uniform(&self, name: &str, words: &[u32]) -> wgpu::Buffer {
-        let mut w = words.to_vec();
-        w.resize(words.len().next_multiple_of(4).max(4), 0);
-        self.count(w.len() as u64 * 4);
+        self.uniform_bytes(name, bytemuck::cast_slice(words))
+    }
+
+    /// A uniform buffer holding `bytes`, zero-padded to a multiple of 16.
+    pub fn uniform_bytes(&self, name: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let mut w = bytes.to_vec();
+        w.resize(bytes.len().next_multiple_of(16).max(16), 0);
+        self.count(w.len() as u64);
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(name),
-            contents: bytemuck::cast_slice(&w),
+            contents: &w,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         })
+    }
+
+    /// A 16-byte storage buffer bound where a kernel's optional input is absent (a bias
+    /// the model does not have); the kernel's flag keeps it from being read.
+    pub fn dummy(&self) -> &wgpu::Buffer {
+        &self.dummy
     }
 
     /// A buffer the host can map to read results back.

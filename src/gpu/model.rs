@@ -1,44 +1,21 @@
 //! A model resident on the GPU: weights uploaded once, activations and KV cache allocated
-//! once, and every dispatch of a forward step bound once at load. A step is then: write the
-//! step uniform (T, pos0), record the prepared dispatches into one compute pass, submit.
-//! Routing decisions never leave the GPU; the host reads back logits or one token id.
-//!
-//! Per layer (T tokens, D hidden, H/KVH heads of d, E experts, K chosen, F expert width):
-//!   xn   = rmsnorm(x)                       [T, D]
-//!   qkv  = xn · Wqkv^T                      [T, (H + 2 KVH) d]   (q, k, v fused at load)
-//!   rope(q), rope(k) -> cache, v -> cache   caches [KVH, ctx, d]   (decode: in the matmul)
-//!   attn = attention(q, cache)              [T, H d]   (decode: split over KV chunks)
-//!   x   += attn · Wo^T                      (residual fused into the matmul)
-//!   xn   = rmsnorm(x)                       (MoE: fused into the router's kernel)
-//!   ids, w = router(xn)                     [T, K]   (dense: fixed ids 0, weights 1)
-//!   x   += sum_k w_k · W2[e_k] (silu(W1[e_k] xn) ⊙ W3[e_k] xn)
-//! Prefill (T > 1) uses tiled GEMMs with tokens grouped per expert; decode uses GEMVs.
+//! once, and every dispatch of a forward step bound once at load (`program::build` walks
+//! the layer plan). A step is then: write the step uniform (T, pos0), record the prepared
+//! dispatches into one compute pass, submit. Routing decisions never leave the GPU; the
+//! host reads back logits or one token id.
 
 use super::Gpu;
-use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
-use crate::config::{ModelConfig, rope_inv_freq, rope_table};
+use super::kernels::Dispatch;
+use super::program::Programs;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::Progress;
-use crate::weights::{Slot, WeightSource};
+use crate::weights::WeightSource;
 use std::sync::Arc;
 use wgpu::Buffer;
 
 /// Prefill chunk limit: bounds activation memory whatever the prompt length.
 pub const MAX_CHUNK: usize = 256;
-
-struct Programs {
-    /// Embedding + all layers, prefill (GEMM) kernels.
-    body_prefill: Vec<Dispatch>,
-    /// Embedding + all layers, decode (GEMV) kernels.
-    body_decode: Vec<Dispatch>,
-    /// Final norm + LM head for every row, GEMM / GEMV.
-    head_all_prefill: Vec<Dispatch>,
-    head_all_decode: Vec<Dispatch>,
-    /// Final norm of the last row + LM head: logits of the next token in row 0.
-    head_last: Vec<Dispatch>,
-    /// Argmax of logits row 0 into the token buffer (greedy decoding stays on the GPU).
-    argmax: Dispatch,
-}
 
 pub struct GpuModel {
     pub gpu: Arc<Gpu>,
@@ -99,34 +76,6 @@ impl Path {
     }
 }
 
-struct Uploader<'a> {
-    gpu: &'a Gpu,
-    src: &'a dyn WeightSource,
-    buffers: Vec<Buffer>,
-    bytes: u64,
-}
-
-impl Uploader<'_> {
-    /// The weight buffer for `slot`, if the model has one.
-    fn slot(&mut self, slot: Slot) -> Result<Option<GpuWeight>> {
-        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
-        let w = self.gpu.upload_packed(&self.src.describe(slot), &b)?;
-        self.bytes += w.buf.size();
-        self.buffers.push(w.buf.clone());
-        Ok(Some(w))
-    }
-
-    fn need(&mut self, slot: Slot) -> Result<GpuWeight> {
-        self.slot(slot)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", slot.name())))
-    }
-
-    fn scratch(&mut self, label: &str, bytes: usize) -> Result<Buffer> {
-        let b = self.gpu.storage(label, bytes as u64)?;
-        self.buffers.push(b.clone());
-        Ok(b)
-    }
-}
-
 impl GpuModel {
     /// Uploads the model and prepares every dispatch. `ctx` is the KV cache length.
     pub async fn new(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
@@ -146,210 +95,21 @@ impl GpuModel {
     }
 
     fn build(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
-        let c = src.config().clone();
-        if ctx == 0 {
-            return Err(Error::input("context length must be at least 1"));
-        }
-        let g: &Gpu = &gpu;
-        let mut up = Uploader { gpu: g, src, buffers: Vec::new(), bytes: 0 };
-        let (d, hd, k, e, ff) = (c.hidden, c.head_dim, c.top_k, c.experts, c.ff);
-        let qkv_w = c.q_dim() + 2 * c.kv_dim();
-
-        // Largest step that keeps every activation buffer within one binding.
-        let max_bind = g.limits.max_storage_buffer_binding_size as usize;
-        let per_row = [c.vocab * 4, k * ff * 4, k * d * 4, qkv_w * 4];
-        let max_rows = per_row.iter().fold(MAX_CHUNK.min(ctx), |m, &b| m.min(max_bind / b.max(1))).max(1);
-
-        let step = g.uniform("step", &[0, 0, 0, 0]);
-        let tokens = up.scratch("tokens", max_rows * 4)?;
-        let x = up.scratch("hidden", max_rows * d * 4)?;
-        let xn = up.scratch("normed hidden", max_rows * d * 4)?;
-        let qkv = up.scratch("qkv", max_rows * qkv_w * 4)?;
-        let attn = up.scratch("attention out", max_rows * c.q_dim() * 4)?;
-        let decode_rows = max_rows.min(GEMM_MIN_ROWS - 1);
-        let partials =
-            up.scratch("attention partials", ops::attention_partials_bytes(decode_rows, c.heads, hd, ctx))?;
-        let ids = up.scratch("router ids", max_rows * k * 4)?;
-        let weights = up.scratch("router weights", max_rows * k * 4)?;
-        let act = up.scratch("expert activations", max_rows * k * ff * 4)?;
-        let ybuf = up.scratch("expert outputs", max_rows * k * d * 4)?;
-        let sorted = up.scratch("expert order", max_rows * k * 4)?;
-        let pos_of = up.scratch("expert positions", max_rows * k * 4)?;
-        let starts = up.scratch("expert starts", (e + 1) * 4)?;
-        let hist = up.scratch("expert choice counts", c.layers * e * 4)?;
-        g.write(&hist, 0, &vec![0u8; c.layers * e * 4]);
-        let logits = up.scratch("logits", max_rows * c.vocab * 4)?;
-        let staging = g.staging("logits read-back", (max_rows * c.vocab * 4) as u64);
-        let table = {
-            let t = rope_table(&rope_inv_freq(&c), ctx);
-            g.storage_init("rope table", bytemuck::cast_slice(&t))?
-        };
-        up.buffers.push(table.clone());
-        if !c.is_moe() {
-            // A dense FFN is expert 0 with weight 1 for every token.
-            g.write(&ids, 0, bytemuck::cast_slice(&vec![0u32; max_rows]));
-            g.write(&weights, 0, bytemuck::cast_slice(&vec![1.0f32; max_rows]));
-        }
-
-        let embed = up.need(Slot::Embed)?;
-        let mut pre = vec![ops::embed(g, &embed, &tokens, &x, d, c.vocab)?];
-        let mut dec = vec![ops::embed(g, &embed, &tokens, &x, d, c.vocab)?];
-
-        for li in 0..c.layers {
-            let l = li as u32;
-            if let Some(p) = progress {
-                p.report("upload", &format!("layer {li}"), li as u64, c.layers as u64);
-            }
-            let attn_norm = up.need(Slot::AttnNorm(l))?.buf;
-            let ffn_norm = up.need(Slot::FfnNorm(l))?.buf;
-            // q, k and v as one matmul when they share a storage type (the usual case),
-            // else three matmuls writing their columns of the same qkv rows.
-            let qkv_w8: Vec<(GpuWeight, usize, usize)> = match up.slot(Slot::Qkv(l))? {
-                Some(w) => vec![(w, qkv_w, 0)],
-                None => vec![
-                    (up.need(Slot::Q(l))?, c.q_dim(), 0),
-                    (up.need(Slot::K(l))?, c.kv_dim(), c.q_dim()),
-                    (up.need(Slot::V(l))?, c.kv_dim(), c.q_dim() + c.kv_dim()),
-                ],
-            };
-            let wo = up.need(Slot::Wo(l))?;
-            let w13 = up.need(Slot::GateUp(l))?;
-            let w2 = up.need(Slot::Down(l))?;
-            let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
-            let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
-            let router = if c.is_moe() { Some(up.need(Slot::Router(l))?.buf) } else { None };
-
-            for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
-                prog.push(ops::rms_norm(g, &step, &attn_norm, &x, &xn, d, c.eps, false)?);
-                match path {
-                    Path::Prefill => {
-                        for (w, n_out, off) in &qkv_w8 {
-                            let out = Out::cols(&qkv, qkv_w, *off);
-                            prog.push(ops::gemm(g, "q/k/v projection", &step, w, &xn, out, *n_out, d)?);
-                        }
-                        // The GPU weights hold rotary pairs in adjacent rows (src/weights.rs).
-                        prog.push(ops::rope_kv(g, &step, &table, &qkv, &kc, &vc, c.heads, c.kv_heads, hd, ctx, true)?);
-                    }
-                    // Few tokens: rotary embedding and the cache write in the matmul's epilogue.
-                    Path::Decode => {
-                        for (w, n_out, off) in &qkv_w8 {
-                            prog.push(ops::qkv_rope(
-                                g,
-                                &step,
-                                w,
-                                &xn,
-                                &table,
-                                &qkv,
-                                &kc,
-                                &vc,
-                                (*n_out, d, *off),
-                                (c.heads, c.kv_heads, hd, ctx),
-                            )?);
-                        }
-                    }
-                }
-                match path {
-                    Path::Prefill => prog.push(ops::attention(
-                        g,
-                        &step,
-                        &qkv,
-                        &kc,
-                        &vc,
-                        &attn,
-                        c.heads,
-                        c.kv_heads,
-                        hd,
-                        ctx,
-                        c.sliding_window,
-                    )?),
-                    // Few tokens: split the positions across workgroups (flash-decoding).
-                    Path::Decode => prog.extend(ops::attention_split(
-                        g,
-                        &step,
-                        &qkv,
-                        &kc,
-                        &vc,
-                        &partials,
-                        &attn,
-                        c.heads,
-                        c.kv_heads,
-                        hd,
-                        ctx,
-                        c.sliding_window,
-                    )?),
-                }
-                prog.push(match path {
-                    Path::Prefill => {
-                        ops::gemm(g, "attention output", &step, &wo, &attn, Out::add(&x, d), d, c.q_dim())?
-                    }
-                    Path::Decode => ops::gemv(g, "attention output", &wo, &attn, Out::add(&x, d), d, c.q_dim())?,
-                });
-                // xn = rmsnorm(x) (fused into the router where there is one), then routing.
-                prog.push(match &router {
-                    Some(r) => {
-                        let out = (&ids, &weights, &hist);
-                        ops::router(g, r, (&ffn_norm, c.eps), &x, &xn, out, d, e, k, c.norm_topk, li)?
-                    }
-                    None => ops::rms_norm(g, &step, &ffn_norm, &x, &xn, d, c.eps, false)?,
-                });
-                match path {
-                    Path::Prefill => {
-                        prog.push(ops::moe_group(g, &step, &ids, &sorted, &pos_of, &starts, e, k)?);
-                        prog.push(ops::moe_gemm_gate_up(g, &w13, &xn, &sorted, &starts, &act, d, ff, k, e)?);
-                        prog.push(ops::moe_gemm_down(g, &w2, &act, &starts, &ybuf, d, ff, k, e)?);
-                        prog.push(ops::moe_combine(g, &ybuf, &pos_of, &weights, &x, d, k)?);
-                    }
-                    Path::Decode => {
-                        prog.push(ops::moe_gemv_gate_up(g, &w13, &xn, &ids, &act, d, ff, k)?);
-                        prog.push(ops::moe_gemv_down(g, &w2, &act, &ids, &weights, &x, d, ff, k)?);
-                    }
-                }
-            }
-        }
-
-        let final_norm = up.need(Slot::FinalNorm)?.buf;
-        let lm_head = match up.slot(Slot::LmHead)? {
-            Some(w) => w,
-            None => embed.clone(),
-        };
-        let head_all_prefill = vec![
-            ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
-            ops::gemm(g, "LM head", &step, &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
-        ];
-        let head_all_decode = vec![
-            ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, false)?,
-            ops::gemv(g, "LM head", &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?,
-        ];
-        // The last row only: normalised into row 0, one GEMV row of logits.
-        let lm_last = ops::gemv(g, "LM head", &lm_head, &xn, Out::write(&logits, c.vocab), c.vocab, d)?;
-        let lm_last = {
-            let x = lm_last.grid.x;
-            lm_last.with_grid(super::Grid { x, y: Rows::Fixed(1) })
-        };
-        let head_last = vec![ops::rms_norm(g, &step, &final_norm, &x, &xn, d, c.eps, true)?, lm_last];
-        let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
-        let weight_bytes = up.bytes;
+        let b = super::program::build(&gpu, src, ctx, progress)?;
         Ok(GpuModel {
-            cfg: c,
+            cfg: src.config().clone(),
             ctx,
-            max_rows,
+            max_rows: b.max_rows,
             pos: 0,
-            step,
-            tokens,
-            hist,
-            logits,
-            staging,
-            programs: Programs {
-                body_prefill: pre,
-                body_decode: dec,
-                head_all_prefill,
-                head_all_decode,
-                head_last,
-                argmax,
-            },
+            step: b.step,
+            tokens: b.tokens,
+            hist: b.hist,
+            logits: b.logits,
+            staging: b.staging,
+            programs: b.programs,
             on_gpu: None,
-            _buffers: up.buffers,
-            weight_bytes,
+            _buffers: b.buffers,
+            weight_bytes: b.weight_bytes,
             gpu,
         })
     }
@@ -361,7 +121,7 @@ impl GpuModel {
     /// How often each expert of each layer was chosen since the last call ([layer][expert];
     /// empty for a dense model), then zeroes the counts. One small read, outside any step.
     pub async fn take_expert_counts(&mut self) -> Result<Vec<Vec<u32>>> {
-        let (l, e) = (self.cfg.layers, self.cfg.experts);
+        let (l, e) = (self.cfg.layers, self.cfg.max_experts());
         if !self.cfg.is_moe() {
             return Ok(Vec::new());
         }

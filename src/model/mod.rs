@@ -1,8 +1,19 @@
 //! Loading a model — a Hugging Face directory (config.json + safetensors, single or
-//! sharded) or a GGUF file — into a validated set of named weights. Family-specific naming
-//! lives in one file per family (`mixtral.rs`); everything here is shared.
+//! sharded) or a GGUF file — into a validated set of named weights and a layer plan.
+//! Each family lives in one file (`mixtral.rs`, `qwen_moe.rs`, ...) that reads its config,
+//! names its tensors and emits the plan (`plan.rs`); `FAMILIES` lists them. Everything
+//! else here is shared.
 
+pub mod ggufmeta;
+pub mod gpt_oss;
+pub mod granite;
+pub mod hf;
 pub mod mixtral;
+pub mod names;
+pub mod olmoe;
+pub mod plan;
+pub mod qwen_moe;
+mod tensors;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -10,44 +21,104 @@ use crate::gguf::{Gguf, Value};
 use crate::platform::ModelSource;
 use crate::safetensors::{SafeTensors, TensorInfo, parse_index};
 use crate::tensor::{DType, to_f32};
+use ggufmeta::GgufMeta;
+use hf::HfConfig;
+pub use names::{ExpertBias, ExpertNames, Experts, LayerNames, ModelNames, SharedNames};
+use plan::{AttnPlan, LayerPlan, QkNorm, RopePlan};
 use std::collections::BTreeMap;
 
-pub struct ExpertNames {
-    /// Gate projection `[ff, hidden]` (SiLU side).
-    pub w1: String,
-    /// Down projection `[hidden, ff]`.
-    pub w2: String,
-    /// Up projection `[ff, hidden]`.
-    pub w3: String,
+/// Whether the file holds a tensor of this name (optional tensors, storage variants).
+pub type Has<'a> = &'a dyn Fn(&str) -> bool;
+
+/// One model family: how to recognise it, and how to read its config and name its tensors
+/// in each file format.
+pub struct Family {
+    /// What `info` shows and `ModelConfig::family` holds.
+    pub name: &'static str,
+    /// `architectures[0]` (or `model_type`) values in config.json.
+    pub hf: &'static [&'static str],
+    /// `general.architecture` values in GGUF.
+    pub gguf: &'static [&'static str],
+    pub from_hf: fn(&HfConfig, Has) -> Result<(ModelConfig, ModelNames)>,
+    pub from_gguf: fn(&GgufMeta, Has) -> Result<(ModelConfig, ModelNames)>,
+    /// Rewrites Hugging Face tensors the GPU layout cannot take as stored (gpt-oss's
+    /// transposed, interleaved experts), after loading and before validation.
+    pub fixup: Option<fn(&mut ModelFiles) -> Result<()>>,
 }
 
-/// How a layer's experts are stored.
-pub enum Experts {
-    /// One tensor per expert and projection (Hugging Face; old GGUF).
-    Separate(Vec<ExpertNames>),
-    /// All experts of a projection in one tensor: gate/up `[E, ff, hidden]`, down
-    /// `[E, hidden, ff]` (GGUF `ffn_*_exps`; a dense GGUF FFN is E = 1 without the axis).
-    Stacked { gate: String, up: String, down: String },
+/// Every family webmoe reads. A new family is a new file and one line here.
+pub const FAMILIES: &[&Family] = &[
+    &mixtral::MIXTRAL,
+    &mixtral::LLAMA,
+    &qwen_moe::QWEN2MOE,
+    &qwen_moe::QWEN3MOE,
+    &olmoe::OLMOE,
+    &granite::GRANITEMOE,
+    &gpt_oss::GPT_OSS,
+];
+
+fn hf_family(arch: &str) -> Result<&'static Family> {
+    FAMILIES.iter().copied().find(|f| f.hf.contains(&arch)).ok_or_else(|| {
+        let known: Vec<&str> = FAMILIES.iter().flat_map(|f| f.hf.iter().copied()).filter(|a| a.contains("For")).collect();
+        Error::config(format!("unknown architecture '{arch}' (supported: {})", known.join(", ")))
+    })
 }
 
-pub struct LayerNames {
-    pub attn_norm: String,
-    pub wq: String,
-    pub wk: String,
-    pub wv: String,
-    pub wo: String,
-    pub ffn_norm: String,
-    /// Router `[experts, hidden]`; `None` for a dense layer.
-    pub router: Option<String>,
-    pub experts: Experts,
+fn gguf_family(g: &Gguf, arch: &str) -> Result<&'static Family> {
+    FAMILIES.iter().copied().find(|f| f.gguf.contains(&arch)).ok_or_else(|| {
+        let known: Vec<&str> = FAMILIES.iter().flat_map(|f| f.gguf.iter().copied()).collect();
+        Error::format(&g.file, format!("unknown architecture '{arch}' (supported: {})", known.join(", ")))
+    })
 }
 
-pub struct ModelNames {
-    pub embed: String,
-    pub final_norm: String,
-    /// Same name as `embed` when the embeddings are tied.
-    pub lm_head: String,
-    pub layers: Vec<LayerNames>,
+/// The sizes every llama-like family reads, from config.json (`hf::common`) or GGUF
+/// (`ggufmeta::common`).
+pub struct Sizes {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    pub max_positions: usize,
+    pub tie: bool,
+    pub rope: RopePlan,
+}
+
+/// A config with the given plan and no model-level multipliers.
+pub fn model_config(family: &str, arch: String, k: &Sizes, rope_interleaved: bool, plan: Vec<LayerPlan>) -> ModelConfig {
+    ModelConfig {
+        family: family.to_string(),
+        arch,
+        hidden: k.hidden,
+        layers: k.layers,
+        heads: k.heads,
+        kv_heads: k.kv_heads,
+        head_dim: k.head_dim,
+        vocab: k.vocab,
+        eps: k.eps,
+        max_positions: k.max_positions,
+        tie_embeddings: k.tie,
+        rope_interleaved,
+        embed_scale: 1.0,
+        residual_scale: 1.0,
+        logit_scale: 1.0,
+        plan,
+    }
+}
+
+/// Attention with no extras: no biases, norms or sinks; scale 1/sqrt(head_dim).
+pub fn plain_attention(rope: &RopePlan, head_dim: usize, window: Option<usize>) -> AttnPlan {
+    AttnPlan {
+        qkv_bias: false,
+        o_bias: false,
+        qk_norm: QkNorm::None,
+        sinks: false,
+        window,
+        rope: rope.clone(),
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
 }
 
 /// A borrowed view of one stored tensor (or a run of its leading-dimension rows).
@@ -125,7 +196,8 @@ pub const HF_EXTRA_FILES: &[&str] =
     &["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
 
 impl ModelFiles {
-    /// Reads a GGUF file, or a Hugging Face directory: `config.json`, then
+    /// Reads a GGUF file, or a Hugging Face directory: `config.json` (its family is found
+    /// first, so an unknown architecture fails before any weights are read), then
     /// `model.safetensors.index.json` and its shards, or `model.safetensors`.
     pub async fn load<S: ModelSource>(src: &S) -> Result<Self> {
         if let Some(name) = src.single_file() {
@@ -134,7 +206,8 @@ impl ModelFiles {
         }
         let cfg_bytes =
             src.read("config.json").await?.ok_or_else(|| Error::io(src.describe("config.json"), "not found"))?;
-        let config = ModelConfig::from_json_bytes(&cfg_bytes)?;
+        let hf = HfConfig::parse(&cfg_bytes)?;
+        hf_family(&hf.arch)?;
         let shard_names = match src.read("model.safetensors.index.json").await? {
             Some(idx) => parse_index(&idx)?.0,
             None => vec!["model.safetensors".to_string()],
@@ -150,12 +223,14 @@ impl ModelFiles {
                 extra.insert(name.to_string(), b);
             }
         }
-        let mut m = Self::from_safetensors(config, files)?;
+        let mut m = Self::from_safetensors(&hf, files)?;
         m.extra = extra;
         Ok(m)
     }
 
-    pub fn from_safetensors(config: ModelConfig, files: Vec<SafeTensors>) -> Result<Self> {
+    /// A Hugging Face model from its parsed config.json and safetensors files.
+    pub fn from_safetensors(hf: &HfConfig, files: Vec<SafeTensors>) -> Result<Self> {
+        let family = hf_family(&hf.arch)?;
         let mut table = BTreeMap::new();
         let mut blobs = Vec::with_capacity(files.len());
         for (i, f) in files.into_iter().enumerate() {
@@ -167,15 +242,23 @@ impl ModelFiles {
             }
             blobs.push((f.file, f.bytes));
         }
-        let names = mixtral::hf_names(&config);
-        let m = ModelFiles { config, names, metadata: BTreeMap::new(), extra: BTreeMap::new(), blobs, table };
+        let has = |n: &str| table.contains_key(n);
+        let (config, names) = (family.from_hf)(hf, &has)?;
+        config.validate()?;
+        let mut m = ModelFiles { config, names, metadata: BTreeMap::new(), extra: BTreeMap::new(), blobs, table };
+        if let Some(fix) = family.fixup {
+            fix(&mut m)?;
+        }
         m.validate()?;
         Ok(m)
     }
 
     pub fn from_gguf(g: Gguf) -> Result<Self> {
-        let config = ModelConfig::from_gguf(&g)?;
-        let names = mixtral::gguf_names(&config, |n| g.tensors.contains_key(n));
+        let meta = GgufMeta::new(&g)?;
+        let family = gguf_family(&g, meta.arch)?;
+        let has = |n: &str| g.tensors.contains_key(n);
+        let (config, names) = (family.from_gguf)(&meta, &has)?;
+        config.validate().map_err(|e| Error::format(&g.file, e))?;
         let table = g.tensors.into_iter().map(|(k, v)| (k, (0, v))).collect();
         let m = ModelFiles {
             config,
@@ -201,78 +284,36 @@ impl ModelFiles {
 
     /// Looks a tensor up and checks it has exactly `shape` and a type we compute with.
     pub fn expect(&self, name: &str, shape: &[usize]) -> Result<TensorRef<'_>> {
+        self.expect_any(name, &[shape])
+    }
+
+    /// `expect` with alternative shapes (a shared expert's gate is `[1, d]` or `[d]`).
+    pub fn expect_any(&self, name: &str, shapes: &[&[usize]]) -> Result<TensorRef<'_>> {
         let t = self.get(name)?;
         if !t.dtype.is_supported() {
             return Err(Error::tensor(
                 t.file,
                 name,
-                format!("type {} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)", t.dtype.name()),
+                format!("type {} is not supported ({})", t.dtype.name(), DType::SUPPORTED.join(", ")),
             ));
         }
         // A dense GGUF FFN is the single expert of a stack: [ff, d] stands for [1, ff, d].
-        let same = t.shape == shape || (shape.len() == 3 && shape[0] == 1 && t.shape == &shape[1..]);
-        if !same {
+        let same = |shape: &[usize]| t.shape == shape || (shape.len() == 3 && shape[0] == 1 && t.shape == &shape[1..]);
+        if !shapes.iter().any(|s| same(s)) {
             return Err(Error::tensor(
                 t.file,
                 name,
-                format!("shape {:?} disagrees with the model config, which implies {:?}", t.shape, shape),
+                format!("shape {:?} disagrees with the model config, which implies {:?}", t.shape, shapes[0]),
             ));
         }
         Ok(t)
     }
 
-    /// Expert `e` of layer `l`: (w1 gate [ff, d], w3 up [ff, d], w2 down [d, ff]).
-    pub fn expert(&self, l: usize, e: usize) -> Result<[TensorRef<'_>; 3]> {
-        let c = &self.config;
-        let (d, ff) = (c.hidden, c.ff);
-        match &self.names.layers[l].experts {
-            Experts::Separate(v) => {
-                let x = &v[e];
-                Ok([self.expect(&x.w1, &[ff, d])?, self.expect(&x.w3, &[ff, d])?, self.expect(&x.w2, &[d, ff])?])
-            }
-            Experts::Stacked { gate, up, down } => {
-                let n = c.experts;
-                fn slice(t: TensorRef<'_>, e: usize, rows: usize, cols: usize) -> Result<TensorRef<'_>> {
-                    let bytes = t.dtype.bytes_for((rows * cols) as u64).ok_or_else(|| {
-                        Error::tensor(
-                            t.file,
-                            t.name,
-                            format!("an expert's {rows}x{cols} slice is not whole {} blocks", t.dtype.name()),
-                        )
-                    })? as usize;
-                    Ok(TensorRef { data: &t.data[e * bytes..(e + 1) * bytes], ..t })
-                }
-                Ok([
-                    slice(self.expect(gate, &[n, ff, d])?, e, ff, d)?,
-                    slice(self.expect(up, &[n, ff, d])?, e, ff, d)?,
-                    slice(self.expect(down, &[n, d, ff])?, e, d, ff)?,
-                ])
-            }
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let c = &self.config;
-        let n = &self.names;
-        let d = c.hidden;
-        self.expect(&n.embed, &[c.vocab, d])?;
-        self.expect(&n.final_norm, &[d])?;
-        self.expect(&n.lm_head, &[c.vocab, d])?;
-        for (li, l) in n.layers.iter().enumerate() {
-            self.expect(&l.attn_norm, &[d])?;
-            self.expect(&l.ffn_norm, &[d])?;
-            self.expect(&l.wq, &[c.q_dim(), d])?;
-            self.expect(&l.wk, &[c.kv_dim(), d])?;
-            self.expect(&l.wv, &[c.kv_dim(), d])?;
-            self.expect(&l.wo, &[d, c.q_dim()])?;
-            if let Some(r) = &l.router {
-                self.expect(r, &[c.experts, d])?;
-            }
-            for e in 0..c.experts {
-                self.expert(li, e)?;
-            }
-        }
-        Ok(())
+    /// Replaces a tensor's bytes, type and shape (family fix-ups; quantizing on load).
+    pub fn replace(&mut self, name: &str, dtype: DType, shape: Vec<usize>, bytes: Vec<u8>, why: &str) {
+        let info = TensorInfo { dtype, shape, start: 0, end: bytes.len() };
+        self.blobs.push((format!("{name} ({why})"), bytes));
+        self.table.insert(name.to_string(), (self.blobs.len() - 1, info));
     }
 
     /// Quantizes every f32/f16/bf16 matrix (embeddings, projections, experts) to `dtype`
@@ -285,11 +326,9 @@ impl ModelFiles {
         let mut targets: Vec<String> = vec![n.embed.clone(), n.lm_head.clone()];
         for l in &n.layers {
             targets.extend([l.wq.clone(), l.wk.clone(), l.wv.clone(), l.wo.clone()]);
-            match &l.experts {
-                Experts::Separate(v) => {
-                    v.iter().for_each(|e| targets.extend([e.w1.clone(), e.w2.clone(), e.w3.clone()]))
-                }
-                Experts::Stacked { gate, up, down } => targets.extend([gate.clone(), up.clone(), down.clone()]),
+            targets.extend(l.experts.tensor_names().into_iter().cloned());
+            if let Some(sh) = &l.shared {
+                targets.extend([sh.gate.clone(), sh.up.clone(), sh.down.clone()]);
             }
         }
         targets.sort();
@@ -311,10 +350,9 @@ impl ModelFiles {
                     format!("rows of {cols} cannot be quantized in blocks of 32"),
                 ));
             }
+            let shape = t.shape.to_vec();
             let q = crate::quant::quantize(dtype, &t.to_f32())?;
-            let info = TensorInfo { dtype, shape: t.shape.to_vec(), start: 0, end: q.len() };
-            self.blobs.push((format!("{name} ({} on load)", dtype.name()), q));
-            self.table.insert(name, (self.blobs.len() - 1, info));
+            self.replace(&name, dtype, shape, q, &format!("{} on load", dtype.name()));
         }
         Ok(())
     }
@@ -330,25 +368,26 @@ impl ModelFiles {
             params += i.shape.iter().product::<usize>() as u64;
         }
         let c = &self.config;
-        let mut expert_params = 0u64;
-        if c.is_moe() {
-            for l in &self.names.layers {
-                let names: Vec<&String> = match &l.experts {
-                    Experts::Separate(v) => v.iter().flat_map(|e| [&e.w1, &e.w2, &e.w3]).collect(),
-                    Experts::Stacked { gate, up, down } => vec![gate, up, down],
-                };
-                for n in names {
-                    expert_params += self.table.get(n).map_or(0, |(_, i)| i.shape.iter().product::<usize>() as u64);
-                }
+        // Routed experts count as top_k / experts of their parameters per token.
+        let mut inactive = 0u64;
+        for (l, plan) in self.names.layers.iter().zip(&c.plan) {
+            if let Some(m) = plan.moe() {
+                let numel: u64 = l
+                    .experts
+                    .tensor_names()
+                    .iter()
+                    .map(|n| self.table.get(*n).map_or(0, |(_, i)| i.shape.iter().product::<usize>() as u64))
+                    .sum();
+                inactive += numel - numel * m.top_k as u64 / m.experts as u64;
             }
         }
-        let active = params - expert_params + expert_params * c.top_k as u64 / c.experts as u64;
+        let active = params - inactive;
         Summary {
             params,
             active_params: active,
             weight_bytes: self.total_bytes(),
             types,
-            kv_bytes_per_token: (2 * c.layers * c.kv_heads * c.head_dim * 4) as u64,
+            kv_bytes_per_token: c.kv_bytes_per_token(),
         }
     }
 

@@ -37,6 +37,12 @@ try {
       const engine = await createEngine({ prefillChunk, gemvLanes });
       for (const [name, url] of fixtures) {
         const ref = await (await fetch(`/tests/fixtures/${name}/reference.json`)).json();
+        // Real vocabularies keep their logits as f32 rows in a file beside the reference.
+        if (ref.logits_file) {
+          const flat = new Float32Array(await (await fetch(`/tests/fixtures/${name}/${ref.logits_file}`)).arrayBuffer());
+          const v = flat.length / ref.tokens.length;
+          ref.logits = Array.from({ length: ref.tokens.length }, (_, t) => flat.subarray(t * v, (t + 1) * v));
+        }
         const progress = [];
         await engine.load(url, { onProgress: (p) => progress.push(p) });
         const logits = await engine.logits(ref.tokens);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use webmoe::gpu::Gpu;
 use webmoe::platform::block_on;
-use webmoe::tensor::{DType, from_f32, to_f32};
+use webmoe::tensor::{DType, from_f32};
 
 /// One GPU for the whole test binary. No adapter is a failure, not a skip: CI installs
 /// lavapipe so the kernels are always exercised.
@@ -72,6 +72,16 @@ pub fn random_blocks(rng: &mut Rng, dtype: DType, numel: usize, scale: f32) -> V
                 // |value| <= d * 128 * 32
                 let mut b: Vec<u8> = (0..208).map(|_| rng.next_u64() as u8).collect();
                 b.extend(f16(scale / 4096.0 * (0.5 + rng.f32(0.5).abs())));
+                b
+            })
+            .collect(),
+        DType::MXFP4 => (0..numel / 32)
+            .flat_map(|_| {
+                // |value| <= 12 * 2^(e - 128): e within 3 of where that is about `scale`.
+                let top = 128.0 + (scale / 12.0).log2();
+                let e = (top - (rng.next_u64() % 4) as f32).clamp(1.0, 254.0) as u8;
+                let mut b = vec![e];
+                b.extend((0..16).map(|_| rng.next_u64() as u8));
                 b
             })
             .collect(),
@@ -168,14 +178,25 @@ pub fn reference(dir: &Path) -> Reference {
     let u32s = |v: &serde_json::Value| -> Vec<u32> {
         v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as u32).collect()
     };
-    Reference {
-        tokens: u32s(&v["tokens"]),
-        logits: v["logits"]
+    let tokens = u32s(&v["tokens"]);
+    // Logits inline, or (real vocabularies) as f32 LE rows [tokens, vocab] in a file.
+    let logits = match v["logits_file"].as_str() {
+        Some(f) => {
+            let raw = std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}: {f}: {e}", dir.display()));
+            let flat: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let vocab = flat.len() / tokens.len();
+            flat.chunks(vocab).map(|r| r.to_vec()).collect()
+        }
+        None => v["logits"]
             .as_array()
             .expect("logits")
             .iter()
             .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("float") as f32).collect())
             .collect(),
+    };
+    Reference {
+        tokens,
+        logits,
         greedy_prompt: if v["greedy"].is_null() { vec![] } else { u32s(&v["greedy"]["prompt"]) },
         greedy_tokens: if v["greedy"].is_null() { vec![] } else { u32s(&v["greedy"]["tokens"]) },
     }

@@ -1,53 +1,89 @@
 //! Reference checks for the attention-side kernels: rotary + KV write (rope_kv, and fused
-//! into the decode q/k/v projection, qkv_rope), attention and split-K attention.
+//! into the decode q/k/v projection, qkv_rope), q/k norms, attention and split-K attention.
 
 use super::*;
+use webmoe::model::plan::{RopePlan, RopeScaling};
+
+/// A plain rotary table [ctx, d/2] of (cos, sin).
+fn table(hd: usize, ctx: usize) -> Vec<f32> {
+    webmoe::config::rope_table(&RopePlan { theta: 10000.0, scaling: RopeScaling::None }, hd, ctx)
+}
 
 pub fn check_rope_kv(g: &Gpu, seed: u64) -> Result<(), String> {
     for interleaved in [false, true] {
-        check_rope_kv_mode(g, seed, interleaved)?;
+        for norm in [false, true] {
+            check_rope_kv_mode(g, seed, interleaved, norm)?;
+        }
     }
     Ok(())
 }
 
-pub fn check_rope_kv_mode(g: &Gpu, seed: u64, interleaved: bool) -> Result<(), String> {
+pub fn check_rope_kv_mode(g: &Gpu, seed: u64, interleaved: bool, norm: bool) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let (heads, kvh, hd, ctx, t, pos0) = (4, 2, 24, 20, 5, 7);
+    let (heads, kvh, hd, ctx, t, pos0, eps) = (4, 2, 24, 20, 5, 7, 1e-6);
     let stride = (heads + 2 * kvh) * hd;
     let qkv = rng.vec(t * stride, 1.0);
-    let inv = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect::<Vec<_>>();
-    let table = webmoe::config::rope_table(&inv, ctx);
-    // Reference: split, rotate q and k, place k and v at positions pos0..pos0+t.
+    let table = table(hd, ctx);
+    // Per-head norm weights, q's then k's.
+    let nw = rng.vec(2 * hd, 1.5);
+    // Reference: split, (normalise each head,) rotate q and k, place k and v at
+    // positions pos0..pos0+t.
     let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
     for row in qkv.chunks(stride) {
         q.extend_from_slice(&row[..heads * hd]);
         k.extend_from_slice(&row[heads * hd..(heads + kvh) * hd]);
         v.extend_from_slice(&row[(heads + kvh) * hd..]);
     }
+    if norm {
+        q = cpu::rms_norm(&q, &nw[..hd], eps);
+        k = cpu::rms_norm(&k, &nw[hd..], eps);
+    }
     cpu::rope(&mut q, heads, hd, pos0, &table, interleaved);
     cpu::rope(&mut k, kvh, hd, pos0, &table, interleaved);
-    let (qb, tb, kc, vc, s) = (
+    let (qb, tb, kc, vc, s, nb) = (
         upload_f32(g, "qkv", &qkv),
         upload_f32(g, "table", &table),
         poisoned(g, "kc", kvh * ctx * hd),
         poisoned(g, "vc", kvh * ctx * hd),
         step(g, t, pos0),
+        upload_f32(g, "norm", &nw),
     );
-    let d = ops::rope_kv(g, &s, &tb, &qb, &kc, &vc, heads, kvh, hd, ctx, interleaved).map_err(|e| e.to_string())?;
+    let d = ops::rope_kv(g, &s, &tb, (&qb, &kc, &vc), norm.then_some((&nb, eps)), (heads, kvh, hd, ctx), interleaved)
+        .map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     let got = read_f32(g, &qb, t * stride);
     let got_q: Vec<f32> = got.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
-    close(&format!("rope q interleaved={interleaved}"), &got_q, &q, 1e-5, 1e-5)?;
+    close(&format!("rope q interleaved={interleaved} norm={norm}"), &got_q, &q, 1e-5, 1e-5)?;
     let (gk, gv) = (read_f32(g, &kc, kvh * ctx * hd), read_f32(g, &vc, kvh * ctx * hd));
     for tt in 0..t {
         for h in 0..kvh {
             let c = (h * ctx + pos0 + tt) * hd;
             let r = (tt * kvh + h) * hd;
-            close(&format!("rope k cache t={tt} head={h}"), &gk[c..c + hd], &k[r..r + hd], 1e-5, 1e-5)?;
+            close(&format!("rope k cache t={tt} head={h} norm={norm}"), &gk[c..c + hd], &k[r..r + hd], 1e-5, 1e-5)?;
             close(&format!("v cache t={tt} head={h}"), &gv[c..c + hd], &v[r..r + hd], 0.0, 0.0)?;
         }
     }
     Ok(())
+}
+
+/// RMSNorm over each token's whole q and whole k projection, in place; v untouched.
+pub fn check_qk_norm(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (heads, kvh, hd, t, eps) = (6, 2, 24, 5, 1e-5);
+    let (qd, kvd) = (heads * hd, kvh * hd);
+    let stride = qd + 2 * kvd;
+    let qkv = rng.vec(t * stride, 2.0);
+    let nw = rng.vec(qd + kvd, 1.5);
+    let mut want = Vec::with_capacity(qkv.len());
+    for row in qkv.chunks(stride) {
+        want.extend(cpu::rms_norm(&row[..qd], &nw[..qd], eps));
+        want.extend(cpu::rms_norm(&row[qd..qd + kvd], &nw[qd..], eps));
+        want.extend_from_slice(&row[qd + kvd..]);
+    }
+    let (qb, nb) = (upload_f32(g, "qkv", &qkv), upload_f32(g, "norm", &nw));
+    let d = ops::qk_norm(g, &qb, &nb, heads, kvh, hd, eps).map_err(|e| e.to_string())?;
+    g.run(&[&d], t as u32);
+    close("qk_norm", &read_f32(g, &qb, t * stride), &want, 1e-5, 1e-5).map(|_| ())
 }
 
 /// The fused decode q/k/v projection: matmul, then rotary (adjacent pairs) on q into the
@@ -57,14 +93,19 @@ pub fn check_qkv_rope(g: &Gpu, seed: u64) -> Result<(), String> {
     let (heads, kvh, hd, ctx, t, pos0) = (4, 2, 24, 20, 3, 5);
     let (qd, kvd) = (heads * hd, kvh * hd);
     let stride = qd + 2 * kvd;
-    let inv = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect::<Vec<_>>();
-    let table = webmoe::config::rope_table(&inv, ctx);
+    let table = table(hd, ctx);
     for (i, &dt) in DTYPES.iter().enumerate() {
-        // Alternate the 4-wide loop (K = 68 for plain floats) and the 32-block path.
+        // Alternate the 4-wide loop (K = 68 for plain floats) and the 32-block path, and
+        // q/k/v biases (Qwen2-MoE, gpt-oss) on and off.
         let k = inner_dim(dt, if i % 2 == 0 { 68 } else { 96 });
+        let with_bias = i % 3 != 1;
         let x = rng.vec(t * k, 1.0);
         let (w, wv) = weight(g, &mut rng, dt, 1, stride * k, 0.5);
-        let prod = cpu::matmul(&x, t, k, &wv[0], stride);
+        let bias = rng.vec(stride, 1.0);
+        let mut prod = cpu::matmul(&x, t, k, &wv[0], stride);
+        if with_bias {
+            prod.chunks_mut(stride).for_each(|r| r.iter_mut().zip(&bias).for_each(|(p, b)| *p += b));
+        }
         let (mut q, mut kk, mut v) = (Vec::new(), Vec::new(), Vec::new());
         for row in prod.chunks(stride) {
             q.extend_from_slice(&row[..qd]);
@@ -91,13 +132,15 @@ pub fn check_qkv_rope(g: &Gpu, seed: u64) -> Result<(), String> {
             } else {
                 vec![(w.clone(), stride, 0)]
             };
+            let bb = upload_f32(g, "bias", &bias);
+            let bb = with_bias.then_some(&bb);
             let ds = parts
                 .iter()
-                .map(|(w, n, off)| ops::qkv_rope(g, &s, w, &xb, &tb, &qb, &kc, &vc, (*n, k, *off), shape))
+                .map(|(w, n, off)| ops::qkv_rope(g, &s, w, &xb, &tb, (&qb, &kc, &vc), bb, (*n, k, *off), shape))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             g.run(&ds.iter().collect::<Vec<_>>(), t as u32);
-            let what = format!("qkv_rope {dt:?} split={split}");
+            let what = format!("qkv_rope {dt:?} split={split} bias={with_bias}");
             let got = read_f32(g, &qb, t * stride);
             let got_q: Vec<f32> = got.chunks(stride).flat_map(|r| r[..qd].to_vec()).collect();
             close(&format!("{what} q"), &got_q, &q, 1e-4, 1e-4)?;
@@ -115,58 +158,86 @@ pub fn check_qkv_rope(g: &Gpu, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Random q|k|v rows (T tokens from position pos0) and KV caches on the GPU, a poisoned
-/// output, the step, and the CPU reference: what both attention checks start from.
+/// Random q|k|v rows (T tokens from position pos0), KV caches and (with `sinks`) one
+/// sink logit per head on the GPU, a poisoned output, the step, the spec and the CPU
+/// reference: what both attention checks start from.
+struct Case {
+    qkv: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    out: wgpu::Buffer,
+    step: wgpu::Buffer,
+    sinks: Option<wgpu::Buffer>,
+    spec: ops::AttnSpec,
+    want: Vec<f32>,
+}
+
 fn attention_case(
     g: &Gpu,
     rng: &mut Rng,
     (heads, kvh, hd, ctx): (usize, usize, usize, usize),
-    t: usize,
-    pos0: usize,
+    (t, pos0): (usize, usize),
     window: Option<usize>,
-) -> (wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, Vec<f32>) {
+    sinks: bool,
+) -> Case {
     let stride = (heads + 2 * kvh) * hd;
     let qkv = rng.vec(t * stride, 1.0);
     let kc = rng.vec(kvh * ctx * hd, 1.0);
     let vc = rng.vec(kvh * ctx * hd, 1.0);
+    // Sinks large enough to take a real share of the softmax; a scale that is not
+    // 1/sqrt(d) (Granite's attention multiplier, Gemma's query_pre_attn_scalar).
+    let sink = rng.vec(heads, 3.0);
+    let scale = if sinks { 0.3 } else { 1.0 / (hd as f32).sqrt() };
     let q: Vec<f32> = qkv.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
-    let want = cpu::attention(&q, &kc, &vc, ctx, pos0, heads, kvh, hd, window);
-    (
-        upload_f32(g, "qkv", &qkv),
-        upload_f32(g, "k", &kc),
-        upload_f32(g, "v", &vc),
-        poisoned(g, "out", t * heads * hd),
-        step(g, t, pos0),
+    let want =
+        cpu::attention(&q, (&kc, &vc, ctx), pos0, (heads, kvh, hd), window, scale, sinks.then_some(sink.as_slice()));
+    Case {
+        qkv: upload_f32(g, "qkv", &qkv),
+        k: upload_f32(g, "k", &kc),
+        v: upload_f32(g, "v", &vc),
+        out: poisoned(g, "out", t * heads * hd),
+        step: step(g, t, pos0),
+        sinks: sinks.then(|| upload_f32(g, "sinks", &sink)),
+        spec: ops::AttnSpec { heads, kv_heads: kvh, head_dim: hd, ctx, window, scale },
         want,
-    )
+    }
 }
 
 pub fn check_attention(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     // head_dim 24 (not a power of two), 74 visible keys (more than one 64-key chunk).
     let (heads, kvh, hd, ctx, t, pos0) = (8, 2, 24, 200, 4, 70);
-    for window in [None, Some(50)] {
-        let (qb, kb, vb, ob, s, want) = attention_case(g, &mut rng, (heads, kvh, hd, ctx), t, pos0, window);
-        let d = ops::attention(g, &s, &qb, &kb, &vb, &ob, heads, kvh, hd, ctx, window).map_err(|e| e.to_string())?;
+    for (window, sinks) in [(None, false), (Some(50), false), (None, true), (Some(50), true)] {
+        let c = attention_case(g, &mut rng, (heads, kvh, hd, ctx), (t, pos0), window, sinks);
+        let d = ops::attention(g, &c.step, (&c.qkv, &c.k, &c.v), &c.out, c.sinks.as_ref(), &c.spec)
+            .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        close(&format!("attention window={window:?}"), &read_f32(g, &ob, t * heads * hd), &want, 1e-5, 1e-4)?;
+        let what = format!("attention window={window:?} sinks={sinks}");
+        close(&what, &read_f32(g, &c.out, t * heads * hd), &c.want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
 
 /// Split-K attention (decode): several 256-position chunks, a window that empties some of
-/// them, and a step inside the first chunk; both kernels (split, combine) run.
+/// them, a step inside the first chunk, and sinks; both kernels (split, combine) run.
 pub fn check_attention_split(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (heads, kvh, hd, ctx) = (8, 2, 24, 1100);
-    for (t, pos0, window) in [(3, 1000, None), (3, 1000, Some(300)), (1, 5, None), (2, 511, Some(40))] {
-        let (qb, kb, vb, ob, s, want) = attention_case(g, &mut rng, (heads, kvh, hd, ctx), t, pos0, window);
+    let cases = [
+        (3, 1000, None, false),
+        (3, 1000, Some(300), true),
+        (1, 5, None, true),
+        (2, 511, Some(40), false),
+    ];
+    for (t, pos0, window, sinks) in cases {
+        let c = attention_case(g, &mut rng, (heads, kvh, hd, ctx), (t, pos0), window, sinks);
         let pb = poisoned(g, "partials", ops::attention_partials_bytes(t, heads, hd, ctx) / 4);
-        let [split, combine] = ops::attention_split(g, &s, &qb, &kb, &vb, &pb, &ob, heads, kvh, hd, ctx, window)
-            .map_err(|e| e.to_string())?;
+        let [split, combine] =
+            ops::attention_split(g, &c.step, (&c.qkv, &c.k, &c.v), &pb, &c.out, c.sinks.as_ref(), &c.spec)
+                .map_err(|e| e.to_string())?;
         g.run_at(&[&split, &combine], t as u32, pos0 as u32);
-        let what = format!("split attention t={t} pos0={pos0} window={window:?}");
-        close(&what, &read_f32(g, &ob, t * heads * hd), &want, 1e-5, 1e-4)?;
+        let what = format!("split attention t={t} pos0={pos0} window={window:?} sinks={sinks}");
+        close(&what, &read_f32(g, &c.out, t * heads * hd), &c.want, 1e-5, 1e-4)?;
     }
     Ok(())
 }

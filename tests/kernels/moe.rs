@@ -2,37 +2,64 @@
 //! grouping, grouped GEMMs, combine).
 
 use super::*;
+use webmoe::model::plan::{Act, RouterOrder, RouterPlan};
 
 pub fn check_router(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (t, dim, e, k, eps) = (6, 40, 16, 4, 1e-5);
-    for renorm in [true, false] {
+    // (order, renorm, bias, scale, shared gate): Mixtral; Qwen2-MoE (no renorm, shared
+    // gate); gpt-oss (bias, top-k then softmax); a routed scale.
+    let cases = [
+        (RouterOrder::SoftmaxTopK, true, false, 1.0, false),
+        (RouterOrder::SoftmaxTopK, false, false, 1.0, true),
+        (RouterOrder::TopKSoftmax, false, true, 1.0, false),
+        (RouterOrder::SoftmaxTopK, true, true, 2.5, true),
+    ];
+    for (order, renorm, with_bias, scale, gate) in cases {
+        let plan = RouterPlan { order, bias: with_bias, renorm, scale };
         let (x, wg, norm) = (rng.vec(t * dim, 1.0), rng.vec(e * dim, 0.5), rng.vec(dim, 1.0));
-        let (xb, wb, nb, xnb, ib, wsb) = (
+        let bias = rng.vec(e, 1.0);
+        let gate_w = rng.vec(dim, 0.5);
+        // The router buffer: rows, then the bias, then the shared gate row.
+        let mut packed = wg.clone();
+        if with_bias {
+            packed.extend(&bias);
+        }
+        if gate {
+            packed.extend(&gate_w);
+        }
+        let (xb, wb, nb, xnb, ib, wsb, shb) = (
             upload_f32(g, "x", &x),
-            upload_f32(g, "wg", &wg),
+            upload_f32(g, "wg", &packed),
             upload_f32(g, "norm", &norm),
             poisoned(g, "xn", t * dim),
             poisoned_u32(g, "ids", t * k),
             poisoned(g, "w", t * k),
+            poisoned(g, "shared", t),
         );
         // Counts of layer 1 of 3 start from arbitrary values and gain one per choice.
         let hist0: Vec<u32> = (0..3 * e as u32).collect();
         let hb = upload_u32(g, "hist", &hist0);
-        let d = ops::router(g, &wb, (&nb, eps), &xb, &xnb, (&ib, &wsb, &hb), dim, e, k, renorm, 1)
+        let spec = ops::RouterSpec { dim, experts: e, k, layer: 1, plan: &plan, shared_gate: gate };
+        let d = ops::router(g, &wb, (&nb, eps), &xb, &xnb, (&ib, &wsb, &hb, gate.then_some(&shb)), &spec)
             .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
+        let what = format!("router {order:?} renorm={renorm} bias={with_bias} scale={scale} shared gate={gate}");
         // The normalised rows (the experts' input) first; routing is then checked on the
         // GPU's own rows, so a near-tie cannot flip on a last-bit difference.
         let xn = read_f32(g, &xnb, t * dim);
         let want = cpu::rms_norm(&x, &norm, eps);
-        close("router's rmsnorm", &xn, &want, 1e-5, 1e-5)?;
-        let (ids, ws) = cpu::route(&xn, dim, &wg, e, k, renorm);
-        same_u32(&format!("router ids renorm={renorm}"), &read_u32(g, &ib, t * k), &ids)?;
+        close(&format!("{what}: rmsnorm"), &xn, &want, 1e-5, 1e-5)?;
+        let (ids, ws) = cpu::route(&xn, dim, (&wg, with_bias.then_some(bias.as_slice())), e, k, &plan);
+        same_u32(&format!("{what}: ids"), &read_u32(g, &ib, t * k), &ids)?;
         let mut hist = hist0.clone();
         ids.iter().for_each(|&i| hist[e + i as usize] += 1);
-        same_u32(&format!("router choice counts renorm={renorm}"), &read_u32(g, &hb, 3 * e), &hist)?;
-        close(&format!("router weights renorm={renorm}"), &read_f32(g, &wsb, t * k), &ws, 1e-6, 1e-5)?;
+        same_u32(&format!("{what}: choice counts"), &read_u32(g, &hb, 3 * e), &hist)?;
+        close(&format!("{what}: weights"), &read_f32(g, &wsb, t * k), &ws, 1e-6, 1e-5)?;
+        if gate {
+            let want: Vec<f32> = xn.chunks(dim).map(|r| cpu::sigmoid(cpu::matmul(r, 1, dim, &gate_w, 1)[0])).collect();
+            close(&format!("{what}: shared gate"), &read_f32(g, &shb, t), &want, 1e-6, 1e-5)?;
+        }
     }
     Ok(())
 }
@@ -65,7 +92,16 @@ pub struct Experts {
     /// Stacked expert blocks: gate and up rows [2 ff, dim]; down [dim, ff].
     gate_up: GpuWeight,
     down: GpuWeight,
+    /// Biases [E, 2 ff] (gate then up) and [E, dim], large enough to cross the clamped
+    /// GLU's limit, and on the GPU.
+    b13: Vec<f32>,
+    b2: Vec<f32>,
+    b13_buf: wgpu::Buffer,
+    b2_buf: wgpu::Buffer,
 }
+
+/// The activations the expert kernels have, cycled through by the checks.
+pub const ACTS: [Act; 3] = [Act::SiluGlu, Act::GeluTanhGlu, Act::ClampedSwiGlu { alpha: 1.702, limit: 7.0 }];
 
 pub fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DType) -> Experts {
     let mut raw = |n| random_blocks(rng, dt, n, 0.3);
@@ -73,40 +109,61 @@ pub fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DTyp
     let gu: Vec<Vec<&[u8]>> = blocks.iter().map(|b| vec![b[0].as_slice(), b[1].as_slice()]).collect();
     let dn: Vec<Vec<&[u8]>> = blocks.iter().map(|b| vec![b[2].as_slice()]).collect();
     let vals = |i: usize| blocks.iter().map(|b| to_f32(dt, &b[i])).collect();
+    let (b13, b2) = (rng.vec(e * 2 * ff, 10.0), rng.vec(e * dim, 1.0));
     Experts {
         w1: vals(0),
         w3: vals(1),
         w2: vals(2),
         gate_up: g.upload_experts("gate|up", dt, &gu).unwrap(),
         down: g.upload_experts("down", dt, &dn).unwrap(),
+        b13_buf: upload_f32(g, "gate/up biases", &b13),
+        b2_buf: upload_f32(g, "down biases", &b2),
+        b13,
+        b2,
     }
 }
 
 /// Reference activation of assignment (token t, expert id).
-pub fn act_ref(x: &[f32], t: usize, id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
+pub fn act_ref(x: &[f32], t: usize, id: u32, ex: &Experts, (dim, ff): (usize, usize), act: Act, bias: bool) -> Vec<f32> {
     let e = id as usize;
-    cpu::swiglu_act(&x[t * dim..(t + 1) * dim], &ex.w1[e], &ex.w3[e], ff)
+    let b = bias.then(|| &ex.b13[e * 2 * ff..(e + 1) * 2 * ff]);
+    cpu::glu_act(&x[t * dim..(t + 1) * dim], &ex.w1[e], &ex.w3[e], ff, act, b)
 }
 
-pub fn down_ref(a: &[f32], id: u32, ex: &Experts, dim: usize, ff: usize) -> Vec<f32> {
-    cpu::matmul(a, 1, ff, &ex.w2[id as usize], dim)
+pub fn down_ref(a: &[f32], id: u32, ex: &Experts, dim: usize, ff: usize, bias: bool) -> Vec<f32> {
+    let mut y = cpu::matmul(a, 1, ff, &ex.w2[id as usize], dim);
+    if bias {
+        let e = id as usize;
+        y.iter_mut().zip(&ex.b2[e * dim..(e + 1) * dim]).for_each(|(y, b)| *y += b);
+    }
+    y
+}
+
+fn spec(dim: usize, ff: usize, k: usize, e: usize, act: Act) -> ops::ExpertSpec {
+    ops::ExpertSpec { dim, ff, k, experts: e, act }
 }
 
 pub fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (t, e, k) = (3, 6, 2);
-    // dim 40 takes the 4-wide loop for plain floats, 64 the whole-block path.
-    for (dt, base) in DTYPES.iter().flat_map(|&d| [(d, 40), (d, 64)]) {
+    // dim 40 takes the 4-wide loop for plain floats, 64 the whole-block path; the
+    // activation and the biases vary with the type.
+    for (i, (dt, base)) in DTYPES.iter().flat_map(|&d| [(d, 40), (d, 64)]).enumerate() {
+        let (act, bias) = (ACTS[i % 3], i % 2 == 0 || i % 3 == 2);
         let (dim, ff) = (inner_dim(dt, base), 52);
         let ex = experts(g, &mut rng, e, dim, inner_dim(dt, ff), dt);
         let ff = inner_dim(dt, ff);
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
-        let want: Vec<f32> = (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, dim, ff)).collect();
+        let want: Vec<f32> =
+            (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, (dim, ff), act, bias)).collect();
         let (xb, ib, ab) = (upload_f32(g, "x", &x), upload_u32(g, "ids", &ids), poisoned(g, "act", t * k * ff));
-        let d = ops::moe_gemv_gate_up(g, &ex.gate_up, &xb, &ib, &ab, dim, ff, k).map_err(|e| e.to_string())?;
+        let bb = bias.then_some(&ex.b13_buf);
+        let d = ops::moe_gemv_gate_up(g, &ex.gate_up, &xb, &ib, &ab, bb, &spec(dim, ff, k, e, act))
+            .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        close(&format!("moe_gemv_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+        let what = format!("moe_gemv_gate_up {dt:?} {act:?} bias={bias}");
+        close(&what, &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
@@ -114,7 +171,8 @@ pub fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
 pub fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (t, e, k) = (3, 6, 2);
-    for (dt, base) in DTYPES.iter().flat_map(|&d| [(d, 52), (d, 64)]) {
+    for (i, (dt, base)) in DTYPES.iter().flat_map(|&d| [(d, 52), (d, 64)]).enumerate() {
+        let (bias, alpha) = (i % 2 == 0, if i % 3 == 1 { 0.5 } else { 1.0 });
         let (dim, ff) = (40, inner_dim(dt, base));
         let ex = experts(g, &mut rng, e, inner_dim(dt, dim), ff, dt);
         let dim = inner_dim(dt, dim);
@@ -123,15 +181,18 @@ pub fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
         let (ids, ws) = routing(&mut rng, t, e, k);
         let mut want = x0.clone();
         for a in 0..t * k {
-            let y = down_ref(&act[a * ff..(a + 1) * ff], ids[a], &ex, dim, ff);
+            let y = down_ref(&act[a * ff..(a + 1) * ff], ids[a], &ex, dim, ff, bias);
             let tt = a / k;
-            want[tt * dim..(tt + 1) * dim].iter_mut().zip(&y).for_each(|(w, y)| *w += ws[a] * y);
+            want[tt * dim..(tt + 1) * dim].iter_mut().zip(&y).for_each(|(w, y)| *w += alpha * ws[a] * y);
         }
         let (ab, ib, wb, xb) =
             (upload_f32(g, "act", &act), upload_u32(g, "ids", &ids), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
-        let d = ops::moe_gemv_down(g, &ex.down, &ab, &ib, &wb, &xb, dim, ff, k).map_err(|e| e.to_string())?;
+        let es = spec(dim, ff, k, e, Act::SiluGlu);
+        let d = ops::moe_gemv_down(g, &ex.down, &ab, (&ib, &wb), &xb, bias.then_some(&ex.b2_buf), &es, alpha)
+            .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        close(&format!("moe_gemv_down {dt:?}"), &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-4)?;
+        let what = format!("moe_gemv_down {dt:?} bias={bias} alpha={alpha}");
+        close(&what, &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
@@ -165,23 +226,29 @@ pub fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     // 37 tokens x 2 = 74 assignments over 5 experts: several experts span 2-3 row tiles.
     let (t, e, k) = (37, 5, 2);
-    for dt in DTYPES {
+    for (i, dt) in DTYPES.into_iter().enumerate() {
+        let (act, bias) = (ACTS[i % 3], i % 2 == 0 || i % 3 == 2);
         let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
         let ex = experts(g, &mut rng, e, dim, ff, dt);
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
         let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
-        let want: Vec<f32> =
-            sorted.iter().flat_map(|&a| act_ref(&x, a as usize / k, ids[a as usize], &ex, dim, ff)).collect();
+        let want: Vec<f32> = sorted
+            .iter()
+            .flat_map(|&a| act_ref(&x, a as usize / k, ids[a as usize], &ex, (dim, ff), act, bias))
+            .collect();
         let (xb, sb, stb, ab) = (
             upload_f32(g, "x", &x),
             upload_u32(g, "sorted", &sorted),
             upload_u32(g, "starts", &starts),
             poisoned(g, "act", t * k * ff),
         );
-        let d = ops::moe_gemm_gate_up(g, &ex.gate_up, &xb, &sb, &stb, &ab, dim, ff, k, e).map_err(|e| e.to_string())?;
+        let bb = bias.then_some(&ex.b13_buf);
+        let d = ops::moe_gemm_gate_up(g, &ex.gate_up, &xb, (&sb, &stb), &ab, bb, &spec(dim, ff, k, e, act))
+            .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        close(&format!("moe_gemm_gate_up {dt:?}"), &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+        let what = format!("moe_gemm_gate_up {dt:?} {act:?} bias={bias}");
+        close(&what, &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
@@ -189,27 +256,30 @@ pub fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
 pub fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (t, e, k) = (37, 5, 2);
-    for dt in DTYPES {
+    for (i, dt) in DTYPES.into_iter().enumerate() {
+        let bias = i % 2 == 0;
         let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
         let ex = experts(g, &mut rng, e, dim, ff, dt);
         let (ids, _) = routing(&mut rng, t, e, k);
         let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
         let act = rng.vec(t * k * ff, 1.0); // rows in sorted order
         let want: Vec<f32> = (0..t * k)
-            .flat_map(|q| down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff))
+            .flat_map(|q| down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff, bias))
             .collect();
         let (ab, stb, yb) =
             (upload_f32(g, "act", &act), upload_u32(g, "starts", &starts), poisoned(g, "y", t * k * dim));
-        let d = ops::moe_gemm_down(g, &ex.down, &ab, &stb, &yb, dim, ff, k, e).map_err(|e| e.to_string())?;
+        let es = spec(dim, ff, k, e, Act::SiluGlu);
+        let d = ops::moe_gemm_down(g, &ex.down, &ab, &stb, &yb, bias.then_some(&ex.b2_buf), &es)
+            .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        close(&format!("moe_gemm_down {dt:?}"), &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
+        close(&format!("moe_gemm_down {dt:?} bias={bias}"), &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
 
 pub fn check_moe_combine(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let (t, e, k, dim) = (9, 4, 2, 300);
+    let (t, e, k, dim, alpha) = (9, 4, 2, 300, 0.75);
     let (ids, ws) = routing(&mut rng, t, e, k);
     let (_, pos_of, _) = cpu::group_by_expert(&ids, e);
     let y = rng.vec(t * k * dim, 1.0);
@@ -218,12 +288,12 @@ pub fn check_moe_combine(g: &Gpu, seed: u64) -> Result<(), String> {
     for a in 0..t * k {
         let q = pos_of[a] as usize;
         for n in 0..dim {
-            want[(a / k) * dim + n] += ws[a] * y[q * dim + n];
+            want[(a / k) * dim + n] += alpha * ws[a] * y[q * dim + n];
         }
     }
     let (yb, pb, wb, xb) =
         (upload_f32(g, "y", &y), upload_u32(g, "pos", &pos_of), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
-    let d = ops::moe_combine(g, &yb, &pb, &wb, &xb, dim, k).map_err(|e| e.to_string())?;
+    let d = ops::moe_combine(g, &yb, &pb, &wb, &xb, dim, k, alpha).map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     close("moe_combine", &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-5).map(|_| ())
 }

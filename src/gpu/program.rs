@@ -1,0 +1,412 @@
+//! The GPU program builder: walks the layer plan (model/plan.rs) once at load, uploads each
+//! layer's weights and records the prefill (GEMM) and decode (GEMV) dispatches, bound to
+//! buffers allocated once. The CPU reference (`crate::cpu`) walks the same plan.
+//!
+//! Per layer (T tokens, D hidden, H/KVH heads of d, E experts, K chosen, F expert width,
+//! rs the residual scale):
+//!   xn   = rmsnorm(x)                       [T, D]
+//!   qkv  = xn · Wqkv^T (+ b)                [T, (H + 2 KVH) d]   (q, k, v fused at load)
+//!   q/k norm, rope(q), rope(k) -> cache, v -> cache   caches [KVH, ctx, d]
+//!          (decode without q/k norms: all of it in the matmul's epilogue)
+//!   attn = attention(q, cache, sinks)       [T, H d]   (decode: split over KV chunks)
+//!   x   += rs (attn · Wo^T (+ b))           (residual fused into the matmul)
+//!   MoE:   xn = rmsnorm(x) and ids, w = router(xn), in one kernel      [T, K]
+//!          x += rs sum_k w_k · down_k(act(gate_k xn (+b), up_k xn (+b))) (+ b)
+//!          x += rs g · shared(xn)           (g = sigmoid(w_g · xn), or 1)
+//!   dense: xn = rmsnorm(x); x += rs down(act(gate xn, up xn))  (one expert of weight 1)
+//! Prefill (T > 1) uses tiled GEMMs with tokens grouped per expert; decode uses GEMVs.
+
+use super::Gpu;
+use super::kernels::ops::{AttnSpec, ExpertSpec, RouterSpec};
+use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
+use super::model::{GEMM_MIN_ROWS, MAX_CHUNK, Path};
+use crate::config::rope_table;
+use crate::error::{Error, Result};
+use crate::model::Progress;
+use crate::model::plan::{Act, FfnPlan, QkNorm, RopePlan};
+use crate::weights::{Slot, WeightSource};
+use wgpu::Buffer;
+
+pub(super) struct Programs {
+    /// Embedding + all layers, prefill (GEMM) kernels.
+    pub body_prefill: Vec<Dispatch>,
+    /// Embedding + all layers, decode (GEMV) kernels.
+    pub body_decode: Vec<Dispatch>,
+    /// Final norm + LM head for every row, GEMM / GEMV.
+    pub head_all_prefill: Vec<Dispatch>,
+    pub head_all_decode: Vec<Dispatch>,
+    /// Final norm of the last row + LM head: logits of the next token in row 0.
+    pub head_last: Vec<Dispatch>,
+    /// Argmax of logits row 0 into the token buffer (greedy decoding stays on the GPU).
+    pub argmax: Dispatch,
+}
+
+/// What `build` leaves for the model: the programs and the buffers a step touches.
+pub(super) struct Built {
+    pub programs: Programs,
+    pub max_rows: usize,
+    pub step: Buffer,
+    pub tokens: Buffer,
+    pub hist: Buffer,
+    pub logits: Buffer,
+    pub staging: Buffer,
+    /// Keeps weights, activations and caches alive (bind groups reference them).
+    pub buffers: Vec<Buffer>,
+    pub weight_bytes: u64,
+}
+
+struct Uploader<'a> {
+    gpu: &'a Gpu,
+    src: &'a dyn WeightSource,
+    buffers: Vec<Buffer>,
+    bytes: u64,
+}
+
+impl Uploader<'_> {
+    /// The weight buffer for `slot`, if the model has one.
+    fn slot(&mut self, slot: Slot) -> Result<Option<GpuWeight>> {
+        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
+        let w = self.gpu.upload_packed(&self.src.describe(slot), &b)?;
+        self.bytes += w.buf.size();
+        self.buffers.push(w.buf.clone());
+        Ok(Some(w))
+    }
+
+    fn need(&mut self, slot: Slot) -> Result<GpuWeight> {
+        self.slot(slot)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", slot.name())))
+    }
+
+    /// An optional buffer the plan says must be there (`want`), or none.
+    fn want(&mut self, slot: Slot, want: bool) -> Result<Option<Buffer>> {
+        if want { Ok(Some(self.need(slot)?.buf)) } else { Ok(None) }
+    }
+
+    fn scratch(&mut self, label: &str, bytes: usize) -> Result<Buffer> {
+        let b = self.gpu.storage(label, bytes as u64)?;
+        self.buffers.push(b.clone());
+        Ok(b)
+    }
+}
+
+/// Activations and routing buffers shared by every layer.
+struct Scratch {
+    step: Buffer,
+    x: Buffer,
+    xn: Buffer,
+    qkv: Buffer,
+    attn: Buffer,
+    partials: Buffer,
+    ids: Buffer,
+    weights: Buffer,
+    act: Buffer,
+    ybuf: Buffer,
+    sorted: Buffer,
+    pos_of: Buffer,
+    starts: Buffer,
+    hist: Buffer,
+    /// A dense MLP or shared expert is expert 0 (ids all 0) with weight 1, or its gate;
+    /// its prefill grouping (identity, one expert) is computed once per step.
+    dense: Option<DenseRouting>,
+    /// Shared experts' sigmoid gates [T].
+    shared_gate: Option<Buffer>,
+}
+
+struct DenseRouting {
+    ids: Buffer,
+    ones: Buffer,
+    sorted: Buffer,
+    pos_of: Buffer,
+    starts: Buffer,
+}
+
+/// A dense FFN (a dense layer's MLP, or a shared expert) as one expert of weight `w`.
+struct DenseFfn<'a> {
+    gate_up: &'a GpuWeight,
+    down: &'a GpuWeight,
+    weights: &'a Buffer,
+    ff: usize,
+    act: Act,
+}
+
+pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Built> {
+    let c = src.config().clone();
+    c.validate()?;
+    if ctx == 0 {
+        return Err(Error::input("context length must be at least 1"));
+    }
+    let mut up = Uploader { gpu: g, src, buffers: Vec::new(), bytes: 0 };
+    let (d, hd) = (c.hidden, c.head_dim);
+    let (k, e, ff) = (c.max_top_k(), c.max_experts(), c.max_ff());
+    let qkv_w = c.q_dim() + 2 * c.kv_dim();
+
+    // Largest step that keeps every activation buffer within one binding.
+    let max_bind = g.limits.max_storage_buffer_binding_size as usize;
+    let per_row = [c.vocab * 4, k * ff * 4, k * d * 4, qkv_w * 4];
+    let max_rows = per_row.iter().fold(MAX_CHUNK.min(ctx), |m, &b| m.min(max_bind / b.max(1))).max(1);
+
+    let needs_dense = c.plan.iter().any(|l| match &l.ffn {
+        FfnPlan::Dense(_) => true,
+        FfnPlan::Moe(m) => m.shared.is_some(),
+    });
+    let step = g.uniform("step", &[0, 0, 0, 0]);
+    let tokens = up.scratch("tokens", max_rows * 4)?;
+    let decode_rows = max_rows.min(GEMM_MIN_ROWS - 1);
+    let s = Scratch {
+        x: up.scratch("hidden", max_rows * d * 4)?,
+        xn: up.scratch("normed hidden", max_rows * d * 4)?,
+        qkv: up.scratch("qkv", max_rows * qkv_w * 4)?,
+        attn: up.scratch("attention out", max_rows * c.q_dim() * 4)?,
+        partials: up.scratch("attention partials", ops::attention_partials_bytes(decode_rows, c.heads, hd, ctx))?,
+        ids: up.scratch("router ids", max_rows * k * 4)?,
+        weights: up.scratch("router weights", max_rows * k * 4)?,
+        act: up.scratch("expert activations", max_rows * k * ff * 4)?,
+        ybuf: up.scratch("expert outputs", max_rows * k * d * 4)?,
+        sorted: up.scratch("expert order", max_rows * k * 4)?,
+        pos_of: up.scratch("expert positions", max_rows * k * 4)?,
+        starts: up.scratch("expert starts", (e + 1) * 4)?,
+        hist: up.scratch("expert choice counts", c.layers * e * 4)?,
+        dense: if needs_dense {
+            let r = DenseRouting {
+                ids: up.scratch("dense ids", max_rows * 4)?,
+                ones: up.scratch("dense weights", max_rows * 4)?,
+                sorted: up.scratch("dense order", max_rows * 4)?,
+                pos_of: up.scratch("dense positions", max_rows * 4)?,
+                starts: up.scratch("dense starts", 8)?,
+            };
+            g.write(&r.ids, 0, bytemuck::cast_slice(&vec![0u32; max_rows]));
+            g.write(&r.ones, 0, bytemuck::cast_slice(&vec![1.0f32; max_rows]));
+            Some(r)
+        } else {
+            None
+        },
+        // Bound by every router (written only with a gated shared expert): a shared
+        // read-write dummy across kernels would cost barriers between dispatches.
+        shared_gate: if c.is_moe() { Some(up.scratch("shared expert gates", max_rows * 4)?) } else { None },
+        step,
+    };
+    g.write(&s.hist, 0, &vec![0u8; c.layers * e * 4]);
+    let logits = up.scratch("logits", max_rows * c.vocab * 4)?;
+    let staging = g.staging("logits read-back", (max_rows * c.vocab * 4) as u64);
+
+    // One rotary table per distinct rope plan (Gemma-style local/global bases share none).
+    let mut tables: Vec<(RopePlan, Buffer)> = Vec::new();
+    for l in &c.plan {
+        if !tables.iter().any(|(r, _)| *r == l.attn.rope) {
+            let t = rope_table(&l.attn.rope, hd, ctx);
+            let b = g.storage_init("rope table", bytemuck::cast_slice(&t))?;
+            up.buffers.push(b.clone());
+            tables.push((l.attn.rope.clone(), b));
+        }
+    }
+
+    let embed = up.need(Slot::Embed)?;
+    let mut pre = vec![ops::embed(g, &embed, &tokens, &s.x, d, c.vocab, c.embed_scale)?];
+    let mut dec = vec![ops::embed(g, &embed, &tokens, &s.x, d, c.vocab, c.embed_scale)?];
+    if let Some(r) = &s.dense {
+        pre.push(ops::moe_group(g, &s.step, &r.ids, &r.sorted, &r.pos_of, &r.starts, 1, 1)?);
+    }
+
+    for (li, lp) in c.plan.iter().enumerate() {
+        let l = li as u32;
+        if let Some(p) = progress {
+            p.report("upload", &format!("layer {li}"), li as u64, c.layers as u64);
+        }
+        let a = &lp.attn;
+        let attn_norm = up.need(Slot::AttnNorm(l))?.buf;
+        let ffn_norm = up.need(Slot::FfnNorm(l))?.buf;
+        // q, k and v as one matmul when they share a storage type (the usual case),
+        // else three matmuls writing their columns of the same qkv rows.
+        let qkv_parts: Vec<(GpuWeight, usize, usize)> = match up.slot(Slot::Qkv(l))? {
+            Some(w) => vec![(w, qkv_w, 0)],
+            None => vec![
+                (up.need(Slot::Q(l))?, c.q_dim(), 0),
+                (up.need(Slot::K(l))?, c.kv_dim(), c.q_dim()),
+                (up.need(Slot::V(l))?, c.kv_dim(), c.q_dim() + c.kv_dim()),
+            ],
+        };
+        let qkv_bias = up.want(Slot::QkvBias(l), a.qkv_bias)?;
+        let qk_norm = up.want(Slot::QkNorm(l), a.qk_norm != QkNorm::None)?;
+        let sinks = up.want(Slot::Sinks(l), a.sinks)?;
+        let wo = up.need(Slot::Wo(l))?;
+        let o_bias = up.want(Slot::OBias(l), a.o_bias)?;
+        let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
+        let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
+        let table = &tables.iter().find(|(r, _)| *r == a.rope).ok_or_else(|| Error::input("rope table"))?.1;
+        let spec = AttnSpec {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: hd,
+            ctx,
+            window: a.window,
+            scale: a.scale,
+        };
+        let rs = c.residual_scale;
+        let caches = (&s.qkv, &kc, &vc);
+
+        // FFN weights.
+        let w13 = up.need(Slot::GateUp(l))?;
+        let w2 = up.need(Slot::Down(l))?;
+        let (router, bias13, bias2, shared) = match &lp.ffn {
+            FfnPlan::Dense(_) => (None, None, None, None),
+            FfnPlan::Moe(m) => (
+                Some(up.need(Slot::Router(l))?.buf),
+                up.want(Slot::GateUpBias(l), m.expert_bias)?,
+                up.want(Slot::DownBias(l), m.expert_bias)?,
+                match &m.shared {
+                    Some(sh) => Some((up.need(Slot::SharedGateUp(l))?, up.need(Slot::SharedDown(l))?, sh.clone())),
+                    None => None,
+                },
+            ),
+        };
+
+        for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
+            // --- attention ---
+            prog.push(ops::rms_norm(g, &s.step, &attn_norm, &s.x, &s.xn, d, c.eps, false)?);
+            if path == Path::Decode && a.qk_norm == QkNorm::None {
+                // Few tokens: rotary embedding and the cache write in the matmul's epilogue.
+                for (w, n_out, off) in &qkv_parts {
+                    let shape = (*n_out, d, *off);
+                    let heads = (c.heads, c.kv_heads, hd, ctx);
+                    prog.push(ops::qkv_rope(g, &s.step, w, &s.xn, table, caches, qkv_bias.as_ref(), shape, heads)?);
+                }
+            } else {
+                // q/k norms need whole heads (or whole projections), which a GEMV
+                // workgroup's rows do not hold in every lane shape: project, then norm and
+                // rotate in rope_kv (and qk_norm for OLMoE's whole-projection norm).
+                for (w, n_out, off) in &qkv_parts {
+                    let out = Out::cols(&s.qkv, qkv_w, *off).with_bias(qkv_bias.as_ref());
+                    prog.push(match path {
+                        Path::Prefill => ops::gemm(g, "q/k/v projection", &s.step, w, &s.xn, out, *n_out, d)?,
+                        Path::Decode => ops::gemv(g, "q/k/v projection", w, &s.xn, out, *n_out, d)?,
+                    });
+                }
+                if a.qk_norm == QkNorm::Whole {
+                    let w = qk_norm.as_ref().ok_or_else(|| Error::input("q/k norm weights"))?;
+                    prog.push(ops::qk_norm(g, &s.qkv, w, c.heads, c.kv_heads, hd, c.eps)?);
+                }
+                let norm = if a.qk_norm == QkNorm::PerHead { qk_norm.as_ref().map(|w| (w, c.eps)) } else { None };
+                // The GPU weights hold rotary pairs in adjacent rows (src/weights.rs).
+                prog.push(ops::rope_kv(g, &s.step, table, caches, norm, (c.heads, c.kv_heads, hd, ctx), true)?);
+            }
+            match path {
+                Path::Prefill => prog.push(ops::attention(g, &s.step, caches, &s.attn, sinks.as_ref(), &spec)?),
+                // Few tokens: split the positions across workgroups (flash-decoding).
+                Path::Decode => {
+                    prog.extend(ops::attention_split(g, &s.step, caches, &s.partials, &s.attn, sinks.as_ref(), &spec)?)
+                }
+            }
+            let out = Out::add(&s.x, d).with_bias(o_bias.as_ref()).scaled(rs);
+            prog.push(match path {
+                Path::Prefill => ops::gemm(g, "attention output", &s.step, &wo, &s.attn, out, d, c.q_dim())?,
+                Path::Decode => ops::gemv(g, "attention output", &wo, &s.attn, out, d, c.q_dim())?,
+            });
+
+            // --- FFN ---
+            match &lp.ffn {
+                FfnPlan::Dense(mlp) => {
+                    prog.push(ops::rms_norm(g, &s.step, &ffn_norm, &s.x, &s.xn, d, c.eps, false)?);
+                    let ones = &s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?.ones;
+                    let f = DenseFfn { gate_up: &w13, down: &w2, weights: ones, ff: mlp.ff, act: mlp.act };
+                    dense_ffn(g, &s, prog, path, &f, d, rs)?;
+                }
+                FfnPlan::Moe(m) => {
+                    let r = router.as_ref().ok_or_else(|| Error::input("router"))?;
+                    let gate = m.shared.as_ref().is_some_and(|sh| sh.gated);
+                    let rspec =
+                        RouterSpec { dim: d, experts: m.experts, k: m.top_k, layer: li, plan: &m.router, shared_gate: gate };
+                    let shared_out = s.shared_gate.as_ref();
+                    let outs = (&s.ids, &s.weights, &s.hist, shared_out);
+                    // xn = rmsnorm(x) fused into the router, then routing.
+                    prog.push(ops::router(g, r, (&ffn_norm, c.eps), &s.x, &s.xn, outs, &rspec)?);
+                    let es = ExpertSpec { dim: d, ff: m.ff, k: m.top_k, experts: m.experts, act: m.act };
+                    let (b13, b2) = (bias13.as_ref(), bias2.as_ref());
+                    match path {
+                        Path::Prefill => {
+                            prog.push(ops::moe_group(g, &s.step, &s.ids, &s.sorted, &s.pos_of, &s.starts, m.experts, m.top_k)?);
+                            prog.push(ops::moe_gemm_gate_up(g, &w13, &s.xn, (&s.sorted, &s.starts), &s.act, b13, &es)?);
+                            prog.push(ops::moe_gemm_down(g, &w2, &s.act, &s.starts, &s.ybuf, b2, &es)?);
+                            prog.push(ops::moe_combine(g, &s.ybuf, &s.pos_of, &s.weights, &s.x, d, m.top_k, rs)?);
+                        }
+                        Path::Decode => {
+                            prog.push(ops::moe_gemv_gate_up(g, &w13, &s.xn, &s.ids, &s.act, b13, &es)?);
+                            prog.push(ops::moe_gemv_down(g, &w2, &s.act, (&s.ids, &s.weights), &s.x, b2, &es, rs)?);
+                        }
+                    }
+                    if let Some((sh13, sh2, plan)) = &shared {
+                        let dense = s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?;
+                        let weights = if plan.gated { s.shared_gate.as_ref().unwrap_or(&dense.ones) } else { &dense.ones };
+                        let f = DenseFfn { gate_up: sh13, down: sh2, weights, ff: plan.ff, act: m.act };
+                        dense_ffn(g, &s, prog, path, &f, d, rs)?;
+                    }
+                }
+            }
+        }
+    }
+
+    let final_norm = up.need(Slot::FinalNorm)?.buf;
+    let lm_head = match up.slot(Slot::LmHead)? {
+        Some(w) => w,
+        None => embed.clone(),
+    };
+    let logits_out = Out::write(&logits, c.vocab).scaled(c.logit_scale);
+    let head_all_prefill = vec![
+        ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, false)?,
+        ops::gemm(g, "LM head", &s.step, &lm_head, &s.xn, logits_out, c.vocab, d)?,
+    ];
+    let head_all_decode = vec![
+        ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, false)?,
+        ops::gemv(g, "LM head", &lm_head, &s.xn, logits_out, c.vocab, d)?,
+    ];
+    // The last row only: normalised into row 0, one GEMV row of logits.
+    let lm_last = ops::gemv(g, "LM head", &lm_head, &s.xn, logits_out, c.vocab, d)?;
+    let lm_last = {
+        let x = lm_last.grid.x;
+        lm_last.with_grid(super::Grid { x, y: Rows::Fixed(1) })
+    };
+    let head_last = vec![ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, true)?, lm_last];
+    let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
+    Ok(Built {
+        programs: Programs {
+            body_prefill: pre,
+            body_decode: dec,
+            head_all_prefill,
+            head_all_decode,
+            head_last,
+            argmax,
+        },
+        max_rows,
+        step: s.step,
+        tokens,
+        hist: s.hist,
+        logits,
+        staging,
+        buffers: up.buffers,
+        weight_bytes: up.bytes,
+    })
+}
+
+/// x += rs · w · down(act(gate xn, up xn)) for a dense FFN run as one expert.
+fn dense_ffn(
+    g: &Gpu,
+    s: &Scratch,
+    prog: &mut Vec<Dispatch>,
+    path: Path,
+    f: &DenseFfn,
+    d: usize,
+    rs: f32,
+) -> Result<()> {
+    let r = s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?;
+    let es = ExpertSpec { dim: d, ff: f.ff, k: 1, experts: 1, act: f.act };
+    match path {
+        Path::Prefill => {
+            prog.push(ops::moe_gemm_gate_up(g, f.gate_up, &s.xn, (&r.sorted, &r.starts), &s.act, None, &es)?);
+            prog.push(ops::moe_gemm_down(g, f.down, &s.act, &r.starts, &s.ybuf, None, &es)?);
+            prog.push(ops::moe_combine(g, &s.ybuf, &r.pos_of, f.weights, &s.x, d, 1, rs)?);
+        }
+        Path::Decode => {
+            prog.push(ops::moe_gemv_gate_up(g, f.gate_up, &s.xn, &r.ids, &s.act, None, &es)?);
+            prog.push(ops::moe_gemv_down(g, f.down, &s.act, (&r.ids, f.weights), &s.x, None, &es, rs)?);
+        }
+    }
+    Ok(())
+}
