@@ -16,6 +16,13 @@ cargo test --release
 
 echo "== browser: build pkg/ and run it in headless Chromium" >&2
 scripts/build-wasm.sh
+# Every fixture also as a packed web model, so the browser runs each family from a manifest.
+for ref in tests/fixtures/*/reference.json; do
+  d=$(dirname "$ref")
+  m=$d; [ -f "$d/model.gguf" ] && m=$d/model.gguf
+  [ -f "$d/config.json" ] || [ -f "$d/model.gguf" ] || continue
+  target/release/webmoe pack --model "$m" --out "target/packed/fixtures/$(basename "$d")" --shard-mb 1 >/dev/null
+done
 node tests/browser/run.mjs
 # The chat page and the package's storage, API and worker engine on the packed real model.
 target/release/webmoe pack --model "$(scripts/fetch-models.sh)" --out target/packed/smollm2 >&2

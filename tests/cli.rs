@@ -99,3 +99,27 @@ fn hostile_gguf_is_one_line() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("hostile.gguf") && err.contains("tensor count 1099511627776"), "{err}");
 }
+
+/// `webmoe info` names the family and prints the layer plan: attention kind, router kind,
+/// experts and shared expert, per run of layers.
+#[test]
+fn info_shows_the_family_and_the_plan() {
+    let cases = [
+        ("qwen2moe-mixed", "qwen2moe", &["0 ", "dense ff 64", "shared expert ff 32 (sigmoid gate)", "qkv bias"][..]),
+        ("gpt-oss-gguf", "gpt-oss", &["sliding 4", "full", "sinks", "top-k→softmax", "expert biases", "yarn"][..]),
+        ("olmoe", "olmoe", &["q/k norm over the projection", "MoE 8 experts top-2"][..]),
+        ("qwen3moe-gguf", "qwen3moe", &["q/k norm per head", "16 experts top-4", "renorm"][..]),
+        ("granitemoe", "granitemoe", &["multipliers:    embedding 12, residual 0.22, logits 0.25"][..]),
+        ("mixtral-e8-top2-swa5", "mixtral", &["0-2", "sliding 5", "softmax→top-k renorm"][..]),
+    ];
+    for (fixture, family, wants) in cases {
+        let model = model_path(&fixtures_dir().join(fixture));
+        let out = webmoe(&["info", "--model", model.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("family:         {family} (")), "{fixture}:\n{text}");
+        for w in wants {
+            assert!(text.contains(w), "{fixture}: `info` should show {w:?}:\n{text}");
+        }
+    }
+}

@@ -315,3 +315,54 @@ fn write_tmp(name: &str, bytes: Vec<u8>) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&p, bytes).unwrap();
     (t, p)
 }
+
+/// A config asking for something not implemented is refused by key and value, never run
+/// with silently wrong numbers.
+#[test]
+fn unimplemented_config_keys_are_named() {
+    let cases: [(&str, &str, Value, &str); 6] = [
+        ("olmoe", "clip_qkv", json!(8.0), "'clip_qkv' = 8.0 is not supported"),
+        ("qwen3moe", "hidden_act", json!("relu"), "'hidden_act' = \"relu\" is not supported"),
+        (
+            "qwen2moe",
+            "rope_parameters",
+            json!({"rope_type": "longrope", "rope_theta": 10000.0}),
+            "rope scaling type 'longrope' is not supported",
+        ),
+        (
+            "gpt-oss",
+            "rope_parameters",
+            json!({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 1.0, "mscale_all_dim": 1.0}),
+            "'mscale'",
+        ),
+        ("granitemoe", "architectures", json!(["PhimoeForCausalLM"]), "unknown architecture 'PhimoeForCausalLM'"),
+        ("qwen2moe", "num_experts_per_tok", json!(9), "9 experts per token, but only 8 experts"),
+    ];
+    for (fixture, key, value, want) in cases {
+        let (_t, dir) = copy_fixture(fixture);
+        let p = dir.join("config.json");
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        c[key] = value;
+        std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_has(&load_err(&dir), &["config.json", want]);
+    }
+}
+
+/// Each family's optional tensors are checked like the others: a missing sink or bias is
+/// named, not skipped.
+#[test]
+fn family_tensors_are_required() {
+    for (fixture, name) in [
+        ("gpt-oss", "model.layers.1.self_attn.sinks"),
+        ("gpt-oss", "model.layers.0.mlp.router.bias"),
+        ("qwen2moe", "model.layers.1.mlp.shared_expert_gate.weight"),
+        ("qwen3moe", "model.layers.0.self_attn.k_norm.weight"),
+        ("qwen2moe", "model.layers.0.self_attn.v_proj.bias"),
+    ] {
+        let (_t, dir) = copy_fixture(fixture);
+        edit_safetensors(&dir, |h, _| {
+            h.as_object_mut().unwrap().remove(name);
+        });
+        assert_has(&load_err(&dir), &[name, "missing"]);
+    }
+}

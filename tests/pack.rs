@@ -94,3 +94,29 @@ fn a_lying_manifest_is_refused() {
     assert!(Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string().contains("Q3_K"));
     assert!(Manifest::parse(b"{}").is_err());
 }
+
+/// A manifest of an older format version is refused by name, before any field it lacks.
+#[test]
+fn older_manifests_are_refused_by_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write_packed(&fixtures_dir().join("mixtral-e4-top1-mha"), tmp.path(), 64 << 10);
+    let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
+    v["version"] = serde_json::json!(2);
+    v["config"] = serde_json::json!({"arch": "Mixtral", "hidden": 64});
+    let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("v2 is not webmoe-packed v3") && err.contains("pack the model again"), "{err}");
+}
+
+/// Every family's plan survives the manifest: the packed config equals the loaded one.
+#[test]
+fn the_plan_travels_in_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in fixtures() {
+        let out = tmp.path().join(dir.file_name().unwrap());
+        let m = write_packed(&dir, &out, 1 << 20);
+        let files = block_on(ModelFiles::load(&DirSource::new(model_path(&dir)))).unwrap();
+        let parsed = Manifest::parse(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(parsed.config, files.config, "{}", dir.display());
+        assert_eq!(m.config, files.config);
+    }
+}

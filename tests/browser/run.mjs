@@ -10,12 +10,23 @@ import { launch, forwardLogs } from './chromium.mjs';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const TOL = 1e-3;
 
-// Each fixture as (name, URL to load): a Hugging Face directory, or its model.gguf.
-const fixtures = fs.readdirSync(path.join(ROOT, 'tests/fixtures'))
-  .filter((d) => fs.existsSync(path.join(ROOT, 'tests/fixtures', d, 'reference.json')))
-  .filter((d) => ['config.json', 'model.gguf'].some((f) => fs.existsSync(path.join(ROOT, 'tests/fixtures', d, f))))
-  .sort()
-  .map((d) => [d, fs.existsSync(path.join(ROOT, 'tests/fixtures', d, 'model.gguf')) ? `/tests/fixtures/${d}/model.gguf` : `/tests/fixtures/${d}/`]);
+// Each fixture as [name, URL to load, reference dir]: a Hugging Face directory or its
+// model.gguf, and where scripts/test.sh packed it (target/packed/fixtures/NAME), its
+// packed manifest too.
+const FIX = path.join(ROOT, 'tests/fixtures');
+const names = fs.readdirSync(FIX)
+  .filter((d) => fs.existsSync(path.join(FIX, d, 'reference.json')))
+  .filter((d) => ['config.json', 'model.gguf'].some((f) => fs.existsSync(path.join(FIX, d, f))))
+  .sort();
+const fixtures = names.flatMap((d) => {
+  const own = [d, fs.existsSync(path.join(FIX, d, 'model.gguf')) ? `/tests/fixtures/${d}/model.gguf` : `/tests/fixtures/${d}/`, d];
+  const packed = path.join(ROOT, 'target/packed/fixtures', d, 'manifest.json');
+  return fs.existsSync(packed) ? [own, [`${d} (packed)`, `/target/packed/fixtures/${d}/manifest.json`, d]] : [own];
+});
+if (!fixtures.some(([n]) => n.endsWith('(packed)'))) {
+  console.error('target/packed/fixtures/ is missing: scripts/test.sh packs the fixtures first');
+  process.exit(1);
+}
 if (!fs.existsSync(path.join(ROOT, 'pkg/wasm/webmoe_bg.wasm'))) {
   console.error('pkg/wasm/ is missing: run scripts/build-wasm.sh first');
   process.exit(1);
@@ -35,11 +46,11 @@ try {
     // kernels in GPUs' 32-lane shape with workgroup-memory sums (what a browser on a GPU runs).
     for (const [prefillChunk, gemvLanes] of [[256, undefined], [1, undefined], [1, 32]]) {
       const engine = await createEngine({ prefillChunk, gemvLanes });
-      for (const [name, url] of fixtures) {
-        const ref = await (await fetch(`/tests/fixtures/${name}/reference.json`)).json();
+      for (const [name, url, refDir] of fixtures) {
+        const ref = await (await fetch(`/tests/fixtures/${refDir}/reference.json`)).json();
         // Real vocabularies keep their logits as f32 rows in a file beside the reference.
         if (ref.logits_file) {
-          const flat = new Float32Array(await (await fetch(`/tests/fixtures/${name}/${ref.logits_file}`)).arrayBuffer());
+          const flat = new Float32Array(await (await fetch(`/tests/fixtures/${refDir}/${ref.logits_file}`)).arrayBuffer());
           const v = flat.length / ref.tokens.length;
           ref.logits = Array.from({ length: ref.tokens.length }, (_, t) => flat.subarray(t * v, (t + 1) * v));
         }
