@@ -252,8 +252,8 @@ impl WeightSource for ModelFiles {
             Slot::Down(i) => Some(format!("layer {i} experts' down projections")),
             Slot::GateUpBias(i) => Some(format!("layer {i} experts' gate and up biases")),
             Slot::DownBias(i) => Some(format!("layer {i} experts' down biases")),
-            Slot::SharedGateUp(i) => l(i).and_then(|x| x.shared.as_ref()).map(|s| format!("{} + up", s.gate)),
-            Slot::SharedDown(i) => l(i).and_then(|x| x.shared.as_ref()).map(|s| s.down.clone()),
+            Slot::SharedGateUp(i) => Some(format!("layer {i} shared expert's gate and up projections")),
+            Slot::SharedDown(i) => Some(format!("layer {i} shared expert's down projection")),
         };
         name.unwrap_or_else(|| slot.name())
     }

@@ -328,7 +328,7 @@ impl ModelFiles {
             targets.extend([l.wq.clone(), l.wk.clone(), l.wv.clone(), l.wo.clone()]);
             targets.extend(l.experts.tensor_names().into_iter().cloned());
             if let Some(sh) = &l.shared {
-                targets.extend([sh.gate.clone(), sh.up.clone(), sh.down.clone()]);
+                targets.extend(sh.expert.tensor_names().into_iter().cloned());
             }
         }
         targets.sort();

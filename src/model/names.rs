@@ -34,11 +34,10 @@ pub enum ExpertBias {
     Split { gate: String, up: String, down: String },
 }
 
-/// A shared expert's projections, `[ff, hidden]` / `[hidden, ff]`, and its gate `[hidden]`.
+/// A shared expert: its projections stored like a layer's single expert (separate
+/// `[ff, hidden]` / `[hidden, ff]` tensors, or gate and up fused), and its gate `[hidden]`.
 pub struct SharedNames {
-    pub gate: String,
-    pub up: String,
-    pub down: String,
+    pub expert: Experts,
     pub gate_inp: Option<String>,
 }
 
@@ -168,9 +167,11 @@ pub fn gguf_layer(l: usize, plan: &LayerPlan, has: &dyn Fn(&str) -> bool, ffn_no
                 down: format!("{p}.ffn_down_exps.bias"),
             });
             let shared = m.shared.as_ref().map(|s| SharedNames {
-                gate: format!("{p}.ffn_gate_shexp.weight"),
-                up: format!("{p}.ffn_up_shexp.weight"),
-                down: format!("{p}.ffn_down_shexp.weight"),
+                expert: Experts::Stacked {
+                    gate: format!("{p}.ffn_gate_shexp.weight"),
+                    up: format!("{p}.ffn_up_shexp.weight"),
+                    down: format!("{p}.ffn_down_shexp.weight"),
+                },
                 gate_inp: s.gated.then(|| format!("{p}.ffn_gate_inp_shexp.weight")),
             });
             (

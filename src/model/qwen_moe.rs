@@ -134,9 +134,7 @@ fn qwen_hf(c: &HfConfig, has: Has, v3: bool) -> Result<(ModelConfig, ModelNames)
                 )
             };
             let shared = (!v3).then(|| SharedNames {
-                gate: format!("{m}.shared_expert.gate_proj.weight"),
-                up: format!("{m}.shared_expert.up_proj.weight"),
-                down: format!("{m}.shared_expert.down_proj.weight"),
+                expert: names::hf_mlp(&format!("{m}.shared_expert")),
                 gate_inp: Some(format!("{m}.shared_expert_gate.weight")),
             });
             names::hf_layer(&p, &layer, Some((format!("{m}.gate.weight"), None)), ex, None, shared)

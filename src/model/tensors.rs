@@ -49,11 +49,17 @@ impl ModelFiles {
 
     /// Expert `e` of layer `l`: (gate [ff, d], up [ff, d], down [d, ff]).
     pub fn expert(&self, l: usize, e: usize) -> Result<[TensorRef<'_>; 3]> {
-        let d = self.config.hidden;
         let (n, ff) = self.ffn_shape(l);
-        match &self.layer_names(l)?.experts {
+        self.expert_in(&self.layer_names(l)?.experts, n, ff, e)
+            .map_err(|err| if let Error::Input(m) = err { Error::input(format!("layer {l}: {m}")) } else { err })
+    }
+
+    /// Expert `e` of `n` stored as `experts`, each FFN `ff` wide.
+    fn expert_in(&self, experts: &Experts, n: usize, ff: usize, e: usize) -> Result<[TensorRef<'_>; 3]> {
+        let d = self.config.hidden;
+        match experts {
             Experts::Separate(v) => {
-                let x = v.get(e).ok_or_else(|| Error::input(format!("layer {l} has no expert {e}")))?;
+                let x = v.get(e).ok_or_else(|| Error::input(format!("no expert {e}")))?;
                 Ok([self.expect(&x.w1, &[ff, d])?, self.expect(&x.w3, &[ff, d])?, self.expect(&x.w2, &[d, ff])?])
             }
             Experts::Stacked { gate, up, down } => Ok([
@@ -74,12 +80,12 @@ impl ModelFiles {
 
     /// Layer `l`'s shared expert: (gate [sff, d], up [sff, d], down [d, sff]).
     pub fn shared_expert(&self, l: usize) -> Result<Option<[TensorRef<'_>; 3]>> {
-        let d = self.config.hidden;
         let Some(sff) = self.config.plan[l].moe().and_then(|m| m.shared.as_ref()).map(|s| s.ff) else {
             return Ok(None);
         };
-        let n = self.layer_names(l)?.shared.as_ref().ok_or_else(|| Error::input(format!("layer {l}: no shared expert names")))?;
-        Ok(Some([self.expect(&n.gate, &[sff, d])?, self.expect(&n.up, &[sff, d])?, self.expect(&n.down, &[d, sff])?]))
+        let n = self.layer_names(l)?.shared.as_ref();
+        let n = n.ok_or_else(|| Error::input(format!("layer {l}: no shared expert names")))?;
+        self.expert_in(&n.expert, 1, sff, 0).map(Some)
     }
 
     /// Layer `l`'s shared-expert gate vector [d], when the shared expert is gated.
