@@ -110,6 +110,7 @@ fn info_shows_the_family_and_the_plan() {
         ("olmoe", "olmoe", &["q/k norm over the projection", "MoE 8 experts top-2"][..]),
         ("qwen3moe-gguf", "qwen3moe", &["q/k norm per head", "16 experts top-4", "renorm"][..]),
         ("granitemoe", "granitemoe", &["multipliers:    embedding 12, residual 0.22, logits 0.25"][..]),
+        ("granitemoe-shared-gguf", "granitemoe", &["shared expert ff 48", "top-1"][..]),
         ("mixtral-e8-top2-swa5", "mixtral", &["0-2", "sliding 5", "softmax→top-k renorm"][..]),
     ];
     for (fixture, family, wants) in cases {

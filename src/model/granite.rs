@@ -1,5 +1,7 @@
 //! GraniteMoE (`GraniteMoeForCausalLM`, GGUF `granitemoe`: granite-3.x-1b-a400m /
-//! 3b-a800m). Mixtral's block with four multipliers:
+//! 3b-a800m) and GraniteMoeShared (`GraniteMoeSharedForCausalLM`: the same with an
+//! ungated shared expert, `shared_mlp`, which llama.cpp writes as granitemoe with
+//! `ffn_*_shexp`). Mixtral's block with four multipliers:
 //!   h = embed · embedding_multiplier;  h += attn(rms(h)) · residual_multiplier;
 //!   h += moe(rms(h)) · residual_multiplier;  logits = lm_head(rms(h)) / logits_scaling,
 //! attention scaled by attention_multiplier (not 1/sqrt(d)). The router takes the top-k
@@ -9,8 +11,8 @@
 //! adjacent-pair rotary, as for llama.
 
 use super::hf::{self, HfConfig};
-use super::names::{self, Experts};
-use super::plan::{Act, FfnPlan, LayerPlan, MoePlan, RouterOrder, RouterPlan};
+use super::names::{self, Experts, SharedNames};
+use super::plan::{Act, FfnPlan, LayerPlan, MoePlan, RouterOrder, RouterPlan, SharedExpert};
 use super::{Family, Has, ggufmeta, model_config, plain_attention};
 use crate::config::{MAX_EXPERTS, MAX_FF, MAX_TOP_K, ModelConfig};
 use crate::error::{Error, Result};
@@ -19,14 +21,14 @@ use crate::model::names::ModelNames;
 
 pub const GRANITEMOE: Family = Family {
     name: "granitemoe",
-    hf: &["GraniteMoeForCausalLM", "granitemoe"],
+    hf: &["GraniteMoeForCausalLM", "granitemoe", "GraniteMoeSharedForCausalLM", "granitemoeshared"],
     gguf: &["granitemoe"],
     from_hf: granite_hf,
     from_gguf: granite_gguf,
     fixup: None,
 };
 
-fn moe(experts: usize, top_k: usize, ff: usize, act: Act) -> FfnPlan {
+fn moe(experts: usize, top_k: usize, ff: usize, act: Act, shared_ff: Option<usize>) -> FfnPlan {
     FfnPlan::Moe(MoePlan {
         experts,
         top_k,
@@ -34,7 +36,7 @@ fn moe(experts: usize, top_k: usize, ff: usize, act: Act) -> FfnPlan {
         router: RouterPlan { order: RouterOrder::TopKSoftmax, bias: false, renorm: false, scale: 1.0 },
         act,
         expert_bias: false,
-        shared: None,
+        shared: shared_ff.map(|ff| SharedExpert { ff, gated: false }),
     })
 }
 
@@ -52,11 +54,17 @@ fn granite_hf(c: &HfConfig, _has: Has) -> Result<(ModelConfig, ModelNames)> {
     let mut attn = plain_attention(&k.rope, k.head_dim, None);
     (attn.qkv_bias, attn.o_bias) = (bias, bias);
     attn.scale = multiplier("attention_multiplier", c.float("attention_multiplier")?)?;
+    // GraniteMoeShared: shared_intermediate_size 0 means no shared expert.
+    let shared_ff = match c.obj.get("shared_intermediate_size").and_then(|v| v.as_u64()) {
+        None | Some(0) => None,
+        _ => Some(c.req("shared_intermediate_size", MAX_FF)?),
+    };
     let ffn = moe(
         c.req("num_local_experts", MAX_EXPERTS)?,
         c.req("num_experts_per_tok", MAX_TOP_K)?,
         c.req("intermediate_size", MAX_FF)?,
         c.act("hidden_act", "silu")?,
+        shared_ff,
     );
     let plan = vec![LayerPlan { attn, ffn }; k.layers];
     let layers = (0..k.layers)
@@ -67,7 +75,14 @@ fn granite_hf(c: &HfConfig, _has: Has) -> Result<(ModelConfig, ModelNames)> {
                 gate_up: format!("{m}.input_linear.weight"),
                 down: format!("{m}.output_linear.weight"),
             };
-            names::hf_layer(&p, &plan[l], Some((format!("{m}.router.layer.weight"), None)), ex, None, None)
+            let shared = shared_ff.map(|_| SharedNames {
+                expert: Experts::StackedGateUp {
+                    gate_up: format!("{p}.shared_mlp.input_linear.weight"),
+                    down: format!("{p}.shared_mlp.output_linear.weight"),
+                },
+                gate_inp: None,
+            });
+            names::hf_layer(&p, &plan[l], Some((format!("{m}.router.layer.weight"), None)), ex, None, shared)
         })
         .collect();
     let mut cfg = model_config("granitemoe", c.arch.clone(), &k, false, plan);
@@ -89,6 +104,7 @@ fn granite_gguf(m: &GgufMeta, has: Has) -> Result<(ModelConfig, ModelNames)> {
         m.req("expert_used_count", MAX_TOP_K)?,
         m.opt("expert_feed_forward_length", MAX_FF)?.map_or_else(|| m.req("feed_forward_length", MAX_FF), Ok)?,
         Act::SiluGlu,
+        m.opt("expert_shared_feed_forward_length", MAX_FF)?,
     );
     let plan = vec![LayerPlan { attn, ffn }; k.layers];
     let layers = (0..k.layers).map(|l| names::gguf_layer(l, &plan[l], has, "ffn_norm")).collect();
