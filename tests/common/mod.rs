@@ -85,7 +85,31 @@ pub fn random_blocks(rng: &mut Rng, dtype: DType, numel: usize, scale: f32) -> V
                 b
             })
             .collect(),
-        DType::Unsupported(_) => unreachable!(),
+        // The rest: random bytes, with the f16 scales at these byte offsets of each block
+        // set so that |value| <= (about) scale: (block bytes, [(offset, largest |q * s|)]).
+        other => {
+            let (elems, size) = other.block().unwrap();
+            let scales: &[(usize, f32)] = match other {
+                DType::Q5_0 => &[(0, 16.0)],
+                DType::Q5_1 => &[(0, 31.0 * 2.0), (2, -2.0)], // m is the block's (negative) minimum
+                DType::Q5K => &[(0, 63.0 * 31.0), (2, 63.0)],
+                DType::Q2K => &[(80, 15.0 * 3.0), (82, 15.0)],
+                DType::Q3K => &[(108, 32.0 * 4.0)],
+                DType::IQ4NL => &[(0, 127.0)],
+                DType::IQ4XS => &[(0, 32.0 * 127.0)],
+                _ => unreachable!("{other:?}"),
+            };
+            (0..numel / elems)
+                .flat_map(|_| {
+                    let mut b: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
+                    for &(off, mul) in scales {
+                        let v = scale / mul * (0.5 + rng.f32(0.5).abs());
+                        b[off..off + 2].copy_from_slice(&f16(v));
+                    }
+                    b
+                })
+                .collect()
+        }
     }
 }
 
@@ -151,17 +175,27 @@ pub fn model_path(dir: &Path) -> PathBuf {
     if g.exists() { g } else { dir.to_path_buf() }
 }
 
-/// Every fixture model directory (those with a reference.json).
+/// Every fixture model directory (those with a reference.json); with WEBMOE_FIXTURES set,
+/// only those whose name contains one of its comma-separated words (for working on one).
 pub fn fixtures() -> Vec<PathBuf> {
+    let only: Vec<String> = std::env::var("WEBMOE_FIXTURES")
+        .map(|v| v.split(',').filter(|w| !w.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
     let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
         .expect("tests/fixtures")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.join("reference.json").exists() && (p.join("config.json").exists() || p.join("model.gguf").exists())
         })
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            only.is_empty() || only.iter().any(|w| name.contains(w.as_str()))
+        })
         .collect();
     v.sort();
-    assert!(v.len() >= 8, "expected the fixture models in tests/fixtures, found {}", v.len());
+    if only.is_empty() {
+        assert!(v.len() >= 8, "expected the fixture models in tests/fixtures, found {}", v.len());
+    }
     v
 }
 
