@@ -1,4 +1,5 @@
-//! Block quantization formats (GGUF's Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, MXFP4):
+//! Block quantization formats (GGUF's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K,
+//! Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4):
 //! - `dequantize`: the CPU reference, the same arithmetic as gguf-py's `dequantize`;
 //! - `quantize`: Q8_0/Q4_0/Q4_1 from f32, bit-identical to gguf-py's `quantize`;
 //! - `repack`: the GPU layout the kernels read (`shaders/lib/weights.wgsl`).
@@ -7,11 +8,16 @@
 //!   quants  at word 0: f32/f16/bf16 values as stored; i8 (Q8_0) four per word;
 //!           4-bit values (Q4_*, MXFP4, the low 4 bits of Q6_K) eight per word, element
 //!           8w+k in bits 4k..4k+3 (GGUF's within-block nibble order is undone);
-//!   high    at word `h_off` (Q6_K only): the top 2 bits, sixteen per word;
-//!   scales  at word `s_off`: f16 d per 32 (Q8_0, Q4_0); f16 (d, m) per 32 (Q4_1);
-//!           the E8M0 byte per 32 (MXFP4);
-//!           the 16 header bytes of each super-block (Q4_K: d, dmin, 12 packed 6-bit
-//!           scales/mins); 16 i8 scales + f16 d + 2 pad bytes per super-block (Q6_K).
+//!           2-bit values (Q2_K, Q3_K's low bits) sixteen per word, element 16w+k in
+//!           bits 2k..2k+1;
+//!   high    at word `h_off`: Q6_K's top 2 bits, sixteen per word; the fifth bit of
+//!           Q5_0/Q5_1/Q5_K and Q3_K's hmask bit, 32 per word (element 32w+k in bit k);
+//!   scales  at word `s_off`: f16 d per 32 (Q8_0, Q4_0, Q5_0, IQ4_NL); f16 (d, m) per 32
+//!           (Q4_1, Q5_1); the E8M0 byte per 32 (MXFP4); per super-block of 256:
+//!           the 16 header bytes (Q4_K, Q5_K: d, dmin, 12 packed 6-bit scales/mins);
+//!           16 i8 scales + f16 d + 2 pad bytes (Q6_K, and Q3_K with its 6-bit scales
+//!           unpacked, minus 32); 16 (scale, min) nibble bytes + f16 d, dmin (Q2_K);
+//!           f16 d + 2 pad bytes + 8 i8 sub-block scales, minus 32 (IQ4_XS).
 //! Concatenating tensors concatenates each region, so fused and stacked tensors
 //! (q|k|v, experts) repack tensor by tensor.
 
@@ -91,8 +97,116 @@ pub fn dequantize(dtype: DType, bytes: &[u8]) -> Vec<f32> {
                 (0..32).map(move |i| d * MXFP4_VALUES[nibble(qs, i) as usize] as f32)
             })
             .collect(),
+        DType::Q5_0 => bytes
+            .chunks_exact(22)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let qs = &b[6..];
+                (0..32).map(move |i| d * (q5(qs, qh, i) as i8 - 16) as f32)
+            })
+            .collect(),
+        DType::Q5_1 => bytes
+            .chunks_exact(24)
+            .flat_map(|b| {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let qs = &b[8..];
+                (0..32).map(move |i| d * q5(qs, qh, i) as f32 + m)
+            })
+            .collect(),
+        DType::Q5K => bytes
+            .chunks_exact(176)
+            .flat_map(|b| {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (sc, qh, qs) = (&b[4..16], &b[16..48], &b[48..]);
+                (0..256).map(move |e| {
+                    let (s, m) = q4k_scale_min(sc, e / 32);
+                    let q = q4k_nibble(qs, e) | (q5k_high(qh, e) << 4);
+                    (d * s as f32) * q as f32 - dmin * m as f32
+                })
+            })
+            .collect(),
+        DType::Q2K => bytes
+            .chunks_exact(84)
+            .flat_map(|b| {
+                let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+                (0..256).map(move |e| {
+                    let sc = b[e / 16];
+                    (d * (sc & 0xF) as f32) * q2(&b[16..80], e) as f32 - dmin * (sc >> 4) as f32
+                })
+            })
+            .collect(),
+        DType::Q3K => bytes
+            .chunks_exact(110)
+            .flat_map(|b| {
+                let d = f16_at(b, 108);
+                (0..256).map(move |e| (d * q3k_scale(&b[96..108], e / 16) as f32) * q3k_value(b, e) as f32)
+            })
+            .collect(),
+        DType::IQ4NL => bytes
+            .chunks_exact(18)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                let qs = &b[2..];
+                (0..32).map(move |i| d * IQ4NL_VALUES[nibble(qs, i) as usize] as f32)
+            })
+            .collect(),
+        DType::IQ4XS => bytes
+            .chunks_exact(136)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                (0..256).map(move |e| {
+                    let dl = d * iq4xs_scale(b, e / 32) as f32;
+                    dl * IQ4NL_VALUES[nibble(&b[8 + 16 * (e / 32)..], e % 32) as usize] as f32
+                })
+            })
+            .collect(),
         DType::Unsupported(_) => Vec::new(),
     }
+}
+
+/// IQ4_NL's (and IQ4_XS's) 16 non-linear levels (ggml's kvalues_iq4nl).
+pub const IQ4NL_VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// Q5_0/Q5_1: element i's 5-bit value, the nibble plus bit i of qh as bit 4.
+fn q5(qs: &[u8], qh: u32, i: usize) -> u8 {
+    nibble(qs, i) | ((((qh >> i) & 1) as u8) << 4)
+}
+
+/// Q5_K: the fifth bit of element e (qh: 32 bytes; byte e % 32, bit e / 32).
+fn q5k_high(qh: &[u8], e: usize) -> u8 {
+    (qh[e % 32] >> (e / 32)) & 1
+}
+
+/// Q2_K/Q3_K: element e's 2-bit value (64 bytes: each 32-byte half holds 128 elements,
+/// four 32-element rows per byte at shifts 0, 2, 4, 6).
+fn q2(qs: &[u8], e: usize) -> u8 {
+    let (h, r) = (e / 128, e % 128);
+    (qs[h * 32 + r % 32] >> (2 * (r / 32))) & 3
+}
+
+/// Q3_K: element e's signed 3-bit value, the 2-bit value minus 4 unless its hmask bit
+/// (byte e % 32, bit e / 32) is set.
+fn q3k_value(b: &[u8], e: usize) -> i8 {
+    let high = (b[e % 32] >> (e / 32)) & 1;
+    q2(&b[32..96], e) as i8 - if high == 1 { 0 } else { 4 }
+}
+
+/// Q3_K: the 16 six-bit scales (minus 32) packed in 12 bytes: low 4 bits in bytes 0..8
+/// (low nibbles for scales 0..8, high nibbles for 8..16), top 2 bits in bytes 8..12.
+pub fn q3k_scale(s: &[u8], j: usize) -> i8 {
+    let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (low | (high << 4)) as i8 - 32
+}
+
+/// IQ4_XS: sub-block j's scale (minus 32): 4 bits from scales_l, 2 from scales_h.
+pub fn iq4xs_scale(b: &[u8], j: usize) -> i8 {
+    let sh = u16::from_le_bytes([b[2], b[3]]);
+    let low = (b[4 + j / 2] >> (4 * (j % 2))) & 0xF;
+    let high = ((sh >> (2 * j)) & 3) as u8;
+    (low | (high << 4)) as i8 - 32
 }
 
 /// MXFP4's E2M1 values, doubled (ggml's kvalues_mxfp4).
@@ -310,6 +424,55 @@ pub fn repack(dtype: DType, bytes: &[u8]) -> Packed {
                 let q: Vec<u8> = (0..256).map(|e| q6k_value(b, e)).collect();
                 p.quants.extend((0..128).map(|j| (q[2 * j] & 0xF) | ((q[2 * j + 1] & 0xF) << 4)));
                 p.high.extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | ((q[4 * j + k] >> 4) << (2 * k)))));
+            }
+        }
+        DType::Q5_0 | DType::Q5_1 => {
+            let hdr = if dtype == DType::Q5_0 { 2 } else { 4 };
+            for b in bytes.chunks_exact(hdr + 20) {
+                p.scales.extend_from_slice(&b[..hdr]);
+                p.high.extend_from_slice(&b[hdr..hdr + 4]);
+                let qs = &b[hdr + 4..];
+                p.quants.extend((0..16).map(|j| nibble(qs, 2 * j) | (nibble(qs, 2 * j + 1) << 4)));
+            }
+        }
+        DType::IQ4NL => {
+            for b in bytes.chunks_exact(18) {
+                p.scales.extend_from_slice(&b[..2]);
+                p.quants.extend((0..16).map(|j| nibble(&b[2..], 2 * j) | (nibble(&b[2..], 2 * j + 1) << 4)));
+            }
+        }
+        DType::Q5K => {
+            for b in bytes.chunks_exact(176) {
+                p.scales.extend_from_slice(&b[..16]);
+                let (qh, qs) = (&b[16..48], &b[48..]);
+                p.quants.extend((0..128).map(|j| q4k_nibble(qs, 2 * j) | (q4k_nibble(qs, 2 * j + 1) << 4)));
+                p.high.extend((0..32).map(|j| (0..8).fold(0u8, |acc, k| acc | (q5k_high(qh, 8 * j + k) << k))));
+            }
+        }
+        DType::Q2K => {
+            for b in bytes.chunks_exact(84) {
+                p.scales.extend_from_slice(&b[..16]);
+                p.scales.extend_from_slice(&b[80..84]);
+                p.quants.extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | (q2(&b[16..80], 4 * j + k) << (2 * k)))));
+            }
+        }
+        DType::Q3K => {
+            for b in bytes.chunks_exact(110) {
+                p.scales.extend((0..16).map(|j| q3k_scale(&b[96..108], j) as u8));
+                p.scales.extend_from_slice(&b[108..110]);
+                p.scales.extend([0, 0]);
+                p.quants.extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | (q2(&b[32..96], 4 * j + k) << (2 * k)))));
+                p.high.extend((0..32).map(|j| (0..8).fold(0u8, |acc, k| acc | (((b[(8 * j + k) % 32] >> ((8 * j + k) / 32)) & 1) << k))));
+            }
+        }
+        DType::IQ4XS => {
+            for b in bytes.chunks_exact(136) {
+                p.scales.extend_from_slice(&b[..2]);
+                p.scales.extend([0, 0]);
+                p.scales.extend((0..8).map(|j| iq4xs_scale(b, j) as u8));
+                for sub in b[8..].chunks_exact(16) {
+                    p.quants.extend((0..16).map(|j| nibble(sub, 2 * j) | (nibble(sub, 2 * j + 1) << 4)));
+                }
             }
         }
         DType::Unsupported(_) => {}

@@ -20,6 +20,20 @@ pub enum DType {
     Q6K,
     /// Blocks of 32: an E8M0 scale byte, 32 x 4-bit E2M1 (OCP microscaling; gpt-oss experts).
     MXFP4,
+    /// Blocks of 32: f16 scale, 32 high bits, 32 x 4-bit (value = d * (q - 16), q 5-bit).
+    Q5_0,
+    /// Blocks of 32: f16 scale and min, 32 high bits, 32 x 4-bit (value = d * q + m).
+    Q5_1,
+    /// Super-blocks of 256: Q4_K's header, 256 high bits, 256 x 4-bit (5-bit q).
+    Q5K,
+    /// Super-blocks of 256: 16 bytes of 4-bit (scale, min), 256 x 2-bit, f16 d and dmin.
+    Q2K,
+    /// Super-blocks of 256: 256 high bits, 256 x 2-bit, 16 six-bit scales, f16 d.
+    Q3K,
+    /// Blocks of 32: f16 scale, 32 x 4-bit indices into a 16-value non-linear table.
+    IQ4NL,
+    /// Super-blocks of 256: f16 d, 8 six-bit sub-block scales, 256 x 4-bit IQ4_NL indices.
+    IQ4XS,
     /// Any other stored type: parsed so a header is accepted, rejected when used.
     Unsupported(&'static str),
 }
@@ -27,22 +41,34 @@ pub enum DType {
 impl DType {
     /// The storage types weights can have, as `name` spells them (for error messages).
     pub const SUPPORTED: &'static [&'static str] =
-        &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "MXFP4"];
+        &[
+            "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+            "IQ4_NL", "IQ4_XS", "MXFP4",
+        ];
+
+    /// Every supported type, in `SUPPORTED`'s order.
+    pub const ALL: &'static [DType] = &[
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q2K,
+        DType::Q3K,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+        DType::IQ4NL,
+        DType::IQ4XS,
+        DType::MXFP4,
+    ];
 
     /// A type by its `name`.
     pub fn from_name(name: &str) -> Option<DType> {
-        Some(match name {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            "Q8_0" => DType::Q8_0,
-            "Q4_0" => DType::Q4_0,
-            "Q4_1" => DType::Q4_1,
-            "Q4_K" => DType::Q4K,
-            "Q6_K" => DType::Q6K,
-            "MXFP4" => DType::MXFP4,
-            _ => return None,
-        })
+        DType::ALL.iter().copied().find(|d| d.name() == name)
     }
 
     pub fn from_safetensors(s: &str) -> DType {
@@ -74,6 +100,24 @@ impl DType {
             DType::Q4K => (256, 144),
             DType::Q6K => (256, 210),
             DType::MXFP4 => (32, 17),
+            DType::Q5_0 => (32, 22),
+            DType::Q5_1 => (32, 24),
+            DType::Q5K => (256, 176),
+            DType::Q2K => (256, 84),
+            DType::Q3K => (256, 110),
+            DType::IQ4NL => (32, 18),
+            DType::IQ4XS => (256, 136),
+            // GGML types webmoe reads past but does not compute with (ggml's type sizes).
+            DType::Unsupported("Q8_1") => (32, 36),
+            DType::Unsupported("Q8_K") => (256, 292),
+            DType::Unsupported("IQ2_XXS" | "TQ2_0") => (256, 66),
+            DType::Unsupported("IQ2_XS") => (256, 74),
+            DType::Unsupported("IQ2_S") => (256, 82),
+            DType::Unsupported("IQ3_XXS") => (256, 98),
+            DType::Unsupported("IQ3_S") => (256, 110),
+            DType::Unsupported("IQ1_S") => (256, 50),
+            DType::Unsupported("IQ1_M") => (256, 56),
+            DType::Unsupported("TQ1_0") => (256, 54),
             DType::Unsupported("F64") | DType::Unsupported("I64") => (1, 8),
             DType::Unsupported("I32") => (1, 4),
             DType::Unsupported("I16") => (1, 2),
@@ -106,6 +150,13 @@ impl DType {
             DType::Q4K => "Q4_K",
             DType::Q6K => "Q6_K",
             DType::MXFP4 => "MXFP4",
+            DType::Q5_0 => "Q5_0",
+            DType::Q5_1 => "Q5_1",
+            DType::Q5K => "Q5_K",
+            DType::Q2K => "Q2_K",
+            DType::Q3K => "Q3_K",
+            DType::IQ4NL => "IQ4_NL",
+            DType::IQ4XS => "IQ4_XS",
             DType::Unsupported(s) => s,
         }
     }
@@ -122,6 +173,13 @@ impl DType {
             DType::Q4K => 6,
             DType::Q6K => 7,
             DType::MXFP4 => 8,
+            DType::Q5_0 => 9,
+            DType::Q5_1 => 10,
+            DType::Q5K => 11,
+            DType::Q2K => 12,
+            DType::Q3K => 13,
+            DType::IQ4NL => 14,
+            DType::IQ4XS => 15,
             DType::Unsupported(_) => u32::MAX,
         }
     }

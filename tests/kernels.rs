@@ -12,17 +12,7 @@ use webmoe::gpu::{Gpu, GpuOptions, GpuWeight, Out, Rows, Shader};
 use webmoe::tensor::{DType, to_f32};
 
 /// Every storage type the weight loader (shaders/lib/weights.wgsl) reads.
-const DTYPES: [DType; 9] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q4K,
-    DType::Q6K,
-    DType::MXFP4,
-];
+const DTYPES: &[DType] = DType::ALL;
 
 /// `base` rounded up to whole blocks of `dtype` (matmul inner dimensions must be).
 fn inner_dim(dtype: DType, base: usize) -> usize {
@@ -48,7 +38,7 @@ type Check = fn(&Gpu, u64) -> Result<(), String>;
 fn check_embed(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (vocab, t) = (50, 5);
-    for (i, dt) in DTYPES.into_iter().enumerate() {
+    for (i, &dt) in DTYPES.iter().enumerate() {
         let dim = inner_dim(dt, 36);
         let (w, e) = weight(g, &mut rng, dt, 1, vocab * dim, 1.0);
         let e = &e[0];
@@ -143,12 +133,12 @@ fn check_matmul(
 
 fn check_gemv(g: &Gpu, seed: u64) -> Result<(), String> {
     // K = 68 runs the 4-wide loop for plain floats; whole 32-blocks (96) the block path.
-    check_matmul(g, seed, false, 3, 37, 68, &DTYPES)?;
-    check_matmul(g, seed + 1, false, 2, 37, 96, &DTYPES)
+    check_matmul(g, seed, false, 3, 37, 68, DTYPES)?;
+    check_matmul(g, seed + 1, false, 2, 37, 96, DTYPES)
 }
 
 fn check_gemm(g: &Gpu, seed: u64) -> Result<(), String> {
-    check_matmul(g, seed, true, 45, 70, 100, &DTYPES)
+    check_matmul(g, seed, true, 45, 70, 100, DTYPES)
 }
 
 #[path = "kernels/attention.rs"]
@@ -493,6 +483,41 @@ fn every_kernel_has_a_check() {
     }
 }
 
+/// Breaks in the shared weight loader (lib/weights.wgsl), one per block format at least,
+/// each with the check of a kernel that runs it: the decode GEMV reads whole 32-weight
+/// blocks (wdot32), the prefill GEMM four weights at a time (w4).
+const WEIGHT_MUTATIONS: &[(&str, Check, Mutations)] = &[
+    (
+        "gemv",
+        check_gemv,
+        &[
+            ("let qx = nib_dot(q, xv) + 16.0 * hx;", "let qx = nib_dot(q, xv) + 8.0 * hx;"),
+            ("hx += dot(bits4(h >> (4u * j)), xv[j]);", "hx += dot(bits4(h >> (3u * j)), xv[j]);"),
+            ("return d * (qx - 16.0 * sx);", "return d * (qx - 15.0 * sx);"),
+            (
+                "if (WDTYPE == DT_Q5_1) {\n                let dm = unpack2x16float(wu(s0 + (i >> 5u)));\n                return dm.x * qx + dm.y * sx;",
+                "if (WDTYPE == DT_Q5_1) {\n                let dm = unpack2x16float(wu(s0 + (i >> 5u)));\n                return dm.x * qx;",
+            ),
+            ("return unpack2x16float(wu(s0 + (i >> 6u)))[(i >> 5u) & 1u] * qx;", "return unpack2x16float(wu(s0 + (i >> 6u)))[0u] * qx;"),
+            ("scale_byte(base + 1u, (i >> 5u) & 7u))) * qx;", "scale_byte(base + 1u, (i >> 5u) & 3u))) * qx;"),
+        ],
+    ),
+    (
+        "gemm",
+        check_gemm,
+        &[
+            ("return d * (q - vec4<f32>(16.0));", "return d * (q - vec4<f32>(15.0));"),
+            ("// Q5_1: d * q + m\n            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u)) + 16.0", "// Q5_1: d * q + m\n            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u)) + 8.0"),
+            ("q += 16.0 * high1(l, i);", "q += 8.0 * high1(l, i);"),
+            ("return (dd.x * f32(sc & 15u)) * q - vec4<f32>(dd.y * f32(sc >> 4u));", "return (dd.x * f32(sc & 15u)) * q;"),
+            ("+ 4.0 * high1(l, i) - vec4<f32>(4.0);", "- vec4<f32>(4.0);"),
+            ("// IQ4_NL: d * level[q]\n            let q = iq4nl4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u));", "// IQ4_NL: d * level[q]\n            let q = iq4nl4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 2u));"),
+            ("let base = s0 + (i >> 8u) * 3u;\n            let d =", "let base = s0 + (i >> 8u) * 2u;\n            let d ="),
+            ("0x26190D01u", "0x26190E01u"),
+        ],
+    ),
+];
+
 #[test]
 fn broken_kernels_fail() {
     let g = fresh_gpu();
@@ -506,6 +531,17 @@ fn broken_kernels_fail() {
             g.replace_kernel_source(*shader, src.to_string());
             assert!(r.is_err(), "{}: broken by {from:?} -> {to:?}, it passed its check (seed {s})", shader.name());
             println!("{} broken as intended ({from:?}) -> {}", shader.name(), r.unwrap_err());
+        }
+    }
+    let src = webmoe::gpu::kernels::WEIGHTS;
+    for (name, check, mutations) in WEIGHT_MUTATIONS {
+        for (from, to) in mutations.iter() {
+            assert!(src.contains(from), "lib/weights.wgsl: mutation anchor {from:?} not found");
+            g.replace_weights_source(Some(src.replacen(from, to, 1)));
+            let r = check(&g, s);
+            g.replace_weights_source(None);
+            assert!(r.is_err(), "lib/weights.wgsl broken by {from:?} -> {to:?}: {name} passed its check (seed {s})");
+            println!("lib/weights.wgsl broken as intended ({from:?}) -> {name}: {}", r.unwrap_err());
         }
     }
 }

@@ -366,3 +366,27 @@ fn family_tensors_are_required() {
         assert_has(&load_err(&dir), &[name, "missing"]);
     }
 }
+
+/// A GGUF whose tensor has a type webmoe does not compute with (the IQ2/IQ3/IQ1 families,
+/// the ternary TQ types) parses, and loading it names the type, the tensor and what is
+/// supported. (The type is patched into a real file: a size smaller than Q4_0's keeps
+/// the tensor inside the file.)
+#[test]
+fn unsupported_gguf_types_are_named_with_the_tensor() {
+    let bytes = std::fs::read(fixtures_dir().join(GGUF_MODEL).join("model.gguf")).unwrap();
+    let name = b"blk.0.attn_q.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).expect("tensor") + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let ty_at = at + 4 + 8 * n_dims;
+    assert_eq!(u32::from_le_bytes(bytes[ty_at..ty_at + 4].try_into().unwrap()), 2, "fixture's q is Q4_0");
+    for (id, ty) in [(16u32, "IQ2_XXS"), (18, "IQ3_XXS"), (19, "IQ1_S"), (34, "TQ1_0")] {
+        let mut b = bytes.clone();
+        b[ty_at..ty_at + 4].copy_from_slice(&id.to_le_bytes());
+        let (_t, p) = write_tmp("model.gguf", b);
+        let err = match block_on(ModelFiles::load(&DirSource::new(&p))) {
+            Ok(_) => panic!("{ty} loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert_has(&err, &["blk.0.attn_q.weight", &format!("type {ty} is not supported"), "Q5_K", "IQ4_XS"]);
+    }
+}

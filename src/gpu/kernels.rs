@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 const COMMON: &str = include_str!("../../shaders/lib/common.wgsl");
-const WEIGHTS: &str = include_str!("../../shaders/lib/weights.wgsl");
+/// The shared weight loader, `shaders/lib/weights.wgsl`.
+pub const WEIGHTS: &str = include_str!("../../shaders/lib/weights.wgsl");
 const LANES_SHARED: &str = include_str!("../../shaders/lib/lanes_shared.wgsl");
 const LANES_SUBGROUP: &str = include_str!("../../shaders/lib/lanes_subgroup.wgsl");
 const GEMV_ROWS_LIB: &str = include_str!("../../shaders/lib/gemv_rows.wgsl");
@@ -318,7 +319,12 @@ impl Gpu {
             (true, true) => format!("const LANES: u32 = {}u;\n{LANES_SUBGROUP}", self.lanes),
             (true, false) => format!("const LANES: u32 = {}u;\n{LANES_SHARED}", self.lanes),
         };
-        let weights = if shader.reads_weights() { WEIGHTS } else { "" };
+        let replaced = self.weights_source.lock().ok().and_then(|m| m.clone());
+        let weights = match (shader.reads_weights(), &replaced) {
+            (false, _) => "",
+            (true, Some(w)) => w.as_str(),
+            (true, None) => WEIGHTS,
+        };
         let rows = if shader.uses_gemv_rows() { GEMV_ROWS_LIB } else { "" };
         let tile = if shader.uses_gemm_tile() { GEMM_TILE_LIB } else { "" };
         let experts = if shader.uses_expert_tiles() { EXPERT_TILES_LIB } else { "" };
@@ -336,6 +342,18 @@ impl Gpu {
         }
         if let Ok(mut m) = self.pipelines.lock() {
             m.retain(|(s, _), _| *s != shader);
+        }
+    }
+
+    /// Compiles every kernel that reads weights with `source` in place of
+    /// lib/weights.wgsl (`None`: the real one) from now on. For tests, like
+    /// `replace_kernel_source`.
+    pub fn replace_weights_source(&self, source: Option<String>) {
+        if let Ok(mut m) = self.weights_source.lock() {
+            *m = source;
+        }
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.retain(|(s, _), _| !s.reads_weights());
         }
     }
 

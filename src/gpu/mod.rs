@@ -84,6 +84,8 @@ pub struct Gpu {
     dummy: wgpu::Buffer,
     /// Kernel sources replaced at run time (tests build deliberately broken kernels).
     sources: Mutex<HashMap<Shader, String>>,
+    /// A replacement for lib/weights.wgsl (tests break a format's loader with it).
+    weights_source: Mutex<Option<String>>,
 }
 
 impl Gpu {
@@ -168,6 +170,7 @@ impl Gpu {
             lanes,
             pipelines: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            weights_source: Mutex::new(None),
         })
     }
 

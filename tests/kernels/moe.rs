@@ -226,7 +226,7 @@ pub fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     // 37 tokens x 2 = 74 assignments over 5 experts: several experts span 2-3 row tiles.
     let (t, e, k) = (37, 5, 2);
-    for (i, dt) in DTYPES.into_iter().enumerate() {
+    for (i, dt) in DTYPES.iter().copied().enumerate() {
         let (act, bias) = (ACTS[i % 3], i % 2 == 0 || i % 3 == 2);
         let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
         let ex = experts(g, &mut rng, e, dim, ff, dt);
@@ -256,7 +256,7 @@ pub fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
 pub fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (t, e, k) = (37, 5, 2);
-    for (i, dt) in DTYPES.into_iter().enumerate() {
+    for (i, dt) in DTYPES.iter().copied().enumerate() {
         let bias = i % 2 == 0;
         let (dim, ff) = (inner_dim(dt, 40), inner_dim(dt, 52));
         let ex = experts(g, &mut rng, e, dim, ff, dt);
