@@ -1,7 +1,10 @@
 // Token embedding lookup: x[t, :] = E[tokens[t], :] * scale
-//   E: [V, D] in WDTYPE (lib/weights.wgsl), tokens: [T] u32, x: [T, D] f32.
-// Ids are validated on the host; an id past V (never expected) reads row V-1 rather than
-// out of bounds. One thread per 4 elements. Grid: x = ceil(D / 1024), y = T.
+//   E: rows row0..row0+rows of the [V, D] table in WDTYPE (lib/weights.wgsl), tokens: [T]
+//   u32, x: [T, D] f32.
+// A table larger than one storage binding is uploaded in row ranges, one dispatch each:
+// a dispatch writes only the tokens whose row it holds. Ids are validated on the host; an
+// id past V (never expected) reads row V-1 rather than out of bounds. One thread per 4
+// elements. Grid: x = ceil(D / 1024), y = T.
 
 struct Params {
     dim: u32,
@@ -9,9 +12,9 @@ struct Params {
     s_off: u32,
     h_off: u32,
     scale: f32,   // the model's embedding multiplier (1 for most)
+    row0: u32,    // the first row this buffer holds,
+    rows: u32,    // and how many
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,7 +30,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let tok = min(tokens[t], p.vocab - 1u);
-    let v = w4(WLayout(0u, p.s_off, p.h_off), tok * p.dim + i) * p.scale;
+    if (tok < p.row0 || tok >= p.row0 + p.rows) {
+        return;
+    }
+    let v = w4(WLayout(0u, p.s_off, p.h_off), (tok - p.row0) * p.dim + i) * p.scale;
     let b = t * p.dim + i;
     x[b] = v.x;
     x[b + 1u] = v.y;

@@ -31,6 +31,10 @@ pub struct ModelConfig {
     pub residual_scale: f32,
     /// Multiplies the logits (Granite: 1 / logits_scaling).
     pub logit_scale: f32,
+    /// Added to every RMSNorm weight as it is read (1 for Gemma's HF checkpoints, whose
+    /// norms compute x̂ · (1 + w); llama.cpp's converter folds the 1 in).
+    #[serde(default)]
+    pub norm_offset: f32,
     /// One plan per layer.
     pub plan: Vec<LayerPlan>,
 }
@@ -130,6 +134,9 @@ impl ModelConfig {
             if !(v.is_finite() && v != 0.0) {
                 return bad(format!("{what} {v} must be a finite, non-zero number"));
             }
+        }
+        if !self.norm_offset.is_finite() {
+            return bad(format!("RMSNorm weight offset {} is not finite", self.norm_offset));
         }
         for (i, l) in self.plan.iter().enumerate() {
             let at = |r: String| Error::config(format!("layer {i}: {r}"));

@@ -264,6 +264,8 @@ struct Layer {
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     sinks: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
+    /// Post-attention and post-FFN norm weights (Gemma's sandwich norms).
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
     router: Option<(Vec<f32>, Option<Vec<f32>>)>,
     experts: Vec<Expert>,
     shared: Option<Expert>,
@@ -320,8 +322,9 @@ impl CpuModel {
                 Ok(Expert { w1: w1.to_f32(), w2: w2.to_f32(), w3: w3.to_f32(), bias: m.expert_bias(li, e)? })
             };
             let [wq, wk, wv] = m.qkv(li)?;
+            let (attn_norm, ffn_norm) = m.layer_norms(li)?;
             layers.push(Layer {
-                attn_norm: f(&l.attn_norm)?,
+                attn_norm,
                 wq: wq.to_f32(),
                 wk: wk.to_f32(),
                 wv: wv.to_f32(),
@@ -330,7 +333,8 @@ impl CpuModel {
                 o_bias: m.o_bias(li)?,
                 qk_norm: m.qk_norm(li)?,
                 sinks: m.sinks(li)?,
-                ffn_norm: f(&l.ffn_norm)?,
+                ffn_norm,
+                post_norms: m.post_norms(li)?,
                 router: m.router(li)?,
                 experts: (0..m.ffn_shape(li).0).map(expert).collect::<Result<_>>()?,
                 shared: m
@@ -345,7 +349,7 @@ impl CpuModel {
         }
         Ok(CpuModel {
             embed: f(&n.embed)?,
-            final_norm: f(&n.final_norm)?,
+            final_norm: m.final_norm()?,
             lm_head: f(&n.lm_head)?,
             ropes,
             layers,
@@ -425,6 +429,9 @@ impl CpuModel {
             if let Some(b) = &layer.o_bias {
                 o.chunks_exact_mut(h).for_each(|r| r.iter_mut().zip(b).for_each(|(x, b)| *x += b));
             }
+            if let Some((post, _)) = &layer.post_norms {
+                o = rms_norm(&o, post, c.eps);
+            }
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += rs * o);
 
             // --- FFN: a dense MLP, or routed experts (plus a shared expert) ---
@@ -458,6 +465,9 @@ impl CpuModel {
                         }
                     }
                 }
+            }
+            if let Some((_, post)) = &layer.post_norms {
+                y = rms_norm(&y, post, c.eps);
             }
             x.iter_mut().zip(&y).for_each(|(x, y)| *x += rs * y);
         }

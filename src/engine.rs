@@ -238,7 +238,12 @@ impl Engine {
     /// The conversation rendered by the model's chat template (ending where the assistant's
     /// reply begins) and tokenized as the template wrote it.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let t = self.template.as_ref().ok_or_else(|| Error::input("this model has no chat template"))?;
+        let t = self.template.as_ref().ok_or_else(|| {
+            Error::input(
+                "this model has no chat template (a base model?): give the text to continue as a plain prompt \
+                 (--prompt on the command line, `prompt` instead of `messages` in the API)",
+            )
+        })?;
         let text = t.render(messages, true)?;
         self.tokenizer()?.encode(&text, false)
     }

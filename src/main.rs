@@ -447,7 +447,9 @@ fn pack(model: &std::path::Path, out: &std::path::Path, shard_mb: usize, quant: 
 
 fn chat(engine: &mut Engine, system: Option<String>, opts: &GenerateOptions) -> Result<()> {
     if !engine.has_chat_template() {
-        return Err(Error::input("this model has no chat template"));
+        return Err(Error::input(
+            "this model has no chat template (a base model?): use `webmoe generate --prompt TEXT` to continue text",
+        ));
     }
     let tty = std::io::stdin().is_terminal();
     if tty {

@@ -387,6 +387,61 @@ impl Packed {
     }
 }
 
+/// Bytes one block of `dtype` takes in each region of the GPU layout: (elements, quants,
+/// high bits, scales). Every region is in element order, so rows of a matrix are
+/// contiguous runs in each.
+fn region_bytes(dtype: DType) -> Option<(usize, usize, usize, usize)> {
+    Some(match dtype {
+        DType::F32 => (1, 4, 0, 0),
+        DType::F16 | DType::BF16 => (1, 2, 0, 0),
+        DType::Q8_0 => (32, 32, 0, 2),
+        DType::Q4_0 | DType::IQ4NL => (32, 16, 0, 2),
+        DType::Q4_1 => (32, 16, 0, 4),
+        DType::MXFP4 => (32, 16, 0, 1),
+        DType::Q5_0 => (32, 16, 4, 2),
+        DType::Q5_1 => (32, 16, 4, 4),
+        DType::Q4K => (256, 128, 0, 16),
+        DType::Q5K => (256, 128, 32, 16),
+        DType::Q6K => (256, 128, 64, 20),
+        DType::Q2K => (256, 64, 0, 20),
+        DType::Q3K => (256, 64, 32, 20),
+        DType::IQ4XS => (256, 128, 0, 12),
+        DType::Unsupported(_) => return None,
+    })
+}
+
+/// A matrix of `rows` x `cols` in the GPU layout (one expert) cut into row ranges of at
+/// most `max_bytes` each, for tables larger than one storage binding (a 262k-token
+/// embedding): (the range's buffer, its first row, its row count).
+pub fn split_rows(b: &PackedBuffer, rows: usize, cols: usize, max_bytes: usize) -> Result<Vec<(PackedBuffer, usize, usize)>> {
+    let (elems, q, h, s) = region_bytes(b.dtype).ok_or_else(|| Error::input(format!("{} has no layout", b.dtype.name())))?;
+    if b.experts != 1 || !cols.is_multiple_of(elems) {
+        return Err(Error::input(format!("cannot split a {} matrix of {rows}x{cols} by rows", b.dtype.name())));
+    }
+    let blocks = cols / elems;
+    let (qr, hr, sr) = (blocks * q, blocks * h, blocks * s);
+    // Each range pads every region to 16 bytes.
+    let per_row = qr + hr + sr;
+    let fit = (max_bytes.saturating_sub(48) / per_row.max(1)).max(1);
+    let (h_at, s_at) = (b.h_off as usize * 4, b.s_off as usize * 4);
+    if rows * qr > h_at || h_at + rows * hr > s_at || s_at + rows * sr > b.bytes.len() {
+        return Err(Error::input(format!("the {} buffer does not hold {rows}x{cols} weights", b.dtype.name())));
+    }
+    let mut out = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = fit.min(rows - r0);
+        let part = Packed {
+            quants: b.bytes[r0 * qr..(r0 + n) * qr].to_vec(),
+            high: b.bytes[h_at + r0 * hr..h_at + (r0 + n) * hr].to_vec(),
+            scales: b.bytes[s_at + r0 * sr..s_at + (r0 + n) * sr].to_vec(),
+        };
+        out.push((part.finish(b.dtype)?, r0, n));
+        r0 += n;
+    }
+    Ok(out)
+}
+
 /// Stored bytes of `dtype` (whole blocks) into the GPU layout.
 pub fn repack(dtype: DType, bytes: &[u8]) -> Packed {
     let mut p = Packed::default();

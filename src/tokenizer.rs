@@ -282,12 +282,20 @@ impl Tokenizer {
             )
         } else {
             let merges: Vec<Json> = merges.iter().map(|(a, b)| json!([a, b])).collect();
+            // SentencePiece's add_dummy_prefix (llama.cpp: add_space_prefix; off for Gemma):
+            // a "▁" before the text, and the decoder strips it again.
+            let prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+            let mut decoders = vec![
+                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                json!({"type": "ByteFallback"}),
+                json!({"type": "Fuse"}),
+            ];
+            if prefix {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
             (
-                json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}),
-                json!({"type": "Sequence", "decoders": [
-                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                    {"type": "ByteFallback"}, {"type": "Fuse"},
-                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+                json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": if prefix { "first" } else { "never" }, "split": false}),
+                json!({"type": "Sequence", "decoders": decoders}),
                 json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
                        "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vmap, "merges": merges}),
             )

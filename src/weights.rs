@@ -34,6 +34,8 @@ pub enum Slot {
     /// [hidden] f32.
     OBias(u32),
     FfnNorm(u32),
+    /// The post-attention then the post-FFN norm weights [2 hidden] f32 (Gemma).
+    PostNorms(u32),
     /// Router rows [E, D], then the router bias [E], then the shared expert's gate [D]
     /// (each when the model has it), f32.
     Router(u32),
@@ -54,7 +56,7 @@ pub enum Slot {
 
 /// (name, constructor) of every per-layer slot, in upload (and packing) order.
 type LayerSlot = (&'static str, fn(u32) -> Slot);
-const LAYER_SLOTS: [LayerSlot; 18] = [
+const LAYER_SLOTS: [LayerSlot; 19] = [
     ("attn_norm", Slot::AttnNorm),
     ("qkv", Slot::Qkv),
     ("q", Slot::Q),
@@ -66,6 +68,7 @@ const LAYER_SLOTS: [LayerSlot; 18] = [
     ("wo", Slot::Wo),
     ("o_bias", Slot::OBias),
     ("ffn_norm", Slot::FfnNorm),
+    ("post_norms", Slot::PostNorms),
     ("router", Slot::Router),
     ("experts.gate_up", Slot::GateUp),
     ("experts.down", Slot::Down),
@@ -91,6 +94,7 @@ impl Slot {
                 | Slot::Wo(l)
                 | Slot::OBias(l)
                 | Slot::FfnNorm(l)
+                | Slot::PostNorms(l)
                 | Slot::Router(l)
                 | Slot::GateUp(l)
                 | Slot::Down(l)
@@ -198,10 +202,6 @@ fn f32_vec(v: &[f32]) -> Result<PackedBuffer> {
     pack_matrix(DType::F32, &[bytemuck::cast_slice(v)])
 }
 
-fn f32_buffer(t: TensorRef<'_>) -> Result<PackedBuffer> {
-    f32_vec(&t.to_f32())
-}
-
 /// Matrix parts in their common storage type, or widened to f32 when they differ.
 fn matrix(parts: &[TensorRef<'_>]) -> Result<PackedBuffer> {
     let first = parts[0].dtype;
@@ -238,6 +238,7 @@ impl WeightSource for ModelFiles {
             Slot::FinalNorm => Some(n.final_norm.clone()),
             Slot::AttnNorm(i) => l(i).map(|x| x.attn_norm.clone()),
             Slot::FfnNorm(i) => l(i).map(|x| x.ffn_norm.clone()),
+            Slot::PostNorms(i) => l(i).and_then(|x| x.post_attn_norm.clone()).map(|b| format!("{b} + post-FFN norm")),
             Slot::Q(i) => l(i).map(|x| x.wq.clone()),
             Slot::K(i) => l(i).map(|x| x.wk.clone()),
             Slot::V(i) => l(i).map(|x| x.wv.clone()),
@@ -282,9 +283,13 @@ impl WeightSource for ModelFiles {
             Slot::Embed => matrix(&[self.expect(&n.embed, &[c.vocab, d])?])?,
             Slot::LmHead if n.lm_head == n.embed => return Ok(None),
             Slot::LmHead => matrix(&[self.expect(&n.lm_head, &[c.vocab, d])?])?,
-            Slot::FinalNorm => f32_buffer(self.expect(&n.final_norm, &[d])?)?,
-            Slot::AttnNorm(l) => f32_buffer(self.expect(&layer(l)?.attn_norm, &[d])?)?,
-            Slot::FfnNorm(l) => f32_buffer(self.expect(&layer(l)?.ffn_norm, &[d])?)?,
+            Slot::FinalNorm => f32_vec(&self.final_norm()?)?,
+            Slot::AttnNorm(l) => f32_vec(&self.layer_norms(li(l))?.0)?,
+            Slot::FfnNorm(l) => f32_vec(&self.layer_norms(li(l))?.1)?,
+            Slot::PostNorms(l) => match self.post_norms(li(l))? {
+                Some((a, f)) => f32_vec(&[a, f].concat())?,
+                None => return Ok(None),
+            },
             Slot::Qkv(l) => {
                 let t = self.qkv(li(l))?;
                 if !fused(&t) {

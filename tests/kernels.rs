@@ -40,17 +40,35 @@ fn check_embed(g: &Gpu, seed: u64) -> Result<(), String> {
     let (vocab, t) = (50, 5);
     for (i, &dt) in DTYPES.iter().enumerate() {
         let dim = inner_dim(dt, 36);
-        let (w, e) = weight(g, &mut rng, dt, 1, vocab * dim, 1.0);
-        let e = &e[0];
+        let raw = random_blocks(&mut rng, dt, vocab * dim, 1.0);
+        let e = &to_f32(dt, &raw);
+        let w = g.upload_weight("w", dt, &[&raw]).expect("upload");
         // Every other type with an embedding multiplier (Granite's).
         let scale = if i % 2 == 1 { 12.5 } else { 1.0 };
         let toks: Vec<u32> = (0..t).map(|_| rng.below(vocab) as u32).collect();
         let (tb, xb) = (upload_u32(g, "tok", &toks), poisoned(g, "x", t * dim));
-        let d = ops::embed(g, &w, &tb, &xb, dim, vocab, scale).map_err(|e| e.to_string())?;
+        let d = ops::embed(g, &w, (0, vocab), &tb, &xb, dim, vocab, scale).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
         let want: Vec<f32> =
             toks.iter().flat_map(|&k| e[k as usize * dim..(k as usize + 1) * dim].iter().map(|v| v * scale)).collect();
         close(&format!("embed {dt:?} scale {scale}"), &read_f32(g, &xb, t * dim), &want, 0.0, 0.0)?;
+        // The same table in row ranges (as one too large for a binding is uploaded), one
+        // dispatch each, cut from the packed buffer by quant::split_rows.
+        let packed = webmoe::quant::pack_matrix(dt, &[&raw]).unwrap();
+        let max = packed.bytes.len() / 3;
+        let parts = webmoe::quant::split_rows(&packed, vocab, dim, max).map_err(|e| e.to_string())?;
+        if parts.len() < 3 {
+            return Err(format!("embed {dt:?}: {} row ranges for a third of the bytes each", parts.len()));
+        }
+        let xb = poisoned(g, "x", t * dim);
+        // A 50-row table: most ranges hold none of the 5 tokens, some several.
+        let mut ds = Vec::new();
+        for (p, r0, n) in &parts {
+            let w = g.upload_packed("w part", p).map_err(|e| e.to_string())?;
+            ds.push(ops::embed(g, &w, (*r0, *n), &tb, &xb, dim, vocab, scale).map_err(|e| e.to_string())?);
+        }
+        g.run(&ds.iter().collect::<Vec<_>>(), t as u32);
+        close(&format!("embed {dt:?} in {} row ranges", parts.len()), &read_f32(g, &xb, t * dim), &want, 0.0, 0.0)?;
     }
     Ok(())
 }
@@ -70,6 +88,17 @@ fn check_rmsnorm(g: &Gpu, seed: u64) -> Result<(), String> {
         let want = if last_only { &want[(t - 1) * dim..] } else { &want[..] };
         close(&format!("rmsnorm last_only={last_only}"), &read_f32(g, &yb, rows * dim), want, 1e-5, 1e-5)?;
     }
+    // A post-norm: y += alpha · rmsnorm(branch) · w[off..], the branch zeroed after.
+    let (off, alpha) = (7, 0.5);
+    let w2 = rng.vec(off + dim, 1.5);
+    let y0 = rng.vec(t * dim, 1.0);
+    let norm = cpu::rms_norm(&x, &w2[off..], eps);
+    let want: Vec<f32> = y0.iter().zip(&norm).map(|(y, n)| y + alpha * n).collect();
+    let (xb, wb, yb, s) = (upload_f32(g, "x", &x), upload_f32(g, "w", &w2), upload_f32(g, "y", &y0), step(g, t, 0));
+    let d = ops::rms_norm_add(g, &s, (&wb, off), &xb, &yb, dim, eps, alpha).map_err(|e| e.to_string())?;
+    g.run(&[&d], t as u32);
+    close("rmsnorm post-norm add", &read_f32(g, &yb, t * dim), &want, 1e-5, 1e-5)?;
+    close("rmsnorm post-norm clears its branch", &read_f32(g, &xb, t * dim), &vec![0.0; t * dim], 0.0, 0.0)?;
     Ok(())
 }
 
@@ -181,12 +210,26 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
     (
         Shader::Embed,
         check_embed,
-        &[("if (i >= p.dim) {", "if (i + 4u >= p.dim) {"), ("i) * p.scale;", "i);")],
+        &[
+            ("if (i >= p.dim) {", "if (i + 4u >= p.dim) {"),
+            ("i) * p.scale;", "i);"),
+            ("(tok - p.row0) * p.dim", "tok * p.dim"),
+            ("tok < p.row0 || ", ""),
+        ],
     ),
     (
         Shader::RmsNorm,
         check_rmsnorm,
-        &[("for (var i = lid; i < p.dim; i += WG) {\n        y[", "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y[")],
+        &[
+            (
+                "for (var i = lid; i < p.dim; i += WG) {\n        let v = p.alpha",
+                "for (var i = lid; i + 1u < p.dim; i += WG) {\n        let v = p.alpha",
+            ),
+            ("y[yb + i] += v;", "y[yb + i] = v;"),
+            ("g[p.g_off + i]", "g[i]"),
+            ("x[xb + i] = 0.0;", ""),
+            ("let v = p.alpha * (", "let v = ("),
+        ],
     ),
     (
         Shader::Gemv,

@@ -72,6 +72,23 @@ impl Uploader<'_> {
         Ok(Some(w))
     }
 
+    /// A `rows` x `cols` matrix in as many row ranges as the adapter's binding size needs
+    /// (one, usually): (weights, first row, rows) each.
+    fn row_ranges(&mut self, slot: Slot, rows: usize, cols: usize) -> Result<Option<Vec<(GpuWeight, usize, usize)>>> {
+        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
+        let max = self.gpu.limits.max_storage_buffer_binding_size as usize;
+        let parts = if b.bytes.len() <= max { vec![(b, 0, rows)] } else { crate::quant::split_rows(&b, rows, cols, max)? };
+        let name = self.src.describe(slot);
+        let mut out = Vec::with_capacity(parts.len());
+        for (p, r0, n) in parts {
+            let w = self.gpu.upload_packed(&format!("{name} rows {r0}..{}", r0 + n), &p)?;
+            self.bytes += w.buf.size();
+            self.buffers.push(w.buf.clone());
+            out.push((w, r0, n));
+        }
+        Ok(Some(out))
+    }
+
     fn need(&mut self, slot: Slot) -> Result<GpuWeight> {
         self.slot(slot)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", slot.name())))
     }
@@ -109,6 +126,10 @@ struct Scratch {
     dense: Option<DenseRouting>,
     /// Shared experts' sigmoid gates [T].
     shared_gate: Option<Buffer>,
+    /// A block's output before its post-norm [T, D] (models with post-norms): zero
+    /// between blocks (the post-norm kernel clears what it reads), so the FFN kernels
+    /// accumulate into it as they do into x.
+    branch: Option<Buffer>,
 }
 
 struct DenseRouting {
@@ -182,6 +203,11 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
         // Bound by every router (written only with a gated shared expert): a shared
         // read-write dummy across kernels would cost barriers between dispatches.
         shared_gate: if c.is_moe() { Some(up.scratch("shared expert gates", max_rows * 4)?) } else { None },
+        branch: if c.plan.iter().any(|l| l.post_norms) {
+            Some(up.scratch("block output before its post-norm", max_rows * d * 4)?)
+        } else {
+            None
+        },
         step,
     };
     g.write(&s.hist, 0, &vec![0u8; c.layers * e * 4]);
@@ -199,9 +225,12 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
         }
     }
 
-    let embed = up.need(Slot::Embed)?;
-    let mut pre = vec![ops::embed(g, &embed, &tokens, &s.x, d, c.vocab, c.embed_scale)?];
-    let mut dec = vec![ops::embed(g, &embed, &tokens, &s.x, d, c.vocab, c.embed_scale)?];
+    let embed = up.row_ranges(Slot::Embed, c.vocab, d)?.ok_or_else(|| Error::input("the model has no embedding"))?;
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    for (w, r0, n) in &embed {
+        pre.push(ops::embed(g, w, (*r0, *n), &tokens, &s.x, d, c.vocab, c.embed_scale)?);
+        dec.push(ops::embed(g, w, (*r0, *n), &tokens, &s.x, d, c.vocab, c.embed_scale)?);
+    }
     if let Some(r) = &s.dense {
         pre.push(ops::moe_group(g, &s.step, &r.ids, &r.sorted, &r.pos_of, &r.starts, 1, 1)?);
     }
@@ -229,6 +258,17 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
         let sinks = up.want(Slot::Sinks(l), a.sinks)?;
         let wo = up.need(Slot::Wo(l))?;
         let o_bias = up.want(Slot::OBias(l), a.o_bias)?;
+        // With post-norms each block writes into `branch`, normalised into x after it.
+        let post = match (up.want(Slot::PostNorms(l), lp.post_norms)?, &s.branch) {
+            (Some(w), Some(b)) => Some((w, b)),
+            (None, _) => None,
+            (Some(_), None) => return Err(Error::input("post-norm scratch")),
+        };
+        // Where a block's output goes and its scale there.
+        let (target, ts) = match &post {
+            Some((_, b)) => (*b, 1.0),
+            None => (&s.x, c.residual_scale),
+        };
         let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
         let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
         let table = &tables.iter().find(|(r, _)| *r == a.rope).ok_or_else(|| Error::input("rope table"))?.1;
@@ -295,11 +335,17 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
                     prog.extend(ops::attention_split(g, &s.step, caches, &s.partials, &s.attn, sinks.as_ref(), &spec)?)
                 }
             }
-            let out = Out::add(&s.x, d).with_bias(o_bias.as_ref()).scaled(rs);
+            let out = match &post {
+                Some((_, b)) => Out::write(b, d).with_bias(o_bias.as_ref()),
+                None => Out::add(&s.x, d).with_bias(o_bias.as_ref()).scaled(rs),
+            };
             prog.push(match path {
                 Path::Prefill => ops::gemm(g, "attention output", &s.step, &wo, &s.attn, out, d, c.q_dim())?,
                 Path::Decode => ops::gemv(g, "attention output", &wo, &s.attn, out, d, c.q_dim())?,
             });
+            if let Some((w, b)) = &post {
+                prog.push(ops::rms_norm_add(g, &s.step, (w, 0), b, &s.x, d, c.eps, rs)?);
+            }
 
             // --- FFN ---
             match &lp.ffn {
@@ -307,7 +353,7 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
                     prog.push(ops::rms_norm(g, &s.step, &ffn_norm, &s.x, &s.xn, d, c.eps, false)?);
                     let ones = &s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?.ones;
                     let f = DenseFfn { gate_up: &w13, down: &w2, weights: ones, ff: mlp.ff, act: mlp.act };
-                    dense_ffn(g, &s, prog, path, &f, d, rs)?;
+                    dense_ffn(g, &s, prog, path, &f, d, (target, ts))?;
                 }
                 FfnPlan::Moe(m) => {
                     let r = router.as_ref().ok_or_else(|| Error::input("router"))?;
@@ -325,45 +371,46 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
                             prog.push(ops::moe_group(g, &s.step, &s.ids, &s.sorted, &s.pos_of, &s.starts, m.experts, m.top_k)?);
                             prog.push(ops::moe_gemm_gate_up(g, &w13, &s.xn, (&s.sorted, &s.starts), &s.act, b13, &es)?);
                             prog.push(ops::moe_gemm_down(g, &w2, &s.act, &s.starts, &s.ybuf, b2, &es)?);
-                            prog.push(ops::moe_combine(g, &s.ybuf, &s.pos_of, &s.weights, &s.x, d, m.top_k, rs)?);
+                            prog.push(ops::moe_combine(g, &s.ybuf, &s.pos_of, &s.weights, target, d, m.top_k, ts)?);
                         }
                         Path::Decode => {
                             prog.push(ops::moe_gemv_gate_up(g, &w13, &s.xn, &s.ids, &s.act, b13, &es)?);
-                            prog.push(ops::moe_gemv_down(g, &w2, &s.act, (&s.ids, &s.weights), &s.x, b2, &es, rs)?);
+                            prog.push(ops::moe_gemv_down(g, &w2, &s.act, (&s.ids, &s.weights), target, b2, &es, ts)?);
                         }
                     }
                     if let Some((sh13, sh2, plan)) = &shared {
                         let dense = s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?;
                         let weights = if plan.gated { s.shared_gate.as_ref().unwrap_or(&dense.ones) } else { &dense.ones };
                         let f = DenseFfn { gate_up: sh13, down: sh2, weights, ff: plan.ff, act: m.act };
-                        dense_ffn(g, &s, prog, path, &f, d, rs)?;
+                        dense_ffn(g, &s, prog, path, &f, d, (target, ts))?;
                     }
                 }
+            }
+            if let Some((w, b)) = &post {
+                prog.push(ops::rms_norm_add(g, &s.step, (w, d), b, &s.x, d, c.eps, rs)?);
             }
         }
     }
 
     let final_norm = up.need(Slot::FinalNorm)?.buf;
-    let lm_head = match up.slot(Slot::LmHead)? {
+    let lm_head = match up.row_ranges(Slot::LmHead, c.vocab, d)? {
         Some(w) => w,
         None => embed.clone(),
     };
-    let logits_out = Out::write(&logits, c.vocab).scaled(c.logit_scale);
-    let head_all_prefill = vec![
-        ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, false)?,
-        ops::gemm(g, "LM head", &s.step, &lm_head, &s.xn, logits_out, c.vocab, d)?,
-    ];
-    let head_all_decode = vec![
-        ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, false)?,
-        ops::gemv(g, "LM head", &lm_head, &s.xn, logits_out, c.vocab, d)?,
-    ];
-    // The last row only: normalised into row 0, one GEMV row of logits.
-    let lm_last = ops::gemv(g, "LM head", &lm_head, &s.xn, logits_out, c.vocab, d)?;
-    let lm_last = {
-        let x = lm_last.grid.x;
-        lm_last.with_grid(super::Grid { x, y: Rows::Fixed(1) })
-    };
-    let head_last = vec![ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, true)?, lm_last];
+    // The LM head in row ranges (a 262k vocabulary exceeds one binding): each range
+    // writes its columns of the logits.
+    let mut head_all_prefill = vec![ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, false)?];
+    let mut head_all_decode = vec![ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, false)?];
+    let mut head_last = vec![ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, true)?];
+    for (w, r0, n) in &lm_head {
+        let out = Out::cols(&logits, c.vocab, *r0).scaled(c.logit_scale);
+        head_all_prefill.push(ops::gemm(g, "LM head", &s.step, w, &s.xn, out, *n, d)?);
+        head_all_decode.push(ops::gemv(g, "LM head", w, &s.xn, out, *n, d)?);
+        // The last row only: normalised into row 0, one GEMV row of logits.
+        let last = ops::gemv(g, "LM head", w, &s.xn, out, *n, d)?;
+        let x = last.grid.x;
+        head_last.push(last.with_grid(super::Grid { x, y: Rows::Fixed(1) }));
+    }
     let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
     Ok(Built {
         programs: Programs {
@@ -385,7 +432,8 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
     })
 }
 
-/// x += rs · w · down(act(gate xn, up xn)) for a dense FFN run as one expert.
+/// y += rs · w · down(act(gate xn, up xn)) for a dense FFN run as one expert, with
+/// (y, rs) the residual stream and its scale, or a post-norm's branch and 1.
 fn dense_ffn(
     g: &Gpu,
     s: &Scratch,
@@ -393,7 +441,7 @@ fn dense_ffn(
     path: Path,
     f: &DenseFfn,
     d: usize,
-    rs: f32,
+    (y, rs): (&Buffer, f32),
 ) -> Result<()> {
     let r = s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?;
     let es = ExpertSpec { dim: d, ff: f.ff, k: 1, experts: 1, act: f.act };
@@ -401,11 +449,11 @@ fn dense_ffn(
         Path::Prefill => {
             prog.push(ops::moe_gemm_gate_up(g, f.gate_up, &s.xn, (&r.sorted, &r.starts), &s.act, None, &es)?);
             prog.push(ops::moe_gemm_down(g, f.down, &s.act, &r.starts, &s.ybuf, None, &es)?);
-            prog.push(ops::moe_combine(g, &s.ybuf, &r.pos_of, f.weights, &s.x, d, 1, rs)?);
+            prog.push(ops::moe_combine(g, &s.ybuf, &r.pos_of, f.weights, y, d, 1, rs)?);
         }
         Path::Decode => {
             prog.push(ops::moe_gemv_gate_up(g, f.gate_up, &s.xn, &r.ids, &s.act, None, &es)?);
-            prog.push(ops::moe_gemv_down(g, f.down, &s.act, (&r.ids, f.weights), &s.x, None, &es, rs)?);
+            prog.push(ops::moe_gemv_down(g, f.down, &s.act, (&r.ids, f.weights), y, None, &es, rs)?);
         }
     }
     Ok(())

@@ -32,6 +32,7 @@ pub const GPT_OSS: Family = Family {
 
 fn layer(attn: super::plan::AttnPlan, experts: usize, top_k: usize, ff: usize, act: Act) -> LayerPlan {
     LayerPlan {
+        post_norms: false,
         attn,
         ffn: FfnPlan::Moe(MoePlan {
             experts,

@@ -66,7 +66,7 @@ fn granite_hf(c: &HfConfig, _has: Has) -> Result<(ModelConfig, ModelNames)> {
         c.act("hidden_act", "silu")?,
         shared_ff,
     );
-    let plan = vec![LayerPlan { attn, ffn }; k.layers];
+    let plan = vec![LayerPlan { attn, ffn, post_norms: false }; k.layers];
     let layers = (0..k.layers)
         .map(|l| {
             let p = format!("model.layers.{l}");
@@ -106,7 +106,7 @@ fn granite_gguf(m: &GgufMeta, has: Has) -> Result<(ModelConfig, ModelNames)> {
         Act::SiluGlu,
         m.opt("expert_shared_feed_forward_length", MAX_FF)?,
     );
-    let plan = vec![LayerPlan { attn, ffn }; k.layers];
+    let plan = vec![LayerPlan { attn, ffn, post_norms: false }; k.layers];
     let layers = (0..k.layers).map(|l| names::gguf_layer(l, &plan[l], has, "ffn_norm")).collect();
     let mut cfg = model_config("granitemoe", m.arch.to_string(), &k, true, plan);
     cfg.embed_scale = multiplier("embedding_scale", m.float("embedding_scale")?).map_err(bad)?;

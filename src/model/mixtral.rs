@@ -53,6 +53,7 @@ fn mixtral_hf(c: &HfConfig, _has: Has) -> Result<(ModelConfig, ModelNames)> {
     let ff = c.req("intermediate_size", MAX_FF)?;
     let window = c.opt("sliding_window", MAX_POSITIONS)?;
     let layer = LayerPlan {
+        post_norms: false,
         attn: plain_attention(&k.rope, k.head_dim, window),
         ffn: FfnPlan::Moe(MoePlan {
             experts,
@@ -91,6 +92,7 @@ fn llama_hf(c: &HfConfig, _has: Has) -> Result<(ModelConfig, ModelNames)> {
     let ff = c.req("intermediate_size", MAX_FF)?;
     let window = c.opt("sliding_window", MAX_POSITIONS)?;
     let layer = LayerPlan {
+        post_norms: false,
         attn: plain_attention(&k.rope, k.head_dim, window),
         ffn: FfnPlan::Dense(Mlp { ff, act: Act::SiluGlu }),
     };
@@ -126,7 +128,7 @@ fn llama_gguf(m: &GgufMeta, has: Has) -> Result<(ModelConfig, ModelNames)> {
         FfnPlan::Dense(Mlp { ff, act: Act::SiluGlu })
     };
     let family = if experts > 1 { "mixtral" } else { "llama" };
-    let layer = LayerPlan { attn: plain_attention(&k.rope, k.head_dim, None), ffn };
+    let layer = LayerPlan { attn: plain_attention(&k.rope, k.head_dim, None), ffn, post_norms: false };
     let plan = vec![layer; k.layers];
     let layers = (0..k.layers).map(|l| names::gguf_layer(l, &plan[l], has, "ffn_norm")).collect();
     let cfg = model_config(family, m.arch.to_string(), &k, true, plan);

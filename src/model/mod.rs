@@ -4,6 +4,7 @@
 //! names its tensors and emits the plan (`plan.rs`); `FAMILIES` lists them. Everything
 //! else here is shared.
 
+pub mod gemma;
 pub mod ggufmeta;
 pub mod gpt_oss;
 pub mod granite;
@@ -55,6 +56,7 @@ pub const FAMILIES: &[&Family] = &[
     &olmoe::OLMOE,
     &granite::GRANITEMOE,
     &gpt_oss::GPT_OSS,
+    &gemma::GEMMA3,
 ];
 
 fn hf_family(arch: &str) -> Result<&'static Family> {
@@ -104,6 +106,7 @@ pub fn model_config(family: &str, arch: String, k: &Sizes, rope_interleaved: boo
         embed_scale: 1.0,
         residual_scale: 1.0,
         logit_scale: 1.0,
+        norm_offset: 0.0,
         plan,
     }
 }

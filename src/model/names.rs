@@ -58,6 +58,10 @@ pub struct LayerNames {
     /// `[heads]`
     pub sinks: Option<String>,
     pub ffn_norm: String,
+    /// `[hidden]` each, when the plan has post-norms: on the attention output and on the
+    /// FFN output.
+    pub post_attn_norm: Option<String>,
+    pub post_ffn_norm: Option<String>,
     /// Router `[experts, hidden]`; `None` for a dense layer.
     pub router: Option<String>,
     /// `[experts]`
@@ -197,6 +201,8 @@ pub fn gguf_layer(l: usize, plan: &LayerPlan, has: &dyn Fn(&str) -> bool, ffn_no
         k_norm: x.k_norm,
         sinks: x.sinks,
         ffn_norm: format!("{p}.{ffn_norm}.weight"),
+        post_attn_norm: plan.post_norms.then(|| format!("{p}.post_attention_norm.weight")),
+        post_ffn_norm: plan.post_norms.then(|| format!("{p}.post_ffw_norm.weight")),
         router,
         router_bias,
         experts,
@@ -252,6 +258,8 @@ pub fn hf_layer(
         k_norm: x.k_norm,
         sinks: x.sinks,
         ffn_norm: format!("{p}.post_attention_layernorm.weight"),
+        post_attn_norm: None,
+        post_ffn_norm: None,
         router,
         router_bias,
         experts,

@@ -24,6 +24,7 @@ pub const OLMOE: Family = Family {
 
 fn layer(attn: super::plan::AttnPlan, experts: usize, top_k: usize, ff: usize, renorm: bool, act: super::plan::Act) -> LayerPlan {
     LayerPlan {
+        post_norms: false,
         attn,
         ffn: FfnPlan::Moe(MoePlan {
             experts,

@@ -6,7 +6,10 @@
 //! Per layer (T tokens, D hidden), with rs the model's `residual_scale`:
 //!   h   = x + rs · attn(rmsnorm(x))
 //!   out = h + rs · ffn(rmsnorm(h))
-//! the embedding multiplied by `embed_scale` and the logits by `logit_scale`.
+//! or with `post_norms` (Gemma 2/3's "sandwich" norms) each branch normalised again
+//! before its residual add: h = x + rs · rmsnorm(attn(rmsnorm(x))), likewise the FFN;
+//! the embedding multiplied by `embed_scale` and the logits by `logit_scale`. Every RMSNorm
+//! weight w is used as `norm_offset + w` (Gemma's HF checkpoints store w - 1).
 
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +150,10 @@ pub enum FfnPlan {
 pub struct LayerPlan {
     pub attn: AttnPlan,
     pub ffn: FfnPlan,
+    /// RMSNorm on the attention output and on the FFN output before each residual add
+    /// (weights [hidden] each).
+    #[serde(default)]
+    pub post_norms: bool,
 }
 
 impl LayerPlan {
@@ -205,7 +212,8 @@ impl LayerPlan {
                 s
             }
         };
-        format!("attention {attn}; {ffn}")
+        let post = if self.post_norms { "; post-norms" } else { "" };
+        format!("attention {attn}; {ffn}{post}")
     }
 }
 

@@ -114,7 +114,7 @@ fn qwen_hf(c: &HfConfig, has: Has, v3: bool) -> Result<(ModelConfig, ModelNames)
         } else {
             FfnPlan::Dense(Mlp { ff: c.req("intermediate_size", MAX_FF)?, act })
         };
-        let layer = LayerPlan { attn, ffn };
+        let layer = LayerPlan { attn, ffn, post_norms: false };
         let names = if moe {
             // Hub checkpoints store each expert; transformers' runtime layout is fused.
             let ex = if has(&format!("{m}.experts.gate_up_proj")) {
@@ -170,6 +170,7 @@ fn qwen_gguf(m: &GgufMeta, has: Has, v3: bool) -> Result<(ModelConfig, ModelName
         return Err(m.bad("qwen3moe without blk.0.attn_q_norm.weight"));
     }
     let layer = LayerPlan {
+        post_norms: false,
         attn,
         ffn: FfnPlan::Moe(MoePlan {
             experts,

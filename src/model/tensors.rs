@@ -154,6 +154,40 @@ impl ModelFiles {
         }
     }
 
+    /// An RMSNorm weight vector [len], as the norm uses it (`norm_offset` added).
+    pub fn norm(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let off = self.config.norm_offset;
+        let mut v = self.expect(name, &[len])?.to_f32();
+        if off != 0.0 {
+            v.iter_mut().for_each(|x| *x += off);
+        }
+        Ok(v)
+    }
+
+    /// Layer `l`'s pre-attention and pre-FFN norm weights [hidden] each.
+    pub fn layer_norms(&self, l: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = self.layer_names(l)?;
+        Ok((self.norm(&n.attn_norm, self.config.hidden)?, self.norm(&n.ffn_norm, self.config.hidden)?))
+    }
+
+    /// The final norm's weights [hidden].
+    pub fn final_norm(&self) -> Result<Vec<f32>> {
+        self.norm(&self.names.final_norm, self.config.hidden)
+    }
+
+    /// Layer `l`'s post-attention and post-FFN norm weights [hidden] each, when the plan
+    /// has them.
+    pub fn post_norms(&self, l: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        if !self.config.plan[l].post_norms {
+            return Ok(None);
+        }
+        let n = self.layer_names(l)?;
+        let (Some(a), Some(f)) = (&n.post_attn_norm, &n.post_ffn_norm) else {
+            return Err(Error::input(format!("layer {l}: the plan has post-norms but no names for them")));
+        };
+        Ok(Some((self.norm(a, self.config.hidden)?, self.norm(f, self.config.hidden)?)))
+    }
+
     /// The q and k norm weights: [head_dim] each per head, [q_dim] and [kv_dim] whole.
     pub fn qk_norm(&self, l: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         let c = &self.config;
@@ -166,7 +200,7 @@ impl ModelFiles {
         let (Some(q), Some(k)) = (&n.q_norm, &n.k_norm) else {
             return Err(Error::input(format!("layer {l}: the plan has q/k norms but no names for them")));
         };
-        Ok(Some((self.expect(q, &[qs])?.to_f32(), self.expect(k, &[ks])?.to_f32())))
+        Ok(Some((self.norm(q, qs)?, self.norm(k, ks)?)))
     }
 
     /// One sink logit per query head [heads].
@@ -192,6 +226,7 @@ impl ModelFiles {
         for (li, l) in n.layers.iter().enumerate() {
             self.expect(&l.attn_norm, &[d])?;
             self.expect(&l.ffn_norm, &[d])?;
+            self.post_norms(li)?;
             self.qkv(li)?;
             self.expect(&l.wo, &[d, c.q_dim()])?;
             let a = &c.plan[li].attn;

@@ -8,9 +8,31 @@ use crate::model::plan::{Act, RouterOrder, RouterPlan};
 use params::*;
 use wgpu::Buffer;
 
-pub fn embed(g: &Gpu, w: &GpuWeight, tokens: &Buffer, x: &Buffer, dim: usize, vocab: usize, scale: f32) -> Result<Dispatch> {
+/// x[t] = scale · E[tokens[t]] for the tokens whose rows `w` holds: rows
+/// `(row0, rows)` of the `vocab`-row table (all of it, or one of the ranges a table too
+/// large for one binding is uploaded in).
+#[allow(clippy::too_many_arguments)]
+pub fn embed(
+    g: &Gpu,
+    w: &GpuWeight,
+    (row0, rows): (usize, usize),
+    tokens: &Buffer,
+    x: &Buffer,
+    dim: usize,
+    vocab: usize,
+    scale: f32,
+) -> Result<Dispatch> {
     let d = inner("token embedding", w.dtype, dim)?;
-    let p = EmbedParams { dim: d, vocab: u32_of("vocab", vocab)?, s_off: w.s_off, h_off: w.h_off, scale, ..Default::default() };
+    let p = EmbedParams {
+        dim: d,
+        vocab: u32_of("vocab", vocab)?,
+        s_off: w.s_off,
+        h_off: w.h_off,
+        scale,
+        row0: u32_of("embedding rows", row0)?,
+        rows: u32_of("embedding rows", rows)?,
+        ..Default::default()
+    };
     g.make(Shader::Embed, w.dtype, &p, &[&w.buf, tokens, x], Grid { x: d.div_ceil(1024), y: Rows::PER_TOKEN })
 }
 
@@ -25,8 +47,34 @@ pub fn rms_norm(
     last_only: bool,
 ) -> Result<Dispatch> {
     let rows = if last_only { Rows::Fixed(1) } else { Rows::PER_TOKEN };
-    let p = RmsNormParams { dim: u32_of("norm", dim)?, last_only: last_only as u32, eps, ..Default::default() };
+    let p =
+        RmsNormParams { dim: u32_of("norm", dim)?, last_only: last_only as u32, eps, alpha: 1.0, ..Default::default() };
     g.make(Shader::RmsNorm, DType::F32, &p, &[step, w, x, y], Grid { x: 1, y: rows })
+}
+
+/// A post-norm: y += alpha · rmsnorm(branch) · w[w_off..w_off + dim] for every row of the
+/// step, then the branch rows are zeroed (the next branch accumulates into them).
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm_add(
+    g: &Gpu,
+    step: &Buffer,
+    (w, w_off): (&Buffer, usize),
+    branch: &Buffer,
+    y: &Buffer,
+    dim: usize,
+    eps: f32,
+    alpha: f32,
+) -> Result<Dispatch> {
+    let p = RmsNormParams {
+        dim: u32_of("norm", dim)?,
+        eps,
+        accumulate: 1,
+        alpha,
+        g_off: u32_of("norm weight offset", w_off)?,
+        clear: 1,
+        ..Default::default()
+    };
+    g.make(Shader::RmsNorm, DType::F32, &p, &[step, w, branch, y], Grid { x: 1, y: Rows::PER_TOKEN })
 }
 
 fn matmul_params(name: &str, w: &GpuWeight, out: &Out, n: usize, k: usize) -> Result<MatmulParams> {
