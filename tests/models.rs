@@ -128,25 +128,33 @@ fn bad_requests_are_errors() {
 }
 
 /// A tensor larger than the adapter allows per binding is refused by name, not by a
-/// validation panic deep inside wgpu.
+/// validation panic deep inside wgpu; the embedding and LM head, which can be cut into row
+/// ranges, are (and the model still computes the same logits).
 #[test]
 fn a_tensor_that_does_not_fit_is_named() {
-    let dir = fixtures_dir().join("mixtral-e4-top1-mha");
-    let files = block_on(ModelFiles::load(&DirSource::new(model_path(&dir)))).expect("load");
-    let mut g = fresh_gpu();
-    // Pretend the adapter binds at most 32 KiB: the 64 KiB embedding table cannot fit.
-    g.limits.max_storage_buffer_binding_size = 32 << 10;
-    let opts = EngineOptions::default();
-    let err = block_on(Engine::from_files(&files, opts, Some(std::sync::Arc::new(g))))
-        .err()
-        .expect("must not fit")
-        .to_string();
+    let limited = |dir: &std::path::Path, bytes: u64| {
+        let files = block_on(ModelFiles::load(&DirSource::new(model_path(dir)))).expect("load");
+        let mut g = fresh_gpu();
+        g.limits.max_storage_buffer_binding_size = bytes;
+        block_on(Engine::from_files(&files, EngineOptions::default(), Some(std::sync::Arc::new(g))))
+    };
+    // 32 KiB: the 64 KiB embedding goes in row ranges, but the 48 KiB fused q|k|v cannot.
+    let err = limited(&fixtures_dir().join("mixtral-e4-top1-mha"), 32 << 10).err().expect("must not fit").to_string();
     assert!(
-        err.contains("model.embed_tokens.weight")
-            && err.contains("65536 bytes")
+        err.contains("model.layers.0.self_attn.q_proj.weight")
+            && err.contains("49152 bytes")
             && err.contains("max_storage_buffer_binding_size"),
         "{err}"
     );
+    // Gemma 3's tied 49152 x 32 bf16 table (3 MiB) in 1 MiB: embedding and LM head run in
+    // row ranges, with the same logits.
+    for dir in [fixtures_dir().join("gemma3"), fixtures_dir().join("gemma3-gguf")] {
+        let mut e = limited(&dir, 1 << 20).expect("fits in row ranges");
+        let r = reference(&dir);
+        let got = block_on(e.logits(&r.tokens)).expect("logits");
+        let d = max_diff(&got, &r.logits);
+        assert!(d <= TOL, "{}: row-range embedding and LM head: max |Δ| {d}", dir.display());
+    }
 }
 
 /// Past the first split-K chunk (256 positions): 600 positions in steps of 7 tokens run the

@@ -1,7 +1,7 @@
 //! Gemma 3 270M (base, GGUF Q4_K_M as published: F32, Q5_0, Q4_K, Q8_0 and Q6_K tensors;
 //! fetched by `scripts/fetch-models.sh gemma3`) against transformers running the same file
-//! dequantized to f32 (tests/fixtures/generate_gemma3.py). Skipped, with a message, when
-//! the model is absent.
+//! dequantized to f32 (tests/fixtures/generate_gemma3.py writes gemma3-270m/). Skipped,
+//! with a message, when the model is absent.
 
 mod common;
 
@@ -30,7 +30,7 @@ fn gemma3() -> Option<PathBuf> {
 }
 
 fn reference() -> Value {
-    serde_json::from_slice(&std::fs::read(fixtures_dir().join("gemma3/reference.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(fixtures_dir().join("gemma3-270m/reference.json")).unwrap()).unwrap()
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
