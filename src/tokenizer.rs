@@ -105,6 +105,9 @@ fn split_regex(pre: &str) -> Option<&'static str> {
     }
 }
 
+/// `tokenizer.ggml.pre` values llama.cpp splits as single digits, then GPT-2's regex.
+const DIGITS_THEN_GPT2: &[&str] = &["smollm", "codeshell", "exaone", "minerva-7b", "mellum2"];
+
 fn meta_u32(m: &BTreeMap<String, Value>, key: &str) -> Option<u32> {
     m.get(key).and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok())
 }
@@ -269,6 +272,11 @@ impl Tokenizer {
                 Some(re) => json!({"type": "Sequence", "pretokenizers": [
                     {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
                     {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+                // llama.cpp's smollm group: every digit on its own, then GPT-2's split (the
+                // original SmolLM2 tokenizer.json: Digits(individual) + ByteLevel).
+                None if DIGITS_THEN_GPT2.contains(&pre) => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]}),
                 None => {
                     json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
                 }

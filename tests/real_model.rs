@@ -122,3 +122,19 @@ fn chat_keeps_the_cache_between_turns() {
     assert!(stdout.contains("Paris"), "{stdout}");
     println!("turns (prompt tokens, prefilled): {turns:?}\n{stdout}");
 }
+
+/// SmolLM2's GGUF names the `smollm` pre-tokenizer: digits split one by one, then GPT-2's
+/// regex (as its original tokenizer.json does). Ids equal llama.cpp's llama-tokenize on
+/// the same file (tests/fixtures/smollm2/llama_tokenize.json), so perplexities compare.
+#[test]
+fn tokenizer_splits_like_llama_cpp() {
+    let Some(model) = smollm2() else { return };
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(fixtures_dir().join("smollm2/llama_tokenize.json")).unwrap()).unwrap();
+    let e = block_on(Engine::load(&DirSource::new(&model), EngineOptions { device: Device::Cpu, ..Default::default() }, None))
+        .expect("load");
+    for case in r["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(e.encode(text).unwrap(), u32s(&case["ids"]), "{:?}", &text[..text.len().min(60)]);
+    }
+}
