@@ -8,8 +8,9 @@ cd "$ROOT"
 scripts/setup.sh
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 
-# The real model (SmolLM2-135M-Instruct Q4_1) for tests/real_model.rs.
-scripts/fetch-models.sh >/dev/null
+# The real models (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M Q4_K_M) for
+# tests/real_model.rs and tests/real_gemma3.rs.
+scripts/fetch-models.sh smollm2 gemma3 >/dev/null
 
 echo "== native: cargo test --release" >&2
 cargo test --release
@@ -27,4 +28,7 @@ node tests/browser/run.mjs
 # The chat page and the package's storage, API and worker engine on the packed real model.
 target/release/webmoe pack --model "$(scripts/fetch-models.sh)" --out target/packed/smollm2 >&2
 node tests/browser/chat.mjs
+# The real Gemma 3 (262k vocabulary, K-quants and Q5_0) from a packed manifest.
+target/release/webmoe pack --model "$(scripts/fetch-models.sh gemma3)" --out target/packed/gemma3 >&2
+node tests/browser/real.mjs
 echo "== all tests passed" >&2

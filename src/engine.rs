@@ -295,6 +295,31 @@ impl Engine {
         Ok(out)
     }
 
+    /// The logits of `tokens` as a new sequence, one row at a time: `each(position, row)`
+    /// (rows in order), computed `prefill_chunk` rows per step so that a long window over
+    /// a large vocabulary never holds more than one step's logits.
+    pub async fn logits_each(&mut self, tokens: &[u32], mut each: impl FnMut(usize, &[f32])) -> Result<()> {
+        self.reset();
+        let (vocab, chunk) = (self.vocab, self.opts.prefill_chunk.max(1));
+        for (c, part) in tokens.chunks(chunk).enumerate() {
+            let rows = match &mut self.backend {
+                Backend::Gpu(m) => m.logits(part, chunk).await?,
+                Backend::Cpu(m) => m.forward(part)?,
+            };
+            for (r, row) in rows.chunks_exact(vocab).enumerate() {
+                each(c * chunk + r, row);
+            }
+        }
+        self.cached = tokens.to_vec();
+        Ok(())
+    }
+
+    /// The BOS id the tokenizer puts before every text, if it does.
+    pub fn bos_added(&self) -> Result<Option<u32>> {
+        let t = self.tokenizer()?;
+        Ok(t.bos.filter(|b| t.encode("a", true).ok().and_then(|ids| ids.first().copied()) == Some(*b)))
+    }
+
     /// Appends `tokens` to the cached sequence; returns what `want` asks about the next one.
     async fn feed(&mut self, tokens: &[u32], want: Want) -> Result<Pred> {
         let vocab = self.vocab;

@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod model;
 pub mod pack;
+pub mod perplexity;
 pub mod platform;
 pub mod quant;
 pub mod safetensors;

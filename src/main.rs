@@ -1,4 +1,4 @@
-//! The native command line: `logits`, `generate`, `chat` and `info`.
+//! The native command line: `logits`, `generate`, `chat`, `bench`, `pack`, `perplexity` and `info`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -192,6 +192,21 @@ enum Cmd {
         /// Quantize f32/f16/bf16 weights first
         #[arg(long, value_enum)]
         quant: Option<QuantArg>,
+    },
+    /// Perplexity of a text, measured as llama.cpp's llama-perplexity measures it: windows
+    /// of --context tokens (default 512), each starting with BOS, scored on its second half
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text to score (UTF-8)
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Score only the first N windows (llama-perplexity --chunks)
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Print one JSON object: perplexity, plus_minus, tokens, windows
+        #[arg(long)]
+        json: bool,
     },
     /// Architecture, tensor types, parameters (total and active per token), sizes
     Info {
@@ -491,6 +506,38 @@ fn run(cli: Cli) -> Result<()> {
             let logits = block_on(engine.logits(&tokens))?;
             let rows: Vec<&[f32]> = logits.chunks(engine.vocab).collect();
             println!("{}", serde_json::json!({ "logits": rows }));
+        }
+        Cmd::Perplexity { mut model, file, chunks, json } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
+            // --context is the window here; the KV cache needs no more.
+            let window = *model.context.get_or_insert(512);
+            let mut engine = open(&model)?;
+            let tokens = engine.encode(&text)?;
+            let windows = (tokens.len() / window).min(chunks.unwrap_or(usize::MAX));
+            eprintln!("{}: {} tokens, {windows} windows of {window}", file.display(), tokens.len());
+            let bar = if std::io::stderr().is_terminal() { ProgressBar::new(windows as u64) } else { ProgressBar::hidden() };
+            bar.set_style(
+                ProgressStyle::with_template("perplexity [{bar:30}] {pos}/{len} windows {msg} (eta {eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let r = block_on(webmoe::perplexity::perplexity(&mut engine, &tokens, window, chunks, |done, _, ppl| {
+                bar.set_position(done as u64);
+                bar.set_message(format!("PPL {ppl:.4}"));
+            }))?;
+            bar.finish_and_clear();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "perplexity": r.perplexity, "plus_minus": r.plus_minus, "tokens": r.tokens,
+                                        "windows": r.windows, "scored": r.scored, "context": r.context })
+                );
+            } else {
+                println!(
+                    "PPL = {:.4} +/- {:.5} ({} tokens, {} windows of {}, {} scored)",
+                    r.perplexity, r.plus_minus, r.tokens, r.windows, r.context, r.scored
+                );
+            }
         }
         Cmd::Generate { model, sample, prompt, chat, tokens, system, ids } => {
             let given_tokens = tokens.as_deref().map(parse_tokens).transpose()?;
