@@ -314,10 +314,11 @@ impl Engine {
         Ok(())
     }
 
-    /// The BOS id the tokenizer puts before every text, if it does.
-    pub fn bos_added(&self) -> Result<Option<u32>> {
-        let t = self.tokenizer()?;
-        Ok(t.bos.filter(|b| t.encode("a", true).ok().and_then(|ids| ids.first().copied()) == Some(*b)))
+    /// The BOS id the tokenizer puts before every text, if it does (none without a
+    /// tokenizer: the caller's ids are taken as they are).
+    pub fn bos_added(&self) -> Option<u32> {
+        let t = self.tokenizer.as_ref()?;
+        t.bos.filter(|b| t.encode("a", true).ok().and_then(|ids| ids.first().copied()) == Some(*b))
     }
 
     /// Appends `tokens` to the cached sequence; returns what `want` asks about the next one.

@@ -58,7 +58,7 @@ pub async fn perplexity(
         )));
     }
     let windows = (tokens.len() / ctx).min(max_windows.unwrap_or(usize::MAX)).max(1);
-    let bos = e.bos_added()?;
+    let bos = e.bos_added();
     let first = ctx / 2;
     let (mut sum, mut sum2, mut count) = (0.0f64, 0.0f64, 0usize);
     for w in 0..windows {

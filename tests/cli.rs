@@ -124,3 +124,30 @@ fn info_shows_the_family_and_the_plan() {
         }
     }
 }
+
+/// `webmoe perplexity --json` on a model with a real vocabulary (SmolLM2's, in the Qwen3-MoE
+/// fixture's GGUF): one object with the counts llama-perplexity reports; too short a text
+/// is a one-line error.
+#[test]
+fn perplexity_prints_one_json_object() {
+    let model = fixtures_dir().join("qwen3moe-gguf/model.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("text.txt");
+    let line = "In the beginning God created the heaven and the earth. And the earth was without form.\n";
+    std::fs::write(&text, line.repeat(12)).unwrap();
+    let out = webmoe(&[
+        "perplexity", "--model", model.to_str().unwrap(), "--file", text.to_str().unwrap(), "--context", "32", "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let (tokens, windows) = (v["tokens"].as_u64().unwrap(), v["windows"].as_u64().unwrap());
+    assert_eq!(windows, tokens / 32, "{v}");
+    assert!(windows >= 2 && v["scored"].as_u64() == Some(windows * 15), "{v}");
+    let p = v["perplexity"].as_f64().unwrap();
+    assert!(p.is_finite() && p > 1.0 && v["plus_minus"].as_f64().unwrap() > 0.0, "{v}");
+    std::fs::write(&text, line).unwrap();
+    let out = webmoe(&["perplexity", "--model", model.to_str().unwrap(), "--file", text.to_str().unwrap(), "--context", "32"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(!out.status.success() && last.starts_with("webmoe: error: ") && last.contains("needs at least 64"), "{err}");
+}
