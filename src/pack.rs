@@ -231,6 +231,17 @@ impl Manifest {
             if t.bytes % 4 != 0 || (t.experts > 1 && t.experts as u64 * t.expert_stride as u64 * 4 != t.bytes) {
                 return Err(bad("size does not match its layout".into()));
             }
+            // Each expert's regions (quants, high bits, scales) must be whole blocks of the
+            // stated type, so a kernel never reads past a buffer it was told about.
+            let matrix = if t.experts > 1 { t.expert_stride as u64 * 4 } else { t.bytes };
+            let (h, s) = (t.h_off as u64 * 4, t.s_off as u64 * 4);
+            let dtype = dtype_of(&t.dtype)?;
+            if h > s || s > matrix || !crate::quant::regions_consistent(dtype, h, s - h, matrix - s) {
+                return Err(bad(format!(
+                    "{} bytes with high bits at {h} and scales at {s} are not whole {} blocks",
+                    matrix, t.dtype
+                )));
+            }
         }
         Ok(m)
     }

@@ -410,6 +410,19 @@ fn region_bytes(dtype: DType) -> Option<(usize, usize, usize, usize)> {
     })
 }
 
+/// Whether a buffer of `dtype` whose regions are `quants`, `high` and `scales` bytes long
+/// (each padded to 16) holds whole blocks consistently: the same block count in each.
+/// A packed manifest's claims about a tensor are checked with it.
+pub fn regions_consistent(dtype: DType, quants: u64, high: u64, scales: u64) -> bool {
+    let Some((_, q, h, s)) = region_bytes(dtype) else { return false };
+    let pad = |n: u64| n.next_multiple_of(16);
+    let (q, h, s) = (q as u64, h as u64, s as u64);
+    // The block count the quants region allows (it is padded by less than 16 bytes).
+    let hi = quants / q;
+    let lo = quants.saturating_sub(15).div_ceil(q);
+    (lo..=hi).any(|n| pad(n * q) == quants && pad(n * h) == high && pad(n * s) == scales)
+}
+
 /// A matrix of `rows` x `cols` in the GPU layout (one expert) cut into row ranges of at
 /// most `max_bytes` each, for tables larger than one storage binding (a 262k-token
 /// embedding): (the range's buffer, its first row, its row count).

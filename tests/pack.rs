@@ -90,8 +90,15 @@ fn a_lying_manifest_is_refused() {
     let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
     assert!(err.contains("manifest.json") && err.contains(m.tensors[2].slot.as_str()), "{err}");
     let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
+    v["tensors"][0]["dtype"] = serde_json::json!("IQ2_XXS");
+    let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("unknown storage type 'IQ2_XXS'") && err.contains("IQ4_XS"), "{err}");
+    // A supported type whose regions the buffer does not have (Q3_K needs high bits and
+    // scales; this F32 embedding has neither).
+    let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
     v["tensors"][0]["dtype"] = serde_json::json!("Q3_K");
-    assert!(Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string().contains("Q3_K"));
+    let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("embed") && err.contains("not whole Q3_K blocks"), "{err}");
     assert!(Manifest::parse(b"{}").is_err());
 }
 
