@@ -88,7 +88,14 @@ fn check_rmsnorm(g: &Gpu, seed: u64) -> Result<(), String> {
         let want = if last_only { &want[(t - 1) * dim..] } else { &want[..] };
         close(&format!("rmsnorm last_only={last_only}"), &read_f32(g, &yb, rows * dim), want, 1e-5, 1e-5)?;
     }
-    // A post-norm: y += alpha · rmsnorm(branch) · w[off..], the branch zeroed after.
+    Ok(())
+}
+
+/// A post-norm: y += alpha · rmsnorm(branch) · w[off..], the branch zeroed after.
+fn check_post_norm(g: &Gpu, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (t, dim, eps) = (4, 300, 1e-5);
+    let x = rng.vec(t * dim, 2.0);
     let (off, alpha) = (7, 0.5);
     let w2 = rng.vec(off + dim, 1.5);
     let y0 = rng.vec(t * dim, 1.0);
@@ -222,13 +229,22 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
         check_rmsnorm,
         &[
             (
-                "for (var i = lid; i < p.dim; i += WG) {\n        let v = p.alpha",
-                "for (var i = lid; i + 1u < p.dim; i += WG) {\n        let v = p.alpha",
+                "for (var i = lid; i < p.dim; i += WG) {\n        y[yb + i]",
+                "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y[yb + i]",
             ),
-            ("y[yb + i] += v;", "y[yb + i] = v;"),
+            ("src = step.n_rows - 1u;", "src = step.n_rows - 2u;"),
+            ("x[xb + i] * r * g[i]", "x[xb + i] * g[i]"),
+        ],
+    ),
+    (
+        Shader::PostNorm,
+        check_post_norm,
+        &[
+            ("y[base + i] += p.alpha", "y[base + i] = p.alpha"),
             ("g[p.g_off + i]", "g[i]"),
-            ("x[xb + i] = 0.0;", ""),
-            ("let v = p.alpha * (", "let v = ("),
+            ("b[base + i] = 0.0;", ""),
+            ("p.alpha * (", "("),
+            ("for (var i = lid; i < p.dim; i += WG) {\n        y[", "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y["),
         ],
     ),
     (
@@ -367,6 +383,10 @@ fn embed() {
 #[test]
 fn rmsnorm() {
     run_check(Shader::RmsNorm)
+}
+#[test]
+fn post_norm() {
+    run_check(Shader::PostNorm)
 }
 #[test]
 fn gemv() {

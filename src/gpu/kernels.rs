@@ -26,6 +26,7 @@ const WG_REDUCE_LIB: &str = include_str!("../../shaders/lib/wg_reduce.wgsl");
 pub enum Shader {
     Embed,
     RmsNorm,
+    PostNorm,
     Gemv,
     QkvRope,
     Gemm,
@@ -50,6 +51,7 @@ impl Shader {
         match self {
             Shader::Embed => "embed",
             Shader::RmsNorm => "rmsnorm",
+            Shader::PostNorm => "post_norm",
             Shader::Gemv => "gemv",
             Shader::QkvRope => "qkv_rope",
             Shader::Gemm => "gemm",
@@ -111,6 +113,7 @@ impl Shader {
         matches!(
             self,
             Shader::RmsNorm
+                | Shader::PostNorm
                 | Shader::Router
                 | Shader::Attention
                 | Shader::AttentionSplit
@@ -120,9 +123,10 @@ impl Shader {
     }
 
     /// Every kernel, for tests that walk them all.
-    pub const ALL: [Shader; 19] = [
+    pub const ALL: [Shader; 20] = [
         Shader::Embed,
         Shader::RmsNorm,
+        Shader::PostNorm,
         Shader::Gemv,
         Shader::QkvRope,
         Shader::Gemm,
@@ -148,6 +152,7 @@ impl Shader {
         match self {
             Shader::Embed => EmbedParams::FIELDS,
             Shader::RmsNorm => RmsNormParams::FIELDS,
+            Shader::PostNorm => PostNormParams::FIELDS,
             Shader::Gemv | Shader::Gemm => MatmulParams::FIELDS,
             Shader::QkvRope => QkvRopeParams::FIELDS,
             Shader::RopeKv => RopeKvParams::FIELDS,
@@ -168,6 +173,7 @@ impl Shader {
         match self {
             Shader::Embed => include_str!("../../shaders/embed.wgsl"),
             Shader::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
+            Shader::PostNorm => include_str!("../../shaders/post_norm.wgsl"),
             Shader::Gemv => include_str!("../../shaders/gemv.wgsl"),
             Shader::QkvRope => include_str!("../../shaders/qkv_rope.wgsl"),
             Shader::Gemm => include_str!("../../shaders/gemm.wgsl"),

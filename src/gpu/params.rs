@@ -27,19 +27,10 @@ params! {
     EmbedParams { dim: u32, vocab: u32, s_off: u32, h_off: u32, scale: f32, row0: u32, rows: u32, _pad0: u32 }
 
     /// rmsnorm.wgsl.
-    RmsNormParams {
-        dim: u32,
-        last_only: u32,
-        eps: f32,
-        /// 1: y += alpha * norm (a post-norm's residual add).
-        accumulate: u32,
-        alpha: f32,
-        /// The weights start at g[g_off].
-        g_off: u32,
-        /// 1: zero the row of x after reading it.
-        clear: u32,
-        _pad: u32,
-    }
+    RmsNormParams { dim: u32, last_only: u32, eps: f32, _pad: u32 }
+
+    /// post_norm.wgsl: y += alpha * rmsnorm(b) * g[g_off..]; b cleared.
+    PostNormParams { dim: u32, eps: f32, alpha: f32, g_off: u32 }
 
     /// gemv.wgsl and gemm.wgsl: y[t, y_off + n] = alpha * (W x + b)[n] (+ y when accumulating).
     MatmulParams {

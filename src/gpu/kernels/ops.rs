@@ -47,8 +47,7 @@ pub fn rms_norm(
     last_only: bool,
 ) -> Result<Dispatch> {
     let rows = if last_only { Rows::Fixed(1) } else { Rows::PER_TOKEN };
-    let p =
-        RmsNormParams { dim: u32_of("norm", dim)?, last_only: last_only as u32, eps, alpha: 1.0, ..Default::default() };
+    let p = RmsNormParams { dim: u32_of("norm", dim)?, last_only: last_only as u32, eps, ..Default::default() };
     g.make(Shader::RmsNorm, DType::F32, &p, &[step, w, x, y], Grid { x: 1, y: rows })
 }
 
@@ -65,16 +64,8 @@ pub fn rms_norm_add(
     eps: f32,
     alpha: f32,
 ) -> Result<Dispatch> {
-    let p = RmsNormParams {
-        dim: u32_of("norm", dim)?,
-        eps,
-        accumulate: 1,
-        alpha,
-        g_off: u32_of("norm weight offset", w_off)?,
-        clear: 1,
-        ..Default::default()
-    };
-    g.make(Shader::RmsNorm, DType::F32, &p, &[step, w, branch, y], Grid { x: 1, y: Rows::PER_TOKEN })
+    let p = PostNormParams { dim: u32_of("norm", dim)?, eps, alpha, g_off: u32_of("norm weight offset", w_off)? };
+    g.make(Shader::PostNorm, DType::F32, &p, &[step, w, branch, y], Grid { x: 1, y: Rows::PER_TOKEN })
 }
 
 fn matmul_params(name: &str, w: &GpuWeight, out: &Out, n: usize, k: usize) -> Result<MatmulParams> {
