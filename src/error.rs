@@ -45,6 +45,14 @@ impl Error {
     pub fn config(reason: impl fmt::Display) -> Self {
         Error::Config(reason.to_string())
     }
+    /// A config check's error for a config that did not come from config.json (GGUF
+    /// metadata, a packed manifest): named by that file instead.
+    pub fn config_in(self, file: impl fmt::Display) -> Self {
+        match self {
+            Error::Config(r) => Error::format(file, format!("model config: {r}")),
+            e => e,
+        }
+    }
     pub fn input(reason: impl fmt::Display) -> Self {
         Error::Input(reason.to_string())
     }

@@ -209,16 +209,30 @@ impl Manifest {
         }
         let m: Manifest = serde_json::from_slice(bytes)
             .map_err(|e| Error::format(MANIFEST, format!("not a webmoe manifest: {e}")))?;
-        m.config.validate().map_err(|e| Error::format(MANIFEST, e))?;
+        m.config.validate().map_err(|e| e.config_in(MANIFEST))?;
+        let shard_sum = m.shards.iter().try_fold(0u64, |a, s| a.checked_add(s.bytes));
+        if shard_sum != Some(m.total_bytes) {
+            return Err(Error::format(
+                MANIFEST,
+                format!("total_bytes {} is not the sum of the shards' bytes", m.total_bytes),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        // Every piece of every tensor, to check that none shares bytes with another.
+        let mut spans: Vec<(u32, u64, u64, &str)> = Vec::new();
         for t in &m.tensors {
             let bad = |r: String| Error::format(MANIFEST, format!("tensor {}: {r}", t.slot));
-            Slot::parse(&t.slot).ok_or_else(|| bad("unknown slot".into()))?;
-            dtype_of(&t.dtype)?;
+            let slot = Slot::parse(&t.slot).ok_or_else(|| bad("unknown slot".into()))?;
+            if !seen.insert(slot) {
+                return Err(bad("listed twice".into()));
+            }
+            let dtype = dtype_of(&t.dtype)?;
             let sum: u64 = t.pieces.iter().map(|p| p.length).sum();
             if sum != t.bytes {
                 return Err(bad(format!("pieces add up to {sum} bytes, not {}", t.bytes)));
             }
             for p in &t.pieces {
+                spans.push((p.shard, p.offset, p.length, &t.slot));
                 let shard =
                     m.shards.get(p.shard as usize).ok_or_else(|| bad(format!("shard {} does not exist", p.shard)))?;
                 if p.offset.checked_add(p.length).is_none_or(|end| end > shard.bytes) {
@@ -235,16 +249,56 @@ impl Manifest {
             // stated type, so a kernel never reads past a buffer it was told about.
             let matrix = if t.experts > 1 { t.expert_stride as u64 * 4 } else { t.bytes };
             let (h, s) = (t.h_off as u64 * 4, t.s_off as u64 * 4);
-            let dtype = dtype_of(&t.dtype)?;
             if h > s || s > matrix || !crate::quant::regions_consistent(dtype, h, s - h, matrix - s) {
                 return Err(bad(format!(
                     "{} bytes with high bits at {h} and scales at {s} are not whole {} blocks",
                     matrix, t.dtype
                 )));
             }
+            check_shape(&m.config, slot, dtype, t).map_err(bad)?;
+        }
+        // Pieces lie inside their shards (checked above) and share no byte, so the buffers
+        // assembled from them never add up to more than the shards' own bytes.
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            let ((sa, oa, la, ta), (sb, ob, _, tb)) = (w[0], w[1]);
+            if sa == sb && oa + la > ob {
+                let file = &m.shards[sa as usize].file;
+                return Err(Error::format(
+                    MANIFEST,
+                    format!("tensors {ta} and {tb} overlap in {file} (bytes {ob}..{})", oa + la),
+                ));
+            }
         }
         Ok(m)
     }
+}
+
+/// A manifest tensor against what its slot holds in a model of this config: present in
+/// such a model at all, the stated expert count, and each expert's regions exactly the
+/// layout of that many values of its type (vectors f32), so one slot cannot carry
+/// another's bytes or a shape the kernels would index past.
+fn check_shape(c: &ModelConfig, slot: Slot, dtype: DType, t: &TensorEntry) -> std::result::Result<(), String> {
+    let want = slot.shape(c).ok_or_else(|| format!("a {} model of this config has no such tensor", c.family))?;
+    if want.vector && dtype != DType::F32 {
+        return Err(format!("is {}, not F32", t.dtype));
+    }
+    if t.experts as u64 != want.experts {
+        return Err(format!("holds {} experts, the config says {}", t.experts, want.experts));
+    }
+    let (h, s, total) = crate::quant::layout_bytes(dtype, want.elements)
+        .ok_or_else(|| format!("{} values are not whole {} blocks", want.elements, t.dtype))?;
+    let matrix = if t.experts > 1 { t.expert_stride as u64 * 4 } else { t.bytes };
+    if (t.h_off as u64 * 4, t.s_off as u64 * 4, matrix) != (h, s, total) {
+        return Err(format!(
+            "{matrix} bytes (high bits at {}, scales at {}) per expert are not the {total} bytes (at {h}, {s}) of {} {} values the config implies",
+            t.h_off as u64 * 4,
+            t.s_off as u64 * 4,
+            want.elements,
+            t.dtype
+        ));
+    }
+    Ok(())
 }
 
 /// Assembles a packed model's buffers as its shards arrive (in any order); each shard can

@@ -423,6 +423,21 @@ pub fn regions_consistent(dtype: DType, quants: u64, high: u64, scales: u64) -> 
     (lo..=hi).any(|n| pad(n * q) == quants && pad(n * h) == high && pad(n * s) == scales)
 }
 
+/// The GPU layout of `elements` values of `dtype` (one matrix or vector, one expert):
+/// (where the high bits start, where the scales start, total), in bytes, each region
+/// padded to 16 as `Packed::finish` pads it. `None` when the type has no layout or the
+/// count is not whole blocks. A packed manifest's tensors are checked against it.
+pub fn layout_bytes(dtype: DType, elements: u64) -> Option<(u64, u64, u64)> {
+    let (e, q, h, s) = region_bytes(dtype)?;
+    if !elements.is_multiple_of(e as u64) {
+        return None;
+    }
+    let n = elements / e as u64;
+    let pad = |b: u64| b.checked_next_multiple_of(16);
+    let (q, h, s) = (pad(n.checked_mul(q as u64)?)?, pad(n.checked_mul(h as u64)?)?, pad(n.checked_mul(s as u64)?)?);
+    Some((q, q + h, q.checked_add(h)?.checked_add(s)?))
+}
+
 /// A matrix of `rows` x `cols` in the GPU layout (one expert) cut into row ranges of at
 /// most `max_bytes` each, for tables larger than one storage binding (a 262k-token
 /// embedding): (the range's buffer, its first row, its row count).

@@ -144,6 +144,72 @@ impl Slot {
     }
 }
 
+/// What a slot holds for a model of a given config: stacked experts (1 for a plain
+/// matrix or vector) of `elements` values each; `vector` slots (norms, biases, router
+/// rows, sinks) are always f32. A packed manifest's tensors are checked against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotShape {
+    pub experts: u64,
+    pub elements: u64,
+    pub vector: bool,
+}
+
+impl Slot {
+    /// The shape this slot has in a model of config `c`, or `None` when such a model has
+    /// no such slot (a layer past the last, a dense layer's router, a bias the plan lacks,
+    /// a tied LM head). Q/K/V and the fused Qkv are both possible: which one a model has
+    /// depends on its storage types.
+    pub fn shape(self, c: &ModelConfig) -> Option<SlotShape> {
+        use crate::model::plan::{FfnPlan, QkNorm};
+        let (d, q, kv) = (c.hidden as u64, c.q_dim() as u64, c.kv_dim() as u64);
+        let vector = |n: u64| Some(SlotShape { experts: 1, elements: n, vector: true });
+        let matrix = |e: u64, n: u64| Some(SlotShape { experts: e, elements: n, vector: false });
+        let vocab = c.vocab as u64;
+        let layer = |l: u32| c.plan.get(l as usize);
+        match self {
+            Slot::Embed => matrix(1, vocab * d),
+            Slot::LmHead => (!c.tie_embeddings).then_some(matrix(1, vocab * d)).flatten(),
+            Slot::FinalNorm => vector(d),
+            Slot::AttnNorm(l) | Slot::FfnNorm(l) => layer(l).and(vector(d)),
+            Slot::PostNorms(l) => layer(l).filter(|p| p.post_norms).and(vector(2 * d)),
+            Slot::Qkv(l) => layer(l).and(matrix(1, (q + 2 * kv) * d)),
+            Slot::Q(l) => layer(l).and(matrix(1, q * d)),
+            Slot::K(l) | Slot::V(l) => layer(l).and(matrix(1, kv * d)),
+            Slot::QkvBias(l) => layer(l).filter(|p| p.attn.qkv_bias).and(vector(q + 2 * kv)),
+            Slot::QkNorm(l) => match layer(l)?.attn.qk_norm {
+                QkNorm::None => None,
+                QkNorm::PerHead => vector(2 * c.head_dim as u64),
+                QkNorm::Whole => vector(q + kv),
+            },
+            Slot::Sinks(l) => layer(l).filter(|p| p.attn.sinks).and(vector(c.heads as u64)),
+            Slot::Wo(l) => layer(l).and(matrix(1, d * q)),
+            Slot::OBias(l) => layer(l).filter(|p| p.attn.o_bias).and(vector(d)),
+            Slot::Router(l) => {
+                let m = layer(l)?.moe()?;
+                let e = m.experts as u64;
+                let gate = m.shared.as_ref().is_some_and(|s| s.gated);
+                vector(e * d + if m.router.bias { e } else { 0 } + if gate { d } else { 0 })
+            }
+            Slot::GateUp(l) | Slot::Down(l) => {
+                let (e, ff) = match &layer(l)?.ffn {
+                    FfnPlan::Dense(m) => (1, m.ff as u64),
+                    FfnPlan::Moe(m) => (m.experts as u64, m.ff as u64),
+                };
+                matrix(e, if matches!(self, Slot::GateUp(_)) { 2 * ff * d } else { d * ff })
+            }
+            Slot::GateUpBias(l) | Slot::DownBias(l) => {
+                let m = layer(l)?.moe().filter(|m| m.expert_bias)?;
+                let (e, ff) = (m.experts as u64, m.ff as u64);
+                vector(if matches!(self, Slot::GateUpBias(_)) { e * 2 * ff } else { e * d })
+            }
+            Slot::SharedGateUp(l) | Slot::SharedDown(l) => {
+                let ff = layer(l)?.moe()?.shared.as_ref()?.ff as u64;
+                matrix(1, if matches!(self, Slot::SharedGateUp(_)) { 2 * ff * d } else { d * ff })
+            }
+        }
+    }
+}
+
 /// Where a GPU model's weights come from.
 pub trait WeightSource {
     fn config(&self) -> &ModelConfig;

@@ -127,3 +127,81 @@ fn the_plan_travels_in_the_manifest() {
         assert_eq!(m.config, files.config);
     }
 }
+
+/// Hostile manifests, as an attacker would edit a packed model's manifest.json: each is
+/// refused when parsed (before any shard is read), with an error naming what is wrong.
+/// Prints the table the hardening issue asks for.
+#[test]
+fn hostile_manifests_are_refused_by_name() {
+    use serde_json::{Value, json};
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write_packed(&fixtures_dir().join("mixtral-e4-top1-mha"), tmp.path(), 1 << 20);
+    let clean = serde_json::to_value(&m).unwrap();
+    let find = |v: &Value, slot: &str| {
+        v["tensors"].as_array().unwrap().iter().position(|t| t["slot"] == slot).expect(slot)
+    };
+    let (qkv, wo, norm, up) =
+        (find(&clean, "layer.0.qkv"), find(&clean, "layer.0.wo"), find(&clean, "layer.0.attn_norm"), find(&clean, "layer.0.experts.gate_up"));
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &[&str])> = vec![
+        ("\"heads\": 0", Box::new(|v| v["config"]["heads"] = json!(0)), &["attention heads = 0 is out of range"]),
+        (
+            "\"top_k\": 9 (4 experts)",
+            Box::new(|v| {
+                for l in v["config"]["plan"].as_array_mut().unwrap() {
+                    l["ffn"]["Moe"]["top_k"] = json!(9);
+                }
+            }),
+            &["layer 0", "9 experts per token, but only 4 experts"],
+        ),
+        ("\"layers\": 4000000000", Box::new(|v| v["config"]["layers"] = json!(4_000_000_000u64)), &["layers = 4000000000 is out of range"]),
+        (
+            "overlapping pieces",
+            Box::new(move |v| v["tensors"][wo]["pieces"][0]["offset"] = v["tensors"][qkv]["pieces"][0]["offset"].clone()),
+            &["tensors layer.0.wo and layer.0.qkv overlap in shard-00000.bin"],
+        ),
+        (
+            "piece outside its shard",
+            Box::new(move |v| v["tensors"][wo]["pieces"][0]["offset"] = json!(v["shards"][0]["bytes"].as_u64().unwrap() - 8)),
+            &["layer.0.wo", "runs past"],
+        ),
+        ("unknown dtype", Box::new(move |v| v["tensors"][wo]["dtype"] = json!("Q9_K")), &["unknown storage type 'Q9_K'"]),
+        (
+            "slot holding another slot's bytes",
+            Box::new(move |v| {
+                v["tensors"][qkv]["slot"] = json!("layer.0.wo");
+                v["tensors"][wo]["slot"] = json!("layer.0.qkv");
+            }),
+            &["layer.0.wo", "not the 16384 bytes", "4096 F32 values the config implies"],
+        ),
+        ("norm weights not f32", Box::new(move |v| v["tensors"][norm]["dtype"] = json!("F16")), &["layer.0.attn_norm", "is F16, not F32"]),
+        (
+            "fewer experts than the config",
+            Box::new(move |v| {
+                let stride = v["tensors"][up]["expert_stride"].as_u64().unwrap();
+                // Two experts of twice the size: consistent regions, the same bytes.
+                let t = &mut v["tensors"][up];
+                t["experts"] = json!(2);
+                t["expert_stride"] = json!(stride * 2);
+                for k in ["h_off", "s_off"] {
+                    t[k] = json!(t[k].as_u64().unwrap() * 2);
+                }
+            }),
+            &["layer.0.experts.gate_up", "holds 2 experts, the config says 4"],
+        ),
+        ("a layer the model lacks", Box::new(move |v| v["tensors"][norm]["slot"] = json!("layer.7.attn_norm")), &["layer.7.attn_norm", "has no such tensor"]),
+        ("a slot listed twice", Box::new(move |v| v["tensors"][norm]["slot"] = json!("layer.0.ffn_norm")), &["layer.0.ffn_norm: listed twice"]),
+        ("total_bytes lies", Box::new(|v| v["total_bytes"] = json!(1u64 << 50)), &["total_bytes 1125899906842624 is not the sum"]),
+    ];
+    for (what, edit, want) in &cases {
+        let mut v = clean.clone();
+        edit(&mut v);
+        let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).err().unwrap_or_else(|| panic!("{what}: accepted")).to_string();
+        println!("| {what} | {err} |");
+        for w in *want {
+            assert!(err.contains(w), "{what}: {err:?} lacks {w:?}");
+        }
+    }
+    // The clean manifest itself parses (so each refusal above is the edit's doing).
+    Manifest::parse(&serde_json::to_vec(&clean).unwrap()).unwrap();
+}

@@ -261,7 +261,7 @@ impl ModelFiles {
         let family = gguf_family(&g, meta.arch)?;
         let has = |n: &str| g.tensors.contains_key(n);
         let (config, names) = (family.from_gguf)(&meta, &has)?;
-        config.validate().map_err(|e| Error::format(&g.file, e))?;
+        config.validate().map_err(|e| e.config_in(&g.file))?;
         let table = g.tensors.into_iter().map(|(k, v)| (k, (0, v))).collect();
         let m = ModelFiles {
             config,
