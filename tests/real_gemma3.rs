@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, real_model};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,16 +17,7 @@ use webmoe::platform::{DirSource, block_on};
 const TOL: f32 = 1e-3;
 
 fn gemma3() -> Option<PathBuf> {
-    let dir = std::env::var_os("WEBMOE_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/webmoe/models")))?;
-    let p = dir.join("gemma-3-270m-q4_k_m.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} not found; run scripts/fetch-models.sh gemma3", p.display());
-        None
-    }
+    real_model("gemma-3-270m-q4_k_m.gguf", "gemma3")
 }
 
 fn reference() -> Value {

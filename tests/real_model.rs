@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, real_model};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,16 +21,7 @@ use webmoe::platform::{DirSource, block_on};
 const TOL: f32 = 1e-3;
 
 fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("WEBMOE_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/webmoe/models")))?;
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} not found; run scripts/fetch-models.sh", p.display());
-        None
-    }
+    real_model("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
 }
 
 fn reference() -> Value {

@@ -165,6 +165,24 @@ pub fn same_u32(what: &str, got: &[u32], want: &[u32]) -> Result<(), String> {
     }
 }
 
+/// A real model that `scripts/fetch-models.sh FETCH` puts in ~/.cache/webmoe/models (or
+/// $WEBMOE_MODELS). Missing, the test is skipped with a note, except under `CI=true`,
+/// where a missing model fails the suite: CI fetches them, so absence there is a bug.
+pub fn real_model(file: &str, fetch: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("WEBMOE_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/webmoe/models")))
+        .unwrap_or_default();
+    let p = dir.join(file);
+    if p.exists() {
+        return Some(p);
+    }
+    let msg = format!("{} not found; run scripts/fetch-models.sh {fetch}", p.display());
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: {msg}");
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
