@@ -12,7 +12,8 @@ use crate::gpu::model::{GpuModel, MAX_CHUNK, Pred, Want};
 use crate::model::{ModelFiles, Progress};
 use crate::pack::PackedModel;
 use crate::platform::ModelSource;
-use crate::sampling::{Sampler, SamplingParams, find_stop};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::stream::TextStream;
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightSource;
@@ -85,6 +86,10 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Prompt tokens that had to be prefilled (the rest were already cached).
     pub prefilled_tokens: usize,
+    /// Per generated token, microseconds the host spent outside the GPU step: sampling,
+    /// detokenizing and stop strings, the caller's callback. Flat over a long reply
+    /// (`stream::TextStream` decodes a short window of ids, not the whole reply).
+    pub host_us: Vec<u32>,
 }
 
 /// What the streaming callback sees.
@@ -391,14 +396,16 @@ impl Engine {
             finish: Finish::Length,
             prompt_tokens: prompt.len(),
             prefilled_tokens: 0,
+            host_us: Vec::new(),
         };
         if opts.max_tokens == 0 {
             return Ok(out);
         }
         let (mut pred, prefilled) = self.prime(prompt, want).await?;
         out.prefilled_tokens = prefilled;
-        let mut shown = 0; // bytes of decoded text already emitted
+        let mut text = self.tokenizer.as_ref().map(|_| TextStream::new(&opts.stop));
         loop {
+            let t = web_time::Instant::now();
             let id = match pred {
                 Pred::Token(id) => id,
                 Pred::Logits(mut l) => sampler.sample(&mut l),
@@ -411,30 +418,19 @@ impl Engine {
                 break;
             }
             let stop_token = stop_ids.contains(&id);
-            if let Some(tok) = &self.tokenizer {
-                let body = if stop_token { &out.tokens[..out.tokens.len() - 1] } else { &out.tokens[..] };
-                let full = tok.decode(body, true)?;
-                let (stop_at, hold) = find_stop(&full, &opts.stop);
-                let end = match stop_at {
-                    Some(i) => i,
-                    None if stop_token => full.len(),
-                    // Hold back a possible stop-string prefix and an unfinished character.
-                    None => {
-                        full.len() - if full.ends_with('\u{FFFD}') { hold.max('\u{FFFD}'.len_utf8()) } else { hold }
-                    }
-                };
-                let end = (0..=end).rev().find(|&i| full.is_char_boundary(i)).unwrap_or(0);
-                if end > shown {
-                    if !on(Event::Text(&full[shown..end])) {
-                        out.finish = Finish::Cancelled;
-                        out.text = full[..end].to_string();
-                        break;
-                    }
-                    shown = end;
+            let full = out.tokens.len() >= opts.max_tokens || self.cached.len() >= self.context;
+            if let (Some(ts), Some(tok)) = (&mut text, &self.tokenizer) {
+                // The stop token's own text is not part of the reply.
+                let mut stopped = if stop_token { false } else { ts.push(tok, id)? };
+                if !stopped && (stop_token || full) {
+                    stopped = ts.finish(tok)?;
                 }
-                out.text = full[..end.max(shown)].to_string();
-                if stop_at.is_some() {
-                    out.text = full[..stop_at.unwrap_or(0)].to_string();
+                let piece = ts.take();
+                if !piece.is_empty() && !on(Event::Text(piece)) {
+                    out.finish = Finish::Cancelled;
+                    break;
+                }
+                if stopped {
                     out.finish = Finish::Stop;
                     break;
                 }
@@ -443,12 +439,14 @@ impl Engine {
                 out.finish = Finish::Stop;
                 break;
             }
-            if out.tokens.len() >= opts.max_tokens || self.cached.len() >= self.context {
+            if full {
                 out.finish = Finish::Length;
                 break;
             }
+            out.host_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
             pred = self.feed(&[id], want).await?;
         }
+        out.text = text.as_ref().map(|t| t.shown().to_string()).unwrap_or_default();
         Ok(out)
     }
 }

@@ -22,6 +22,7 @@ pub mod platform;
 pub mod quant;
 pub mod safetensors;
 pub mod sampling;
+pub mod stream;
 pub mod tensor;
 pub mod tokenizer;
 pub mod weights;

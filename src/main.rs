@@ -287,14 +287,25 @@ fn stream(engine: &mut Engine, prompt: &[u32], opts: &GenerateOptions, ids: bool
         let ttft = first.map_or(0.0, |f| (f - t0).as_secs_f64());
         let decode = first.map_or(0.0, |f| (t1 - f).as_secs_f64());
         let rate = if g.tokens.len() > 1 && decode > 0.0 { (g.tokens.len() - 1) as f64 / decode } else { 0.0 };
+        // The host's own time per token (sampling, text, output) at the start and the end
+        // of the reply: medians of the first and the last 100 tokens.
+        let median = |v: &[u32]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let h = &g.host_us;
+        let n = h.len().min(100);
         eprintln!(
-            "[{} prompt tokens ({} prefilled), first token after {:.2} s, {} tokens at {:.1} tok/s, {}]",
+            "[{} prompt tokens ({} prefilled), first token after {:.2} s, {} tokens at {:.1} tok/s, {}; host {} µs/token over the first {n}, {} µs over the last {n}]",
             g.prompt_tokens,
             g.prefilled_tokens,
             ttft,
             g.tokens.len(),
             rate,
-            g.finish.as_str()
+            g.finish.as_str(),
+            median(&h[..n]),
+            median(&h[h.len() - n..]),
         );
     }
     Ok(g.text)

@@ -151,3 +151,67 @@ fn nan_scores_do_not_panic() {
     }
     let _ = Tokenizer::from_gguf(&g.metadata);
 }
+
+/// Streamed text (`stream::TextStream`): the pieces handed out one token at a time add up
+/// to the whole decode, for both tokenizers and every case (byte-fallback characters split
+/// over tokens included); a stop string cuts the text exactly where a whole decode would
+/// find it, without ever showing any of it; and each token decodes only a short window of
+/// ids, however long the reply.
+#[test]
+fn streamed_text_equals_whole_decode() {
+    use webmoe::stream::TextStream;
+    for name in ["bpe-smollm2.gguf", "spm-llama.gguf"] {
+        let tok = load(name);
+        let c = cases(name);
+        let mut all = Vec::new();
+        for case in c["strings"].as_array().unwrap() {
+            let want = ids(&case["ids"]);
+            let whole = tok.decode(&want, true).unwrap();
+            let mut ts = TextStream::new(&[]);
+            let mut pieces = String::new();
+            for &id in &want {
+                assert!(!ts.push(&tok, id).unwrap());
+                pieces.push_str(ts.take());
+            }
+            ts.finish(&tok).unwrap();
+            pieces.push_str(ts.take());
+            assert_eq!(pieces, whole, "{name}: streamed {want:?}");
+            all.extend_from_slice(&want);
+        }
+        // One long reply of every case's ids in a row: the window stays short.
+        let long: Vec<u32> = all.iter().copied().cycle().take(3000).collect();
+        let whole = tok.decode(&long, true).unwrap();
+        let mut ts = TextStream::new(&[]);
+        let mut widest = 0;
+        for &id in &long {
+            ts.push(&tok, id).unwrap();
+            widest = widest.max(ts.window());
+        }
+        ts.finish(&tok).unwrap();
+        assert_eq!(ts.text(), whole, "{name}: 3000 ids streamed");
+        assert!(widest <= 16, "{name}: a token decoded a window of {widest} ids");
+
+        // Stop strings taken from the middle of the long text, each cut where the whole
+        // decode first has it, and nothing of it (or after it) shown.
+        let chars: Vec<(usize, char)> = whole.char_indices().collect();
+        for frac in [3, 5, 7] {
+            let (at, _) = chars[chars.len() / frac];
+            let end = (at + 6..whole.len()).find(|&i| whole.is_char_boundary(i)).unwrap();
+            let stop = whole[at..end].to_string();
+            let first = whole.find(&stop).unwrap();
+            let stops = [stop.clone()];
+            let mut ts = TextStream::new(&stops);
+            let mut pieces = String::new();
+            let mut stopped = false;
+            for &id in &long {
+                stopped = ts.push(&tok, id).unwrap();
+                pieces.push_str(ts.take());
+                if stopped {
+                    break;
+                }
+            }
+            assert!(stopped, "{name}: stop {stop:?} not found");
+            assert_eq!(pieces, whole[..first], "{name}: stop {stop:?}");
+        }
+    }
+}
