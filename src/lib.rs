@@ -13,6 +13,7 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod fuzz;
 pub mod gguf;
 pub mod gpu;
 pub mod model;

@@ -139,7 +139,7 @@ impl Tokenizer {
     }
 
     fn from_hf(json: &[u8], cfg: &Json, chat_template: Option<String>, gen_cfg: &Json) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::format("tokenizer.json", e))?;
+        let inner = parse_tokenizer_json(json, "tokenizer.json")?;
         let token_str = |key: &str| -> Option<String> {
             match cfg.get(key)? {
                 Json::String(s) => Some(s.clone()),
@@ -312,8 +312,8 @@ impl Tokenizer {
         let doc = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
                          "pre_tokenizer": pre_tokenizer, "post_processor": post, "decoder": decoder, "model": model_json});
         let text = serde_json::to_string(&doc).map_err(|e| bad(e.to_string()))?;
-        let inner: tokenizers::Tokenizer =
-            text.parse().map_err(|e| bad(format!("building the tokenizer failed: {e}")))?;
+        let inner = parse_tokenizer_json(text.as_bytes(), "the tokenizer built from GGUF metadata")
+            .map_err(|e| bad(format!("building the tokenizer failed: {e}")))?;
         let name = |i: Option<u32>| i.map(|i| tokens[i as usize].clone()).unwrap_or_default();
         let mut stop: Vec<u32> = eos.into_iter().collect();
         stop.extend(id("tokenizer.ggml.eot_token_id"));
@@ -344,8 +344,7 @@ impl Tokenizer {
     }
 
     pub fn from_spec(s: &TokenizerSpec) -> Result<Tokenizer> {
-        let inner: tokenizers::Tokenizer =
-            s.json.parse().map_err(|e| Error::format("manifest.json", format!("tokenizer: {e}")))?;
+        let inner = parse_tokenizer_json(s.json.as_bytes(), "manifest.json: tokenizer")?;
         Ok(Tokenizer {
             inner,
             bos: s.bos,
@@ -385,4 +384,29 @@ impl Tokenizer {
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
         self.inner.token_to_id(t)
     }
+}
+
+/// A `tokenizers` JSON document as a tokenizer, with an error for anything the crate's own
+/// reader would panic on (found by fuzzing, `fuzz/regressions/tokenizer_json/`): its
+/// decoder reader unwraps a syntax error inside the decoder, and its normalizer reader
+/// unwraps a `Precompiled` normalizer whose char map does not parse. So the text is
+/// parsed as JSON first (a value's keys are always strings), and each `Precompiled` node
+/// is read on its own before the whole.
+fn parse_tokenizer_json(json: &[u8], file: &str) -> Result<tokenizers::Tokenizer> {
+    fn check_precompiled(v: &Json, file: &str) -> Result<()> {
+        match v {
+            Json::Object(o) => {
+                if o.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                    serde_json::from_value::<tokenizers::normalizers::precompiled::Precompiled>(v.clone())
+                        .map_err(|e| Error::format(file, format!("Precompiled normalizer: {e}")))?;
+                }
+                o.values().try_for_each(|c| check_precompiled(c, file))
+            }
+            Json::Array(a) => a.iter().try_for_each(|c| check_precompiled(c, file)),
+            _ => Ok(()),
+        }
+    }
+    let v: Json = serde_json::from_slice(json).map_err(|e| Error::format(file, format!("not valid JSON: {e}")))?;
+    check_precompiled(&v, file)?;
+    serde_json::from_value(v).map_err(|e| Error::format(file, e))
 }
