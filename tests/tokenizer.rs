@@ -215,3 +215,38 @@ fn streamed_text_equals_whole_decode() {
         }
     }
 }
+
+/// A chat template is code that came with the model: one that loops for ever, recurses
+/// without end or writes gigabytes is stopped by a limit, with an error naming it, and
+/// hostile messages render as text. A real template over a long conversation stays well
+/// inside the limits.
+#[test]
+fn hostile_chat_templates_hit_limits() {
+    use webmoe::chat::{ChatTemplate, Message};
+    let msgs = [Message::new("user", "hi")];
+    let cases = [
+        ("nested loops", "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", "fuel"),
+        ("recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
+        ("string blow-up", "{% for i in range(100) %}{{ 'x' * 50000000 }}{% endfor %}", "limit of"),
+        ("huge repeat", "{{ 'x' * 1000000000 }}", "too large"),
+        ("growing string", "{% set s = namespace(v='') %}{% for i in range(9999) %}{% for j in range(9999) %}{% set s.v = s.v ~ 'x' %}{% endfor %}{% endfor %}", "fuel"),
+    ];
+    for (what, src, want) in cases {
+        let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+        let start = std::time::Instant::now();
+        let err = t.render(&msgs, true).expect_err(what).to_string();
+        eprintln!("{what}: {err} ({:.0?})", start.elapsed());
+        assert!(err.contains(want), "{what}: {err}");
+    }
+    // Messages are data: markup and template syntax in them are copied, not run.
+    let t = ChatTemplate::new("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}", "", "").unwrap();
+    let evil = "{{ raise_exception('x') }}{% for i in range(9) %}";
+    assert_eq!(t.render(&[Message::new("user", evil)], false).unwrap(), format!("<user>{evil}"));
+    // SmolLM2's real template over 2,000 messages of 1 KB each renders within the limits.
+    let tok = load("bpe-smollm2.gguf");
+    let src = tok.chat_template.clone().expect("template");
+    let t = ChatTemplate::new(&src, "", "").unwrap();
+    let long: Vec<Message> =
+        (0..2000).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, &"y".repeat(1000))).collect();
+    assert!(t.render(&long, true).unwrap().len() > 2_000_000);
+}
