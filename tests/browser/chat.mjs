@@ -6,7 +6,11 @@
 //  3. a shard corrupted on the server: a clear error naming it, nothing stored for it;
 //     once fixed, the load completes fetching only what is missing;
 //  4. aborting a streamed reply stops it and the engine stays usable;
-//  5. the worker engine and the in-page engine give identical logits.
+//  5. the worker engine and the in-page engine give identical logits;
+//  6. two requests at once on one engine (in the page and in the worker) run one after
+//     the other: no interleaved chunks, each answer equal to the same request run alone;
+//  7. hostile model output (HTML with handlers, javascript: links) shown by the chat page
+//     stays text: no element or handler is created from it.
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -65,6 +69,37 @@ try {
   await page.click('#load');
   await page.waitForFunction(() => document.getElementById('model-name').dataset.loaded === '1', null, { timeout: 300000 });
   check(firstLoad === 3 && shardRequests() === 0, `reload: ${shardRequests()} shard requests (first load made ${firstLoad})`);
+
+  // 7: what a model says is shown as text. The reply's chunks come from a stand-in for
+  // the engine's completion stream (the page code that shows them is the real one):
+  // a real model cannot be made to say exactly this.
+  const HOSTILE = ['<img src=x onerror="window.__pwned=1">', ' [click](javascript:window.__pwned=2) ',
+    '<script>window.__pwned=3</script><a href="javascript:window.__pwned=4">x</a>', '<svg onload="window.__pwned=5"></svg>'];
+  await page.evaluate((chunks) => {
+    const e = window.webmoeEngine;
+    e.chat.completions.create = async () => (async function* () {
+      for (const c of chunks) yield { choices: [{ index: 0, delta: { content: c }, finish_reason: null }] };
+    })();
+  }, HOSTILE);
+  const before = await page.$$eval('.msg.assistant', (l) => l.length);
+  await page.fill('#input', 'Say something hostile.');
+  await page.click('#send');
+  await page.waitForFunction((n) => document.querySelectorAll('.msg.assistant[data-done="1"]').length > n, before, { timeout: 60000 });
+  const shown = await page.evaluate(() => {
+    const el = [...document.querySelectorAll('.msg.assistant')].pop();
+    const all = [...document.querySelectorAll('#messages *')];
+    return {
+      text: el.textContent,
+      children: el.children.length,
+      made: all.filter((n) => /^(IMG|SCRIPT|A|SVG|IFRAME)$/i.test(n.tagName)).length,
+      handlers: all.filter((n) => [...n.attributes].some((a) => /^on/i.test(a.name) || /javascript:/i.test(a.value))).length,
+      pwned: window.__pwned ?? null,
+    };
+  });
+  await page.waitForTimeout(500); // an image error or svg load would have fired by now
+  const pwned = await page.evaluate(() => window.__pwned ?? null);
+  check(shown.text === HOSTILE.join('') && shown.children === 0 && shown.made === 0 && shown.handlers === 0 && pwned === null,
+    `hostile output shown as text: ${shown.text.length} chars, ${shown.children} child elements, ${shown.made} img/script/a/svg, ${shown.handlers} handlers, __pwned ${pwned}`);
   await ctx.close();
 
   // --- 3, 4, 5: the package API in a fresh context ---------------------------------------
@@ -122,7 +157,31 @@ try {
   check(abort.error === 'AbortError' && abort.chunks === 2, `abort mid-stream: stopped after ${abort.chunks} chunks (${abort.error})`);
   check(abort.after.startsWith('The capital of France'), `engine usable after abort: ${JSON.stringify(abort.after)}`);
 
-  const worker = await p2.evaluate(async () => {
+  // 6: two requests at once wait their turn.
+  const concurrent = async (e) => {
+    const ask = (q) => ({ messages: [{ role: 'user', content: q }], stream: true, temperature: 0, max_tokens: 12 });
+    const order = [];
+    const run = async (tag, q) => {
+      let text = '';
+      for await (const c of await e.chat.completions.create(ask(q))) {
+        const d = c.choices[0]?.delta?.content;
+        if (d) { order.push(tag); text += d; }
+      }
+      return text;
+    };
+    const [a, b] = await Promise.all([run('a', 'What is the capital of France?'), run('b', 'Name a color.')]);
+    const alone = async (q) => { let t = ''; for await (const c of await e.chat.completions.create(ask(q))) t += c.choices[0]?.delta?.content ?? ''; return t; };
+    const a1 = await alone('What is the capital of France?');
+    const b1 = await alone('Name a color.');
+    const switches = order.filter((t, i) => i > 0 && t !== order[i - 1]).length;
+    return { a, b, same: a === a1 && b === b1, switches, chunks: order.length };
+  };
+  {
+    const r = await p2.evaluate(`(${concurrent.toString()})(window.engine)`);
+    check(r.same && r.switches === 1, `in-page engine, two requests at once: ${r.chunks} chunks, ${r.switches} switch between them, answers equal to each alone (${JSON.stringify(r.a)}, ${JSON.stringify(r.b)})`);
+  }
+
+  const worker = await p2.evaluate(async (concurrentSrc) => {
     const { createEngine, createWorkerEngine } = await import('/pkg/webmoe.js');
     const url = '/tests/fixtures/mixtral-e8-top2-gqa2-bf16-sharded/';
     const tokens = [5, 17, 99, 3, 200, 42, 7];
@@ -137,13 +196,15 @@ try {
       const c = await w.chat.completions.create({ messages: [{ role: 'user', content: 'What is the capital of France?' }], temperature: 0, max_tokens: 12 });
       return c.choices[0].message.content;
     })();
+    const both = await (new Function('e', `return (${concurrentSrc})(e)`))(w);
     w.terminate();
     let same = a.length === b.length;
     for (let i = 0; same && i < a.length; i++) same = a[i] === b[i];
-    return { same, n: a.length, adapter: w.adapter, text };
-  });
+    return { same, n: a.length, adapter: w.adapter, text, both };
+  }, concurrent.toString());
   check(worker.same && worker.n > 0, `worker and in-page logits identical (${worker.n} values)`);
   check(worker.text === native, `worker engine chat: ${JSON.stringify(worker.text)}`);
+  check(worker.both.same && worker.both.switches === 1, `worker engine, two requests at once: ${worker.both.chunks} chunks, ${worker.both.switches} switch, answers equal to each alone`);
 } catch (e) {
   failed = true;
   console.log(`FAIL ${e.stack ?? e}`);
