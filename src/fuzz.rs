@@ -7,8 +7,11 @@ use crate::chat::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
 
+/// A target: what it feeds its input to.
+pub type Target = fn(&[u8]);
+
 /// The targets, by the name `scripts/fuzz.sh` and the corpus folders use.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("gguf", gguf),
     ("safetensors", safetensors),
     ("manifest", manifest),
@@ -48,10 +51,9 @@ pub fn safetensors(data: &[u8]) {
 
 /// A packed web model's `manifest.json`, then the tokenizer it carries.
 pub fn manifest(data: &[u8]) {
-    if let Ok(m) = crate::pack::Manifest::parse(data) {
-        if let Some(Ok(t)) = m.tokenizer.as_ref().map(Tokenizer::from_spec) {
-            exercise(&t);
-        }
+    let Ok(m) = crate::pack::Manifest::parse(data) else { return };
+    if let Some(Ok(t)) = m.tokenizer.as_ref().map(Tokenizer::from_spec) {
+        exercise(&t);
     }
 }
 
