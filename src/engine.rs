@@ -274,6 +274,46 @@ impl Engine {
         }
     }
 
+    /// The device the model runs on (none on the CPU reference).
+    pub fn gpu(&self) -> Option<Arc<Gpu>> {
+        match &self.backend {
+            Backend::Gpu(m) => Some(m.gpu.clone()),
+            Backend::Cpu(_) => None,
+        }
+    }
+
+    /// The tokens whose keys and values the cache holds: the conversation so far. It lives
+    /// on the host, so it outlives a lost device.
+    pub fn cached(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// Makes the cache hold `tokens` by prefilling them from scratch (a conversation moved
+    /// onto a new device); the next `generate` whose prompt extends them prefills only
+    /// what is new.
+    pub async fn restore(&mut self, tokens: &[u32]) -> Result<()> {
+        self.reset();
+        if tokens.len() >= self.context {
+            return Err(Error::input(format!(
+                "restoring {} tokens: more than the context length {}",
+                tokens.len(),
+                self.context
+            )));
+        }
+        if !tokens.is_empty() {
+            self.feed(tokens, Want::Nothing).await?;
+        }
+        Ok(())
+    }
+
+    /// After `Error::DeviceLost`: the same model loaded again from `src` onto a new device,
+    /// with the same options, holding the conversation this engine held.
+    pub async fn rebuilt<S: ModelSource>(&self, src: &S) -> Result<Engine> {
+        let mut e = Engine::load(src, self.opts.clone(), None).await?;
+        e.restore(&self.cached).await?;
+        Ok(e)
+    }
+
     /// Forgets the cached sequence.
     pub fn reset(&mut self) {
         self.cached.clear();

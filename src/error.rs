@@ -28,6 +28,12 @@ pub enum Error {
     /// Something the GPU or its limits do not allow (no adapter, a tensor larger than a binding...).
     #[error("GPU: {0}")]
     Gpu(String),
+
+    /// The GPU device was lost (a driver reset, the browser reclaiming the GPU, a destroyed
+    /// device): nothing on it survives, but nothing was wrong with the request. Retryable:
+    /// rebuild the engine on a new device (`Engine::rebuilt`) and ask again.
+    #[error("GPU: the device was lost ({0}); rebuild the engine and retry the request")]
+    DeviceLost(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -58,5 +64,9 @@ impl Error {
     }
     pub fn gpu(reason: impl fmt::Display) -> Self {
         Error::Gpu(reason.to_string())
+    }
+    /// Whether the same request can succeed once the engine is rebuilt (a lost device).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::DeviceLost(_))
     }
 }

@@ -471,7 +471,7 @@ fn pack(model: &std::path::Path, out: &std::path::Path, shard_mb: usize, quant: 
     Ok(())
 }
 
-fn chat(engine: &mut Engine, system: Option<String>, opts: &GenerateOptions) -> Result<()> {
+fn chat(engine: &mut Engine, model: &std::path::Path, system: Option<String>, opts: &GenerateOptions) -> Result<()> {
     if !engine.has_chat_template() {
         return Err(Error::input(
             "this model has no chat template (a base model?): use `webmoe generate --prompt TEXT` to continue text",
@@ -504,7 +504,16 @@ fn chat(engine: &mut Engine, system: Option<String>, opts: &GenerateOptions) -> 
         }
         messages.push(Message::new("user", line));
         let prompt = engine.encode_chat(&messages)?;
-        let reply = stream(engine, &prompt, opts, false)?;
+        let reply = match stream(engine, &prompt, opts, false) {
+            // A lost GPU: the model again from its file on a new device, the chat so far
+            // prefilled into it, and the turn asked again.
+            Err(e) if e.is_retryable() => {
+                eprintln!("\n[{e}: reloading the model and restoring the chat]");
+                *engine = block_on(engine.rebuilt(&DirSource::new(model)))?;
+                stream(engine, &prompt, opts, false)?
+            }
+            r => r?,
+        };
         messages.push(Message::new("assistant", &reply));
     }
 }
@@ -570,7 +579,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Chat { model, sample, system } => {
             let mut engine = open(&model)?;
-            chat(&mut engine, system, &sample.options())?;
+            chat(&mut engine, &model.model, system, &sample.options())?;
         }
         Cmd::Info { model } => info(&model)?,
         Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json } => {

@@ -145,7 +145,7 @@ impl Gpu {
         let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut l) = lost_sink.lock() {
-                *l = Some(format!("{reason:?}: {msg}"));
+                *l = Some(if msg.is_empty() { format!("{reason:?}") } else { format!("{reason:?}: {msg}") });
             }
         });
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
@@ -202,10 +202,25 @@ impl Gpu {
         self.lost.lock().ok().and_then(|l| l.clone())
     }
 
+    /// `Error::DeviceLost` once the device is lost.
+    pub fn check_lost(&self) -> Result<()> {
+        match self.lost() {
+            Some(why) => Err(Error::DeviceLost(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Destroys the device, as a driver reset would lose it: the test hook behind the
+    /// device-loss tests (natively and in the browser). Everything on it is gone; the
+    /// lost callback reports it and every later call fails with `Error::DeviceLost`.
+    pub fn destroy_for_test(&self) {
+        self.device.destroy();
+    }
+
     /// Fails with the first error wgpu reported asynchronously, if any.
     pub fn check_errors(&self) -> Result<()> {
         if let Some(why) = self.lost() {
-            return Err(Error::gpu(format!("the GPU device was lost ({why}); create the engine again")));
+            return Err(Error::DeviceLost(why));
         }
         let mut v = self.errors.lock().map_err(|_| Error::gpu("error log poisoned"))?;
         if let Some(first) = v.first().cloned() {
@@ -337,8 +352,11 @@ impl Gpu {
             let _ = tx.send(r);
         });
         platform::poll_wait(&self.device)?;
-        rx.await
-            .map_err(|_| Error::gpu("the device was lost while reading results back"))?
+        let mapped = rx.await;
+        // A map that fails on a lost device is the loss, not a fault of its own.
+        self.check_lost()?;
+        mapped
+            .map_err(|_| Error::DeviceLost("the map callback was dropped while reading results back".into()))?
             .map_err(|e| Error::gpu(format!("mapping results failed: {e}")))?;
         let out = {
             let view = slice.get_mapped_range().map_err(|e| Error::gpu(format!("mapped range: {e}")))?;
