@@ -1,20 +1,41 @@
 // Browser storage for packed models (see `webmoe pack`): a manifest.json and its shards,
-// kept in the Cache API under their absolute URLs. Shards are fetched a few at a time,
-// checked against the manifest's SHA-256 *before* they are stored, and never stored when
-// they fail; a second load reads everything from storage; an interrupted load resumes with
-// the shards already stored.
+// kept in the Cache API or the Origin Private File System (storage-backends.js). Shards
+// are fetched a few at a time, checked against the manifest's SHA-256 *before* they are
+// stored, and never stored when they fail; a second load reads everything from storage;
+// an interrupted load resumes with the shards already stored. Tabs loading the same model
+// at once share the work through Web Locks, one lock per shard: each shard is fetched and
+// stored once. Running out of quota is a StorageQuotaError that says how many bytes were
+// needed and how many the browser allows.
 
-const CACHE = 'webmoe-models-v1';
+import { backend, BACKENDS, cacheAvailable, opfsAvailable, shardUrl, storedUrls } from './storage-backends.js';
 
 const abs = (url) => new URL(url, globalThis.location?.href ?? undefined).href;
+const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
 
-async function cache() {
-  if (!globalThis.caches) throw new Error('this browser has no Cache API (a secure context, https or localhost, is needed)');
-  return caches.open(CACHE);
+/**
+ * Storage ran out: `needed` bytes were still to be stored, the browser allows `available`
+ * more. When a write was refused, `available` is at most that write's size less one byte
+ * (the browser's estimate, which can lag behind or ignore a quota, may say more).
+ */
+export class StorageQuotaError extends Error {
+  constructor(needed, available, backendName, cause, refused) {
+    const where = backendName === 'opfs' ? 'the Origin Private File System' : 'the Cache API';
+    const why = refused ? `the browser refused to store ${refused.file} (${refused.bytes} bytes): it allows at most ${available} bytes (${mb(available)})` : `the browser allows ${available} bytes (${mb(available)})`;
+    super(`not enough storage for this model: it needs ${needed} bytes (${mb(needed)}) more, ${why} more for this site in ${where}; free some space or grant persistent storage, then load again (what is stored is kept)`, cause ? { cause } : undefined);
+    this.name = 'StorageQuotaError';
+    this.needed = needed;
+    this.available = available;
+  }
 }
 
-function hex(buf) {
-  return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
+async function available() {
+  if (!navigator.storage?.estimate) return Infinity;
+  const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
+  return Math.max(0, quota - usage);
+}
+
+function isQuota(e) {
+  return e?.name === 'QuotaExceededError' || e?.code === 22;
 }
 
 function abortError(signal) {
@@ -28,13 +49,8 @@ function checkManifest(m, url) {
   return m;
 }
 
-function shardUrl(manifestUrl, shard) {
-  return new URL(shard.file, manifestUrl).href;
-}
-
-/** The manifest: from the network when reachable (and refreshed in storage), else stored. */
-async function getManifest(url, signal) {
-  const c = await cache();
+/** The manifest: from the network when reachable, else as one of `stores` holds it. */
+async function getManifest(url, stores, signal) {
   let text = null;
   let netError = null;
   try {
@@ -45,13 +61,12 @@ async function getManifest(url, signal) {
     if (signal?.aborted) throw abortError(signal);
     netError = e;
   }
-  if (text === null) {
-    const stored = await c.match(url);
-    if (!stored) throw netError;
-    text = await stored.text();
+  for (const s of stores) {
+    if (text !== null) break;
+    text = await s.readManifest().catch(() => null);
   }
-  const manifest = checkManifest(JSON.parse(text), url);
-  return { manifest, text, store: () => c.put(url, new Response(text, { headers: { 'Content-Type': 'application/json' } })) };
+  if (text === null) throw netError;
+  return { manifest: checkManifest(JSON.parse(text), url), text };
 }
 
 async function download(url, shard, signal, onBytes) {
@@ -78,51 +93,123 @@ async function download(url, shard, signal, onBytes) {
   return out;
 }
 
+function hex(buf) {
+  return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// Holds the lock named `name` while `fn` runs: at once when `wait` is false (resolving to
+// `busy` if another tab holds it), else after waiting. Without Web Locks, just runs.
+function withLock(name, wait, fn, busy) {
+  if (!navigator.locks?.request) return fn();
+  return navigator.locks.request(name, wait ? {} : { ifAvailable: true }, (lock) => (lock ? fn() : busy));
+}
+
+/** Which backend holds (most of) a model, for `storage: 'auto'`; null when none does. */
+async function storedIn(url) {
+  let best = null;
+  for (const name of BACKENDS) {
+    if (!(name === 'cache' ? cacheAvailable() : opfsAvailable())) continue;
+    const s = backend(name, url);
+    const text = await s.readManifest().catch(() => null);
+    if (text === null) continue;
+    let bytes = 0;
+    try {
+      for (const sh of checkManifest(JSON.parse(text), url).shards) if (await s.has(sh)) bytes += sh.bytes;
+    } catch {
+      continue;
+    }
+    if (!best || bytes > best.bytes) best = { name, bytes };
+  }
+  return best?.name ?? null;
+}
+
+/** The backend a load uses: 'cache', 'opfs', or 'auto' (where the model already is; else
+ *  OPFS for models over 2 GB or where there is no Cache API; else the Cache API). */
+async function choose(kind, url, totalBytes) {
+  if (kind === 'cache' || kind === 'opfs') return kind;
+  if (kind !== 'auto') throw new TypeError(`storage '${kind}': expected 'cache', 'opfs' or 'auto'`);
+  const there = await storedIn(url);
+  if (there) return there;
+  if (opfsAvailable() && (!cacheAvailable() || (totalBytes ?? 0) > 2e9)) return 'opfs';
+  return 'cache';
+}
+
 /**
  * Makes sure every shard of the packed model at `manifestUrl` is stored, downloading only
- * what is missing. onProgress({phase: 'download'|'verify', file, loaded, total}) counts
- * bytes over the whole model (stored shards count as loaded). Resolves to
- * {manifest, text, fetched: number of shards downloaded}.
+ * what is missing. onProgress({phase: 'download'|'verify'|'wait', file, loaded, total})
+ * counts bytes over the whole model (stored shards count as loaded). `storage`: 'auto'
+ * (default), 'cache' or 'opfs'. Resolves to {manifest, text, fetched: shards this call
+ * downloaded, storage: the backend's name, read(i): shard i's bytes}.
  */
-export async function ensureModel(manifestUrl, { onProgress, signal, concurrency = 4 } = {}) {
+export async function ensureModel(manifestUrl, { onProgress, signal, concurrency = 4, storage = 'auto' } = {}) {
   const url = abs(manifestUrl);
-  const { manifest, text, store } = await getManifest(url, signal);
-  const c = await cache();
+  const { manifest, text } = await getManifest(url, backendsOf(storage).map((b) => backend(b, url)), signal);
+  const name = await choose(storage, url, manifest.total_bytes);
+  const store = backend(name, url);
   const missing = [];
   let have = 0;
   for (const s of manifest.shards) {
-    if (await c.match(shardUrl(url, s))) have += s.bytes;
+    if (await store.has(s)) have += s.bytes;
     else missing.push(s);
   }
   const total = manifest.total_bytes;
-  const need = total - have;
-  if (need > 0 && navigator.storage?.estimate) {
-    const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
-    if (quota - usage < need) {
-      const mb = (n) => (n / 1e6).toFixed(0);
-      throw new Error(`not enough storage for this model: it needs ${mb(need)} MB more, the browser allows ${mb(Math.max(0, quota - usage))} MB`);
-    }
+  const room = missing.length ? await available() : Infinity;
+  if (total - have > room) throw new StorageQuotaError(total - have, room, name);
+  if (missing.length) navigator.storage?.persist?.().catch(() => {});
+  try {
+    await store.writeManifest(text);
+  } catch (e) {
+    throw isQuota(e) ? new StorageQuotaError(total - have, await available(), name, e) : e;
   }
-  if (need > 0) navigator.storage?.persist?.().catch(() => {});
-  await store();
   let loaded = have;
+  let stored = have;
+  let fetched = 0;
   const report = (phase, file) => onProgress?.({ phase, file, loaded, total });
   report('download', '');
   let failure = null;
+  // Fetches, verifies and stores shard `s` unless it is stored by now (another tab).
+  const fetchOne = async (s) => {
+    if (await store.has(s)) {
+      loaded += s.bytes;
+      stored += s.bytes;
+      report('download', s.file);
+      return;
+    }
+    let got = 0;
+    try {
+      const bytes = await download(shardUrl(url, s), s, signal, (n) => { got += n; loaded += n; report('download', s.file); });
+      report('verify', s.file);
+      const digest = hex(await crypto.subtle.digest('SHA-256', bytes));
+      if (digest !== s.sha256) throw new Error(`shard ${s.file}: SHA-256 ${digest} does not match the manifest's ${s.sha256}; it was not stored`);
+      await store.write(s, bytes);
+      stored += s.bytes;
+      fetched++;
+    } catch (e) {
+      loaded -= got;
+      if (!isQuota(e)) throw e;
+      const room = Math.min(await available(), s.bytes - 1);
+      throw new StorageQuotaError(total - stored, room, name, e, { file: s.file, bytes: s.bytes });
+    }
+  };
+  const lockName = (s) => `webmoe:${name}:${shardUrl(url, s)}`;
   const queue = [...missing];
+  const later = [];
   async function worker() {
+    // First the shards no other tab is fetching; then, waiting for their locks, the rest.
     while (queue.length && !failure) {
       const s = queue.shift();
-      const key = shardUrl(url, s);
       try {
-        const bytes = await download(key, s, signal, (n) => { loaded += n; report('download', s.file); });
-        report('verify', s.file);
-        const digest = hex(await crypto.subtle.digest('SHA-256', bytes));
-        if (digest !== s.sha256) {
-          loaded -= s.bytes;
-          throw new Error(`shard ${s.file}: SHA-256 ${digest} does not match the manifest's ${s.sha256}; it was not stored`);
-        }
-        await c.put(key, new Response(bytes, { headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': String(bytes.length) } }));
+        const r = await withLock(lockName(s), false, () => fetchOne(s), 'busy');
+        if (r === 'busy') later.push(s);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    while (later.length && !failure) {
+      const s = later.shift();
+      report('wait', s.file);
+      try {
+        await withLock(lockName(s), true, () => fetchOne(s));
       } catch (e) {
         failure ??= e;
       }
@@ -130,50 +217,60 @@ export async function ensureModel(manifestUrl, { onProgress, signal, concurrency
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker));
   if (failure) throw failure;
-  return { manifest, text, fetched: missing.length };
+  const read = async (i) => {
+    const bytes = await store.read(manifest.shards[i]);
+    if (!bytes) throw new Error(`shard ${manifest.shards[i].file} is not stored`);
+    return bytes;
+  };
+  return { manifest, text, fetched, storage: name, read };
 }
 
-/** Shard i of a stored model, as bytes. */
-export async function readShard(manifestUrl, manifest, i) {
-  const c = await cache();
-  const r = await c.match(shardUrl(abs(manifestUrl), manifest.shards[i]));
-  if (!r) throw new Error(`shard ${manifest.shards[i].file} is not stored`);
-  return new Uint8Array(await r.arrayBuffer());
+function backendsOf(storage) {
+  if (storage === undefined || storage === 'auto') return BACKENDS.filter((b) => (b === 'cache' ? cacheAvailable() : opfsAvailable()));
+  return [backend(storage, 'about:blank').name];
 }
 
-/** Whether every shard of the model at `manifestUrl` is stored. */
-export async function hasModel(manifestUrl) {
+/** Whether every shard of the model at `manifestUrl` is stored (in `storage`, or in any backend). */
+export async function hasModel(manifestUrl, { storage } = {}) {
   const url = abs(manifestUrl);
-  const c = await cache();
-  const m = await c.match(url);
-  if (!m) return false;
-  const manifest = checkManifest(await m.json(), url);
-  for (const s of manifest.shards) if (!(await c.match(shardUrl(url, s)))) return false;
-  return true;
+  for (const name of backendsOf(storage)) {
+    const s = backend(name, url);
+    const text = await s.readManifest();
+    if (text === null) continue;
+    let all = true;
+    for (const sh of checkManifest(JSON.parse(text), url).shards) if (!(await s.has(sh))) { all = false; break; }
+    if (all) return true;
+  }
+  return false;
 }
 
-/** Removes the model's manifest and shards from storage. */
-export async function deleteModel(manifestUrl) {
+/** Removes the model's manifest and shards from storage (from `storage`, or from every backend). */
+export async function deleteModel(manifestUrl, { storage } = {}) {
   const url = abs(manifestUrl);
-  const c = await cache();
-  const m = await c.match(url);
-  if (!m) return false;
-  const manifest = checkManifest(await m.json(), url);
-  await Promise.all(manifest.shards.map((s) => c.delete(shardUrl(url, s))));
-  await c.delete(url);
-  return true;
+  let removed = false;
+  for (const name of backendsOf(storage)) {
+    const s = backend(name, url);
+    const text = await s.readManifest();
+    if (text === null) continue;
+    await s.removeAll(checkManifest(JSON.parse(text), url));
+    removed = true;
+  }
+  return removed;
 }
 
-/** Stored models: [{url, source, bytes, storedBytes, complete}]. */
+/** Stored models: [{url, source, bytes, storedBytes, complete, storage}]. */
 export async function listModels() {
-  const c = await cache();
   const out = [];
-  for (const req of await c.keys()) {
-    if (!req.url.endsWith('manifest.json')) continue;
-    const manifest = checkManifest(await (await c.match(req)).json(), req.url);
-    let storedBytes = 0;
-    for (const s of manifest.shards) if (await c.match(shardUrl(req.url, s))) storedBytes += s.bytes;
-    out.push({ url: req.url, source: manifest.source, bytes: manifest.total_bytes, storedBytes, complete: storedBytes === manifest.total_bytes });
+  for (const name of backendsOf()) {
+    for (const url of await storedUrls(name)) {
+      const s = backend(name, url);
+      const text = await s.readManifest();
+      if (text === null) continue;
+      const manifest = checkManifest(JSON.parse(text), url);
+      let storedBytes = 0;
+      for (const sh of manifest.shards) if (await s.has(sh)) storedBytes += sh.bytes;
+      out.push({ url, source: manifest.source, bytes: manifest.total_bytes, storedBytes, complete: storedBytes === manifest.total_bytes, storage: name });
+    }
   }
   return out;
 }

@@ -1,7 +1,8 @@
 /** Progress of a model load. */
 export interface LoadProgress {
-  /** 'download' and 'verify' (packed models, bytes over the whole model), 'upload' (to the GPU). */
-  phase: 'download' | 'verify' | 'upload' | 'quantize' | 'read';
+  /** 'download' and 'verify' (packed models, bytes over the whole model), 'wait' (another
+   *  tab is fetching this shard), 'upload' (to the GPU). */
+  phase: 'download' | 'verify' | 'wait' | 'upload' | 'quantize' | 'read';
   /** The file (or layer) being worked on. */
   file: string;
   loaded: number;
@@ -9,9 +10,15 @@ export interface LoadProgress {
   total: number;
 }
 
+/** Where packed models are kept: the Cache API, the Origin Private File System, or
+ *  'auto' (where the model already is; else OPFS for models over 2 GB; else the Cache API). */
+export type StorageBackend = 'auto' | 'cache' | 'opfs';
+
 export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
+  /** Overrides the engine's `storage` for this load. */
+  storage?: StorageBackend;
 }
 
 export interface EngineOptions {
@@ -21,6 +28,8 @@ export interface EngineOptions {
   prefillChunk?: number;
   /** Threads per group of decode-matmul rows (default: 8 on CPU emulators, 32 on GPUs). For A/B runs and tests. */
   gemvLanes?: 8 | 16 | 32;
+  /** Where packed models are kept (default 'auto'). `info().storage` names the one in use. */
+  storage?: StorageBackend;
   /** Where to fetch webmoe_bg.wasm from (default: next to this module). */
   wasmUrl?: string | URL;
 }
@@ -91,6 +100,32 @@ export interface StoredModel {
   bytes: number;
   storedBytes: number;
   complete: boolean;
+  storage: 'cache' | 'opfs';
+}
+
+/** A call failed because the GPU device was lost; the engine rebuilds itself on a new device
+ *  (the model from storage, the conversation prefilled again), so the call can be retried. */
+export class DeviceLostError extends Error {
+  readonly name: 'DeviceLostError';
+  readonly retryable: true;
+  readonly reason: string;
+}
+
+/** Storage ran out while a model was being stored; what is stored is kept. */
+export class StorageQuotaError extends Error {
+  readonly name: 'StorageQuotaError';
+  /** Bytes that were still to be stored. */
+  readonly needed: number;
+  /** Bytes the browser allows this site now. */
+  readonly available: number;
+}
+
+export interface DeviceReset {
+  reason: string;
+  /** Tokens of the conversation prefilled again on the new device. */
+  restoredTokens: number;
+  model: string | null;
+  seconds: number;
 }
 
 export interface Engine {
@@ -109,17 +144,21 @@ export interface Engine {
   /** `webmoe bench` in the page: tokens/s (median, min, max), time to first token, GPU memory. */
   bench(options?: { promptTokens?: number; genTokens?: number; reps?: number; kernels?: boolean }): Promise<Record<string, unknown>>;
   unload(): Promise<void>;
-  hasModel(url: string): Promise<boolean>;
-  deleteModel(url: string): Promise<boolean>;
+  hasModel(url: string, options?: { storage?: StorageBackend }): Promise<boolean>;
+  deleteModel(url: string, options?: { storage?: StorageBackend }): Promise<boolean>;
   listModels(): Promise<StoredModel[]>;
   readonly adapter: string;
   lastStats: CompletionStats | null;
+  /** Lost devices this engine recovered from (in-page engines). */
+  readonly deviceResets?: DeviceReset[];
+  /** Test hook: destroys the GPU device now, as a driver reset would. */
+  _destroyDeviceForTest(): void;
 }
 
 /** Creates an engine on this page's WebGPU device. Rejects when WebGPU is unavailable. */
 export function createEngine(options?: EngineOptions): Promise<Engine>;
 /** The same engine inside a module Web Worker whose script calls serveWorker(). */
 export function createWorkerEngine(worker: Worker, options?: EngineOptions): Promise<Engine & { terminate(): void }>;
-export function hasModel(url: string): Promise<boolean>;
-export function deleteModel(url: string): Promise<boolean>;
+export function hasModel(url: string, options?: { storage?: StorageBackend }): Promise<boolean>;
+export function deleteModel(url: string, options?: { storage?: StorageBackend }): Promise<boolean>;
 export function listModels(): Promise<StoredModel[]>;

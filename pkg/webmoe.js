@@ -8,9 +8,9 @@
 //   const engine = await createWorkerEngine(new Worker(...)); // the same, in a Web Worker
 
 import init, { WebEngine } from './wasm/webmoe.js';
-import { ensureModel, readShard, hasModel, deleteModel, listModels } from './storage.js';
+import { ensureModel, hasModel, deleteModel, listModels, StorageQuotaError } from './storage.js';
 
-export { hasModel, deleteModel, listModels };
+export { hasModel, deleteModel, listModels, StorageQuotaError };
 
 let ready = null;
 
@@ -34,6 +34,23 @@ function toIds(tokens, what) {
 
 function abortError() {
   return new DOMException('The operation was aborted', 'AbortError');
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The GPU device was lost (a driver reset, the browser reclaiming the GPU) while a call
+ * ran. Nothing was wrong with the call: `retryable` is true. The engine rebuilds itself on
+ * a new device from what is stored and restores the conversation; calls made from now on
+ * wait for that and then run as usual.
+ */
+export class DeviceLostError extends Error {
+  constructor(reason, cause) {
+    super(`the GPU device was lost (${reason}); the engine is reloading the model from storage and restoring the conversation: retry the request`, cause ? { cause } : undefined);
+    this.name = 'DeviceLostError';
+    this.retryable = true;
+    this.reason = reason;
+  }
 }
 
 const FINISH = { stop: 'stop', length: 'length', cancelled: 'abort' };
@@ -103,46 +120,124 @@ export function completionShapes(model) {
 class Engine {
   #inner;
   #adapterInfo;
+  #options;
   #queue = Promise.resolve();
   #model = null;
+  #storage = null;
+  /** Why the device was lost, until the engine has been rebuilt on a new one. */
+  #lost = null;
   /** Timings and counts of the last completion. */
   lastStats = null;
+  /** Devices lost and recovered from: [{reason, restoredTokens, model, seconds}]. */
+  deviceResets = [];
 
-  constructor(inner, adapterInfo) {
+  constructor(inner, adapterInfo, options) {
     this.#inner = inner;
     this.#adapterInfo = adapterInfo;
+    this.#options = options;
     this.chat = { completions: { create: (req) => this.#create(req) } };
   }
 
-  // Runs `fn` after every earlier call on this engine has settled.
-  #serial(fn) {
-    const run = this.#queue.then(fn);
-    this.#queue = run.catch(() => {});
+  // Runs `fn` after every earlier call on this engine has settled. A lost device is
+  // replaced first; a call that fails because the device was lost rejects with a
+  // DeviceLostError, and the engine is rebuilt straight after it.
+  #serial(fn, { reload = true } = {}) {
+    const run = this.#queue.then(async () => {
+      if (this.#lost ?? this.#inner.deviceLost) await this.#recover(reload);
+      try {
+        return await fn();
+      } catch (e) {
+        const why = await this.#lossOf(e);
+        if (why === null) throw e;
+        this.#lost = why;
+        throw new DeviceLostError(why, e);
+      }
+    });
+    this.#queue = run.catch(() => {}).then(() => (this.#lost ? this.#recover(true).catch(() => {}) : undefined));
     return run;
+  }
+
+  // Whether `e` came from a lost device: the device says so. Its lost callback can come
+  // well after the call that failed on it (a map that fails first), so after a GPU error
+  // the device is asked again for up to two seconds.
+  async #lossOf(e) {
+    if (e?.name === 'AbortError' || e instanceof TypeError) return null;
+    const gpuError = /^GPU: /.test(String(e?.message ?? ''));
+    for (let waited = 0; ; waited += 50) {
+      const why = this.#inner.deviceLost;
+      if (why) return why;
+      if (!gpuError || waited >= 2000) return null;
+      await sleep(50);
+    }
+  }
+
+  // A new device, the model loaded again from storage (no download: its shards are
+  // stored), and the conversation the lost device held prefilled into the new cache.
+  async #recover(reload) {
+    if (!this.#lost && !this.#inner.deviceLost) return;
+    const reason = this.#lost ?? this.#inner.deviceLost;
+    const t0 = performance.now();
+    let tokens = new Uint32Array(0);
+    try {
+      tokens = this.#inner.cachedTokens();
+    } catch {
+      // Nothing to restore.
+    }
+    const fresh = await WebEngine.create(this.#options);
+    try {
+      this.#inner.free();
+    } catch {
+      // Already freed.
+    }
+    this.#inner = fresh;
+    const model = reload ? this.#model : null;
+    this.#model = null;
+    if (model) {
+      await this.#loadInto(model, {});
+      if (tokens.length) await this.#inner.restore(tokens);
+    }
+    this.#lost = null;
+    this.deviceResets.push({ reason, restoredTokens: model ? tokens.length : 0, model, seconds: (performance.now() - t0) / 1000 });
+  }
+
+  async #loadInto(url, { onProgress, signal, storage }) {
+    this.#model = null;
+    if (/manifest\.json(\?|#|$)/.test(url)) {
+      const abs = new URL(url, globalThis.location?.href).href;
+      const m = await ensureModel(abs, { onProgress, signal, storage: storage ?? this.#options.storage ?? 'auto' });
+      if (signal?.aborted) throw abortError();
+      await this.#inner.loadPacked(abs, m.text, (i) => m.read(i), onProgress);
+      this.#storage = m.storage;
+    } else {
+      await this.#inner.load(url, onProgress);
+      this.#storage = null;
+    }
+    this.#model = url;
+  }
+
+  /**
+   * Test hook: destroys the engine's GPU device now, as a driver reset would, even while
+   * a call runs (that call then fails with a DeviceLostError).
+   */
+  _destroyDeviceForTest() {
+    this.#inner.destroyDeviceForTest();
   }
 
   /**
    * Loads a model: a packed model's manifest.json (stored in the browser, verified, resumable),
    * a .gguf file, or a Hugging Face directory. onProgress({phase, file, loaded, total}) with
-   * phase 'download', 'verify' or 'upload'.
+   * phase 'download', 'verify', 'wait' (another tab is fetching a shard) or 'upload'.
+   * `storage` ('auto', 'cache' or 'opfs') overrides the engine's for a packed model.
    */
-  load(url, { onProgress, signal } = {}) {
+  load(url, { onProgress, signal, storage } = {}) {
     if (typeof url !== 'string' || url.length === 0) {
       return Promise.reject(new TypeError('load(url): url must be a non-empty string'));
     }
     const cb = typeof onProgress === 'function' ? onProgress : null;
     return this.#serial(async () => {
       if (signal?.aborted) throw abortError();
-      if (/manifest\.json(\?|#|$)/.test(url)) {
-        const { manifest, text } = await ensureModel(url, { onProgress: cb, signal });
-        if (signal?.aborted) throw abortError();
-        const abs = new URL(url, globalThis.location?.href).href;
-        await this.#inner.loadPacked(abs, text, (i) => readShard(abs, manifest, i), cb);
-      } else {
-        await this.#inner.load(url, cb);
-      }
-      this.#model = url;
-    });
+      await this.#loadInto(url, { onProgress: cb, signal, storage });
+    }, { reload: false });
   }
 
   /** Logits for `tokens` as a new sequence: Float32Array of tokens.length x vocabSize, row-major. */
@@ -249,6 +344,8 @@ class Engine {
     return this.#serial(() => {
       const i = JSON.parse(this.#inner.info());
       i.adapter = this.adapter;
+      i.storage = this.#storage;
+      i.device_resets = this.deviceResets;
       return i;
     });
   }
@@ -258,11 +355,12 @@ class Engine {
     return this.#serial(() => {
       this.#inner.unload();
       this.#model = null;
-    });
+      this.#storage = null;
+    }, { reload: false });
   }
 
-  hasModel(url) { return hasModel(url); }
-  deleteModel(url) { return deleteModel(url); }
+  hasModel(url, opts) { return hasModel(url, opts); }
+  deleteModel(url, opts) { return deleteModel(url, opts); }
   listModels() { return listModels(); }
 
   /** Vocabulary size of the loaded model (0 before load). */
@@ -283,6 +381,8 @@ class Engine {
  * Creates an engine on this page's (or worker's) WebGPU device.
  * options: { context?: number (KV cache length), prefillChunk?: number,
  *            gemvLanes?: 8 | 16 | 32 (decode-matmul shape; default: chosen for the adapter),
+ *            storage?: 'auto' | 'cache' | 'opfs' (where packed models are kept; 'auto':
+ *              where the model already is, else OPFS over 2 GB, else the Cache API),
  *            wasmUrl?: string | URL }
  */
 export async function createEngine(options = {}) {
@@ -290,14 +390,18 @@ export async function createEngine(options = {}) {
     throw new Error('WebGPU is not available in this browser (navigator.gpu is missing)');
   }
   await initOnce(options.wasmUrl);
-  const inner = await WebEngine.create({ context: options.context, prefillChunk: options.prefillChunk, gemvLanes: options.gemvLanes });
+  if (options.storage !== undefined && !['auto', 'cache', 'opfs'].includes(options.storage)) {
+    throw new TypeError(`createEngine: storage '${options.storage}': expected 'auto', 'cache' or 'opfs'`);
+  }
+  const gpuOptions = { context: options.context, prefillChunk: options.prefillChunk, gemvLanes: options.gemvLanes };
+  const inner = await WebEngine.create(gpuOptions);
   let info = null;
   try {
     info = (await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }))?.info ?? null;
   } catch {
     // Adapter info is cosmetic.
   }
-  return new Engine(inner, info);
+  return new Engine(inner, info, { ...gpuOptions, storage: options.storage });
 }
 
 export { createWorkerEngine } from './worker-client.js';

@@ -1,12 +1,14 @@
 // createWorkerEngine(worker): the same interface as createEngine(), with the engine in a
 // Web Worker (see worker.js), so the page stays responsive while the GPU works.
 
-import { ChunkStream, completionShapes, hasModel, deleteModel, listModels } from './webmoe.js';
+import { ChunkStream, completionShapes, hasModel, deleteModel, listModels, DeviceLostError } from './webmoe.js';
 
 function toError(e) {
   if (e.name === 'AbortError') return new DOMException(e.message, 'AbortError');
+  if (e.name === 'DeviceLostError') return new DeviceLostError(e.reason ?? 'unknown reason');
   const err = new Error(e.message);
   err.name = e.name;
+  if (e.name === 'StorageQuotaError') Object.assign(err, { needed: e.needed, available: e.available });
   return err;
 }
 
@@ -54,8 +56,8 @@ class WorkerEngine {
     this.#adapter = r.adapter;
   }
 
-  async load(url, { onProgress, signal } = {}) {
-    await this.#call('load', [url], { signal, onEvent: (e, p) => e === 'progress' && onProgress?.(p) });
+  async load(url, { onProgress, signal, storage } = {}) {
+    await this.#call('load', [url, { storage }], { signal, onEvent: (e, p) => e === 'progress' && onProgress?.(p) });
     this.#model = url;
   }
 
@@ -112,8 +114,12 @@ class WorkerEngine {
     await this.#call('unload', []);
     this.#model = null;
   }
-  hasModel(url) { return hasModel(url); }
-  deleteModel(url) { return deleteModel(url); }
+  /** Test hook: destroys the worker engine's GPU device now (see Engine). */
+  _destroyDeviceForTest() {
+    this.#worker.postMessage({ id: this.#next++, method: 'destroyDeviceForTest', args: [] });
+  }
+  hasModel(url, opts) { return hasModel(url, opts); }
+  deleteModel(url, opts) { return deleteModel(url, opts); }
   listModels() { return listModels(); }
   get adapter() {
     return this.#adapter;

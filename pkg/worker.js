@@ -20,6 +20,11 @@ export function serveWorker(scope = globalThis) {
       controllers.get(args[0])?.abort();
       return;
     }
+    if (method === 'destroyDeviceForTest') {
+      // Outside the engine's queue: it is meant to hit a call that is running.
+      engine?._destroyDeviceForTest();
+      return;
+    }
     const ac = new AbortController();
     controllers.set(id, ac);
     try {
@@ -31,7 +36,7 @@ export function serveWorker(scope = globalThis) {
           result = { adapter: engine.adapter };
           break;
         case 'load':
-          await need().load(args[0], { signal: ac.signal, onProgress: (p) => post({ id, event: 'progress', data: p }) });
+          await need().load(args[0], { ...(args[1] ?? {}), signal: ac.signal, onProgress: (p) => post({ id, event: 'progress', data: p }) });
           break;
         case 'logits':
           result = await need().logits(args[0]);
@@ -63,7 +68,10 @@ export function serveWorker(scope = globalThis) {
       }
       post({ id, result }, transfer);
     } catch (e) {
-      post({ id, error: { name: e?.name ?? 'Error', message: String(e?.message ?? e) } });
+      // The typed errors' fields go with them (DeviceLostError: reason; StorageQuotaError:
+      // needed and available bytes).
+      const { reason, needed, available } = e ?? {};
+      post({ id, error: { name: e?.name ?? 'Error', message: String(e?.message ?? e), reason, needed, available } });
     } finally {
       controllers.delete(id);
     }

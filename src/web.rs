@@ -375,6 +375,44 @@ impl WebEngine {
         .to_string())
     }
 
+    /// Why the device was lost, or null while it works. A lost device never comes back:
+    /// `pkg/webmoe.js` then creates a new engine and moves the conversation onto it.
+    #[wasm_bindgen(getter, js_name = deviceLost)]
+    pub fn device_lost(&self) -> Option<String> {
+        self.state.try_borrow().ok().and_then(|s| s.gpu.lost())
+    }
+
+    /// The tokens the KV cache holds (the conversation so far), kept on the host so that
+    /// they survive a lost device. Empty while no model is loaded or a call runs.
+    #[wasm_bindgen(js_name = cachedTokens)]
+    pub fn cached_tokens(&self) -> js_sys::Uint32Array {
+        let s = self.state.try_borrow();
+        let ids = s.as_ref().ok().and_then(|s| s.engine.as_ref()).map(|e| e.cached().to_vec()).unwrap_or_default();
+        js_sys::Uint32Array::from(ids.as_slice())
+    }
+
+    /// Prefills `tokens` into a fresh cache (a conversation moved from a lost device), so
+    /// that the next completion extending them prefills only what is new.
+    pub fn restore(&self, tokens: Vec<u32>) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut engine = take_engine(&state)?;
+            let r = engine.restore(&tokens).await;
+            put_engine(&state, engine);
+            r.map_err(err)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Test hook: destroys this engine's GPU device, as a driver reset would lose it. It
+    /// may be called while another call runs (that call then fails).
+    #[wasm_bindgen(js_name = destroyDeviceForTest)]
+    pub fn destroy_device_for_test(&self) -> Result<(), JsValue> {
+        let s = self.state.try_borrow().map_err(|_| err("engine is busy"))?;
+        s.gpu.destroy_for_test();
+        Ok(())
+    }
+
     /// Frees the model (its GPU buffers go with it).
     pub fn unload(&self) -> Result<(), JsValue> {
         let mut s = self.state.try_borrow_mut().map_err(|_| err("engine is busy"))?;

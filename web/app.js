@@ -58,7 +58,7 @@ async function refreshStored() {
   for (const m of models) {
     const li = document.createElement('li');
     const name = document.createElement('span');
-    name.textContent = `${m.source} — ${mb(m.storedBytes)}${m.complete ? '' : ` of ${mb(m.bytes)}`}`;
+    name.textContent = `${m.source} — ${mb(m.storedBytes)}${m.complete ? '' : ` of ${mb(m.bytes)}`} · ${m.storage === 'opfs' ? 'OPFS' : 'Cache API'}`;
     const del = document.createElement('button');
     del.className = 'ghost';
     del.textContent = 'Delete';
@@ -159,8 +159,9 @@ async function send(text) {
   running = new AbortController();
   setBusy();
   let reply = '';
-  try {
-    const seed = $('seed').value === '' ? undefined : Number($('seed').value);
+  const seed = $('seed').value === '' ? undefined : Number($('seed').value);
+  const ask = async () => {
+    reply = '';
     const stream = await engine.chat.completions.create({
       messages,
       stream: true,
@@ -177,6 +178,22 @@ async function send(text) {
         out.textContent = reply;
         $('messages').scrollTop = $('messages').scrollHeight;
       }
+    }
+  };
+  try {
+    try {
+      await ask();
+    } catch (e) {
+      // A lost GPU (driver reset, the browser reclaiming it): the engine reloads the model
+      // from storage onto a new device and restores the chat; the reply is asked again.
+      if (!e.retryable) throw e;
+      const note = bubble('notice', `The GPU was reset (${e.reason}). Reloading the model from storage and restoring the chat…`);
+      out.before(note);
+      out.textContent = '';
+      await ask();
+      const r = engine.deviceResets?.at(-1);
+      note.textContent = `The GPU was reset (${e.reason}); the model was reloaded and the chat resumed${r ? ` (${r.restoredTokens} tokens restored in ${r.seconds.toFixed(1)} s)` : ''}.`;
+      note.dataset.resumed = '1';
     }
   } catch (e) {
     if (e.name !== 'AbortError') bubble('error', e.message);
