@@ -19,14 +19,17 @@ const TYPES = {
 /**
  * Serves `root` on 127.0.0.1. `mounts` maps URL prefixes to other directories (the demo
  * serves packed models at /models/); `overrides` maps paths to bytes served instead of the
- * file (tests corrupt a shard this way). `counts` counts requests per path.
+ * file (tests corrupt a shard this way). `counts` counts requests per path. Setting
+ * `latencyMs` delays every response (tests make downloads overlap with it).
  */
 export function serve(root, { port = 0, log = false, mounts = {}, overrides = new Map() } = {}) {
   const counts = new Map();
-  const server = http.createServer((req, res) => {
+  const ctl = { latencyMs: 0 };
+  const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, 'http://localhost');
     const rel = decodeURIComponent(url.pathname);
     counts.set(rel, (counts.get(rel) ?? 0) + 1);
+    if (ctl.latencyMs) await new Promise((r) => setTimeout(r, ctl.latencyMs));
     const mount = Object.keys(mounts).find((m) => rel.startsWith(m));
     const base = mount ? mounts[mount] : root;
     const file = path.normalize(path.join(base, mount ? rel.slice(mount.length) : rel));
@@ -71,6 +74,7 @@ export function serve(root, { port = 0, log = false, mounts = {}, overrides = ne
         url: `http://127.0.0.1:${p}`,
         counts,
         overrides,
+        set latencyMs(ms) { ctl.latencyMs = ms; },
         close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
       });
     });

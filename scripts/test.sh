@@ -28,6 +28,8 @@ node tests/browser/run.mjs
 # The chat page and the package's storage, API and worker engine on the packed real model.
 target/release/webmoe pack --model "$(scripts/fetch-models.sh)" --out target/packed/smollm2 >&2
 node tests/browser/chat.mjs
+# Failing parts: device loss mid-reply, storage quota, two tabs at once, OPFS.
+node tests/browser/resilience.mjs
 # The real Gemma 3 (262k vocabulary, K-quants and Q5_0) from a packed manifest.
 target/release/webmoe pack --model "$(scripts/fetch-models.sh gemma3)" --out target/packed/gemma3 >&2
 node tests/browser/real.mjs
