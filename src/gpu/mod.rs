@@ -197,7 +197,8 @@ impl Gpu {
     }
 
     /// Why the device was lost, if it was (driver reset, browser reclaiming the GPU...).
-    /// A lost device never comes back: create a new engine (weights reload from storage).
+    /// A lost device never comes back: `Engine::rebuilt` opens a new one (calls on this one
+    /// fail with `Error::DeviceLost`).
     pub fn lost(&self) -> Option<String> {
         self.lost.lock().ok().and_then(|l| l.clone())
     }
