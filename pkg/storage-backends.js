@@ -27,7 +27,7 @@ export function shardUrl(manifestUrl, shard) {
   return new URL(shard.file, manifestUrl).href;
 }
 
-function hex(buf) {
+export function hex(buf) {
   return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 

@@ -7,7 +7,7 @@
 // stored once. Running out of quota is a StorageQuotaError that says how many bytes were
 // needed and how many the browser allows.
 
-import { backend, BACKENDS, cacheAvailable, opfsAvailable, shardUrl, storedUrls } from './storage-backends.js';
+import { backend, BACKENDS, cacheAvailable, hex, opfsAvailable, shardUrl, storedUrls } from './storage-backends.js';
 
 const abs = (url) => new URL(url, globalThis.location?.href ?? undefined).href;
 const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
@@ -91,10 +91,6 @@ async function download(url, shard, signal, onBytes) {
   }
   if (at !== out.length) throw new Error(`shard ${shard.file}: ${at} bytes received, the manifest says ${shard.bytes}`);
   return out;
-}
-
-function hex(buf) {
-  return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 // Holds the lock named `name` while `fn` runs: at once when `wait` is false (resolving to

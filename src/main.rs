@@ -505,9 +505,8 @@ fn chat(engine: &mut Engine, model: &std::path::Path, system: Option<String>, op
         messages.push(Message::new("user", line));
         let prompt = engine.encode_chat(&messages)?;
         let reply = match stream(engine, &prompt, opts, false) {
-            // A lost GPU: the model again from its file on a new device, the chat so far
-            // prefilled into it, and the turn asked again.
             Err(e) if e.is_retryable() => {
+                // A lost GPU: the model reloaded on a new device with the chat so far; ask again.
                 eprintln!("\n[{e}: reloading the model and restoring the chat]");
                 *engine = block_on(engine.rebuilt(&DirSource::new(model)))?;
                 stream(engine, &prompt, opts, false)?
@@ -577,10 +576,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             stream(&mut engine, &input, &sample.options(), ids)?;
         }
-        Cmd::Chat { model, sample, system } => {
-            let mut engine = open(&model)?;
-            chat(&mut engine, &model.model, system, &sample.options())?;
-        }
+        Cmd::Chat { model, sample, system } => chat(&mut open(&model)?, &model.model, system, &sample.options())?,
         Cmd::Info { model } => info(&model)?,
         Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json } => {
             bench(&model, webmoe::bench::BenchOptions { prompt_tokens, gen_tokens, reps, kernels }, json)?
