@@ -290,6 +290,8 @@ pub struct CpuModel {
     layers: Vec<Layer>,
     /// Tokens already in the KV cache.
     pub pos: usize,
+    /// Every token's chosen experts, when recording (`crate::route`).
+    pub routes: Option<crate::route::RouteTrace>,
 }
 
 /// RMSNorm of each `dim`-wide group of every row (per-head q/k norms: dim = head_dim).
@@ -356,6 +358,7 @@ impl CpuModel {
             ctx,
             cfg,
             pos: 0,
+            routes: None,
         })
     }
 
@@ -386,7 +389,7 @@ impl CpuModel {
         }
         let pos0 = self.pos;
         let rs = c.residual_scale;
-        for layer in &mut self.layers {
+        for (li, layer) in self.layers.iter_mut().enumerate() {
             let a = &layer.plan.attn;
             // --- attention ---
             let xn = rms_norm(&x, &layer.attn_norm, c.eps);
@@ -447,6 +450,9 @@ impl CpuModel {
                 FfnPlan::Moe(moe) => {
                     let (wg, bias) = layer.router.as_ref().ok_or_else(|| Error::input("MoE layer without a router"))?;
                     let (ids, ws) = route(&xn, h, (wg, bias.as_deref()), moe.experts, moe.top_k, &moe.router);
+                    if let Some(l) = self.routes.as_mut().and_then(|r| r.layers.iter_mut().find(|l| l.layer == li)) {
+                        l.ids.extend_from_slice(&ids);
+                    }
                     for t in 0..t_len {
                         let xt = &xn[t * h..(t + 1) * h];
                         let yt = &mut y[t * h..(t + 1) * h];

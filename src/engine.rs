@@ -12,6 +12,7 @@ use crate::gpu::model::{GpuModel, MAX_CHUNK, Pred, Want};
 use crate::model::{ModelFiles, Progress};
 use crate::pack::PackedModel;
 use crate::platform::ModelSource;
+use crate::route::RouteTrace;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stream::TextStream;
 use crate::tensor::DType;
@@ -263,6 +264,28 @@ impl Engine {
         match &mut self.backend {
             Backend::Gpu(m) => m.take_expert_counts().await,
             Backend::Cpu(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Starts recording every token's chosen experts (`crate::route`), or stops; returns
+    /// what was recorded until now. Recording on the GPU adds no read-back while decoding.
+    pub fn record_routes(&mut self, on: bool) -> Option<RouteTrace> {
+        let slot = match &mut self.backend {
+            Backend::Gpu(m) => &mut m.routes,
+            Backend::Cpu(m) => &mut m.routes,
+        };
+        let old = slot.take();
+        if on {
+            *slot = Some(old.clone().unwrap_or_else(|| RouteTrace::new(&self.cfg)));
+        }
+        old
+    }
+
+    /// The choices recorded so far, while recording.
+    pub fn routes(&mut self) -> Option<&mut RouteTrace> {
+        match &mut self.backend {
+            Backend::Gpu(m) => m.routes.as_mut(),
+            Backend::Cpu(m) => m.routes.as_mut(),
         }
     }
 

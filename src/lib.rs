@@ -21,6 +21,7 @@ pub mod pack;
 pub mod perplexity;
 pub mod platform;
 pub mod quant;
+pub mod route;
 pub mod safetensors;
 pub mod sampling;
 pub mod stream;

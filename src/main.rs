@@ -1,4 +1,5 @@
-//! The native command line: `logits`, `generate`, `chat`, `bench`, `pack`, `perplexity` and `info`.
+//! The native command line: `logits`, `generate`, `chat`, `bench`, `pack`, `perplexity`, `route`
+//! and `info`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,6 +14,9 @@ use webmoe::platform::{DirSource, block_on};
 use webmoe::sampling::SamplingParams;
 use webmoe::tensor::DType;
 use webmoe::{Error, Result};
+
+#[path = "cli/measure.rs"]
+mod measure;
 
 #[derive(Parser)]
 #[command(name = "webmoe", version, about = "Mixture-of-Experts LLM inference in WGSL on wgpu")]
@@ -205,6 +209,22 @@ enum Cmd {
         #[arg(long)]
         chunks: Option<usize>,
         /// Print one JSON object: perplexity, plus_minus, tokens, windows
+        #[arg(long)]
+        json: bool,
+    },
+    /// Routing locality: every token's chosen experts per MoE layer over a text, and per
+    /// layer the expert usage, how often consecutive tokens keep the same first choice or
+    /// share an expert (beside random routing), and LRU expert-cache hit rates by size
+    Route {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text to route (UTF-8), run in windows of --context - 1 tokens (default 512)
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Route only the first N tokens of the text
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Print one JSON object: tokens, windows, and per layer its usage, locality and LRU hit rates
         #[arg(long)]
         json: bool,
     },
@@ -526,38 +546,8 @@ fn run(cli: Cli) -> Result<()> {
             let rows: Vec<&[f32]> = logits.chunks(engine.vocab).collect();
             println!("{}", serde_json::json!({ "logits": rows }));
         }
-        Cmd::Perplexity { mut model, file, chunks, json } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
-            // --context is the window here; the KV cache needs no more.
-            let window = *model.context.get_or_insert(512);
-            let mut engine = open(&model)?;
-            let tokens = engine.encode(&text)?;
-            let windows = (tokens.len() / window).min(chunks.unwrap_or(usize::MAX));
-            eprintln!("{}: {} tokens, {windows} windows of {window}", file.display(), tokens.len());
-            let bar = if std::io::stderr().is_terminal() { ProgressBar::new(windows as u64) } else { ProgressBar::hidden() };
-            bar.set_style(
-                ProgressStyle::with_template("perplexity [{bar:30}] {pos}/{len} windows {msg} (eta {eta})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            let r = block_on(webmoe::perplexity::perplexity(&mut engine, &tokens, window, chunks, |done, _, ppl| {
-                bar.set_position(done as u64);
-                bar.set_message(format!("PPL {ppl:.4}"));
-            }))?;
-            bar.finish_and_clear();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "perplexity": r.perplexity, "plus_minus": r.plus_minus, "tokens": r.tokens,
-                                        "windows": r.windows, "scored": r.scored, "context": r.context })
-                );
-            } else {
-                println!(
-                    "PPL = {:.4} +/- {:.5} ({} tokens, {} windows of {}, {} scored)",
-                    r.perplexity, r.plus_minus, r.tokens, r.windows, r.context, r.scored
-                );
-            }
-        }
+        Cmd::Perplexity { model, file, chunks, json } => measure::perplexity(model, &file, chunks, json)?,
+        Cmd::Route { model, file, max_tokens, json } => measure::route(model, &file, max_tokens, json)?,
         Cmd::Generate { model, sample, prompt, chat, tokens, system, ids } => {
             let given_tokens = tokens.as_deref().map(parse_tokens).transpose()?;
             if prompt.is_none() && chat.is_none() && given_tokens.is_none() {

@@ -347,7 +347,12 @@ impl Gpu {
 
     /// Maps `staging` (already filled by a submitted copy) and returns its first `size` bytes.
     pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let slice = staging.slice(..size.max(4).next_multiple_of(4));
+        self.map_read_range(staging, 0, size).await
+    }
+
+    /// `size` bytes at `offset` (a multiple of 8) of a staging buffer, in one map.
+    pub async fn map_read_range(&self, staging: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(offset..offset + size.max(4).next_multiple_of(4));
         let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);

@@ -10,6 +10,7 @@ use super::program::Programs;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::Progress;
+use crate::route::RouteTrace;
 use crate::weights::WeightSource;
 use std::sync::Arc;
 use wgpu::Buffer;
@@ -31,7 +32,15 @@ pub struct GpuModel {
     /// [layers, experts] how often each expert was chosen since the last read.
     hist: Buffer,
     logits: Buffer,
+    /// [routing trace: trace_bytes][logits or token]: what a step reads back, in one map.
     staging: Buffer,
+    trace_bytes: u64,
+    /// Each MoE layer's router ids and its k.
+    route_ids: Vec<(Buffer, usize)>,
+    /// Every token's chosen experts since recording began (`record_routes`): each step
+    /// copies its layers' ids beside what it reads back anyway, so recording adds no
+    /// read-back to decoding (a prefill chunk that reads nothing else reads its trace).
+    pub routes: Option<RouteTrace>,
     programs: Programs,
     /// Keeps weights, activations and caches alive (bind groups reference them).
     _buffers: Vec<Buffer>,
@@ -106,6 +115,9 @@ impl GpuModel {
             hist: b.hist,
             logits: b.logits,
             staging: b.staging,
+            trace_bytes: b.trace_bytes,
+            route_ids: b.route_ids,
+            routes: None,
             programs: b.programs,
             on_gpu: None,
             _buffers: b.buffers,
@@ -159,7 +171,7 @@ impl GpuModel {
     /// Records and submits one step of `n` rows: the body for `path`, then `head`, then a
     /// copy of what the caller reads back into the staging buffer. `tokens`, if given, are
     /// uploaded first; otherwise the token buffer already holds the previous argmax.
-    fn submit_step(&self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head) {
+    fn submit_step(&self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head) -> Readback {
         let g = &self.gpu;
         if let Some(t) = tokens {
             g.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(t));
@@ -190,11 +202,45 @@ impl GpuModel {
                 d.encode(&mut pass, n as u32, self.pos as u32, max);
             }
         }
-        if let Some((src, bytes)) = read {
-            enc.copy_buffer_to_buffer(src, 0, &self.staging, 0, bytes.next_multiple_of(4));
+        let payload = read.map_or(0, |(_, b)| b.next_multiple_of(4));
+        if let Some((src, _)) = read {
+            enc.copy_buffer_to_buffer(src, 0, &self.staging, self.trace_bytes, payload);
+        }
+        // The routing trace ends where the payload starts: [layer 0 ids [n, k0]][layer 1 ...].
+        let trace = if self.routes.is_some() {
+            (self.route_ids.iter().map(|(_, k)| n * k * 4).sum::<usize>() as u64).next_multiple_of(8)
+        } else {
+            0
+        };
+        let mut at = self.trace_bytes - trace;
+        for (ids, k) in self.routes.as_ref().map_or(&[][..], |_| &self.route_ids[..]) {
+            let bytes = (n * k * 4) as u64;
+            enc.copy_buffer_to_buffer(ids, 0, &self.staging, at, bytes);
+            at += bytes;
         }
         g.queue.submit([enc.finish()]);
+        Readback { n, trace, payload }
     }
+
+    /// Maps what `submit_step` copied (nothing when it copied nothing), records the
+    /// routing trace, and returns the payload.
+    async fn read_back(&mut self, r: Readback) -> Result<Vec<u8>> {
+        if r.trace + r.payload == 0 {
+            return Ok(Vec::new());
+        }
+        let start = self.trace_bytes - r.trace;
+        let raw = self.gpu.map_read_range(&self.staging, start, r.trace + r.payload).await?;
+        if let Some(trace) = self.routes.as_mut() {
+            let ids: &[u32] = bytemuck::cast_slice(&raw[..(r.trace as usize) & !3]);
+            let mut at = 0;
+            for l in trace.layers.iter_mut() {
+                l.ids.extend_from_slice(&ids[at..at + r.n * l.k]);
+                at += r.n * l.k;
+            }
+        }
+        Ok(raw[r.trace as usize..].to_vec())
+    }
+
 
     /// Logits [T, vocab] for `tokens` appended at the current position. Prompts longer
     /// than `chunk` (at most `max_rows`) run as several steps; a chunk of 1 uses the
@@ -207,11 +253,11 @@ impl GpuModel {
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for part in tokens.chunks(chunk) {
             let path = Path::for_rows(part.len());
-            self.submit_step(Some(part), part.len(), path, Head::AllLogits);
+            let r = self.submit_step(Some(part), part.len(), path, Head::AllLogits);
             self.pos += part.len();
             self.on_gpu = None;
-            let raw = self.gpu.map_read(&self.staging, (part.len() * vocab * 4) as u64).await?;
-            out.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&raw));
+            let raw = self.read_back(r).await?;
+            out.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&raw[..part.len() * vocab * 4]));
         }
         Ok(out)
     }
@@ -224,6 +270,7 @@ impl GpuModel {
         self.check_tokens(tokens)?;
         let chunk = chunk.clamp(1, self.max_rows);
         let parts: Vec<&[u32]> = tokens.chunks(chunk).collect();
+        let mut raw = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             let path = Path::for_rows(part.len());
             let head = match (i + 1 == parts.len(), want) {
@@ -232,24 +279,30 @@ impl GpuModel {
                 (true, Want::Logits) => Head::LastLogits,
             };
             let upload = if *part == [self.on_gpu.unwrap_or(u32::MAX)] { None } else { Some(*part) };
-            self.submit_step(upload, part.len(), path, head);
+            let r = self.submit_step(upload, part.len(), path, head);
             self.pos += part.len();
             self.on_gpu = None;
+            raw = self.read_back(r).await?;
         }
         Ok(match want {
             Want::Nothing => Pred::None,
             Want::Token => {
-                let raw = self.gpu.map_read(&self.staging, 4).await?;
                 let id = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
                 self.on_gpu = Some(id);
                 Pred::Token(id)
             }
-            Want::Logits => {
-                let raw = self.gpu.map_read(&self.staging, (self.cfg.vocab * 4) as u64).await?;
-                Pred::Logits(bytemuck::cast_slice::<u8, f32>(&raw).to_vec())
-            }
+            Want::Logits => Pred::Logits(bytemuck::cast_slice::<u8, f32>(&raw[..self.cfg.vocab * 4]).to_vec()),
         })
     }
+}
+
+/// What a submitted step left in the staging buffer: its routing trace (`trace` bytes,
+/// ending at `trace_bytes`) and the payload after it.
+#[derive(Clone, Copy)]
+struct Readback {
+    n: usize,
+    trace: u64,
+    payload: u64,
 }
 
 /// What follows the layers in a step.

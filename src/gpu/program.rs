@@ -50,6 +50,11 @@ pub(super) struct Built {
     pub hist: Buffer,
     pub logits: Buffer,
     pub staging: Buffer,
+    /// Each MoE layer's router ids [max_rows, k], in layer order (`route::RouteTrace`).
+    pub route_ids: Vec<(Buffer, usize)>,
+    /// Bytes at the start of `staging` kept for a step's routing trace (before the
+    /// logits or token it reads back, so that one map reads both).
+    pub trace_bytes: u64,
     /// Keeps weights, activations and caches alive (bind groups reference them).
     pub buffers: Vec<Buffer>,
     pub weight_bytes: u64,
@@ -113,7 +118,6 @@ struct Scratch {
     qkv: Buffer,
     attn: Buffer,
     partials: Buffer,
-    ids: Buffer,
     weights: Buffer,
     act: Buffer,
     ybuf: Buffer,
@@ -178,7 +182,6 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
         qkv: up.scratch("qkv", max_rows * qkv_w * 4)?,
         attn: up.scratch("attention out", max_rows * c.q_dim() * 4)?,
         partials: up.scratch("attention partials", ops::attention_partials_bytes(decode_rows, c.heads, hd, ctx))?,
-        ids: up.scratch("router ids", max_rows * k * 4)?,
         weights: up.scratch("router weights", max_rows * k * 4)?,
         act: up.scratch("expert activations", max_rows * k * ff * 4)?,
         ybuf: up.scratch("expert outputs", max_rows * k * d * 4)?,
@@ -212,7 +215,11 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
     };
     g.write(&s.hist, 0, &vec![0u8; c.layers * e * 4]);
     let logits = up.scratch("logits", max_rows * c.vocab * 4)?;
-    let staging = g.staging("logits read-back", (max_rows * c.vocab * 4) as u64);
+    // [trace of every MoE layer's ids for max_rows tokens][logits of max_rows tokens]
+    let k_sum: usize = c.plan.iter().filter_map(|l| l.moe().map(|m| m.top_k)).sum();
+    let trace_bytes = ((max_rows * k_sum * 4) as u64).next_multiple_of(256);
+    let staging = g.staging("logits and routing read-back", trace_bytes + (max_rows * c.vocab * 4) as u64);
+    let mut route_ids = Vec::new();
 
     // One rotary table per distinct rope plan (Gemma-style local/global bases share none).
     let mut tables: Vec<(RopePlan, Buffer)> = Vec::new();
@@ -289,7 +296,8 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
         let (router, bias13, bias2, shared) = match &lp.ffn {
             FfnPlan::Dense(_) => (None, None, None, None),
             FfnPlan::Moe(m) => (
-                Some(up.need(Slot::Router(l))?.buf),
+                // Each layer keeps its own ids, so a step's whole routing can be read back.
+                Some((up.need(Slot::Router(l))?.buf, up.scratch(&format!("layer {li} router ids"), max_rows * m.top_k * 4)?)),
                 up.want(Slot::GateUpBias(l), m.expert_bias)?,
                 up.want(Slot::DownBias(l), m.expert_bias)?,
                 match &m.shared {
@@ -299,6 +307,9 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
             ),
         };
 
+        if let (Some((_, ids)), Some(m)) = (&router, lp.moe()) {
+            route_ids.push((ids.clone(), m.top_k));
+        }
         for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
             // --- attention ---
             prog.push(ops::rms_norm(g, &s.step, &attn_norm, &s.x, &s.xn, d, c.eps, false)?);
@@ -356,26 +367,26 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
                     dense_ffn(g, &s, prog, path, &f, d, (target, ts))?;
                 }
                 FfnPlan::Moe(m) => {
-                    let r = router.as_ref().ok_or_else(|| Error::input("router"))?;
+                    let (r, ids) = router.as_ref().ok_or_else(|| Error::input("router"))?;
                     let gate = m.shared.as_ref().is_some_and(|sh| sh.gated);
                     let rspec =
                         RouterSpec { dim: d, experts: m.experts, k: m.top_k, layer: li, plan: &m.router, shared_gate: gate };
                     let shared_out = s.shared_gate.as_ref();
-                    let outs = (&s.ids, &s.weights, &s.hist, shared_out);
+                    let outs = (ids, &s.weights, &s.hist, shared_out);
                     // xn = rmsnorm(x) fused into the router, then routing.
                     prog.push(ops::router(g, r, (&ffn_norm, c.eps), &s.x, &s.xn, outs, &rspec)?);
                     let es = ExpertSpec { dim: d, ff: m.ff, k: m.top_k, experts: m.experts, act: m.act };
                     let (b13, b2) = (bias13.as_ref(), bias2.as_ref());
                     match path {
                         Path::Prefill => {
-                            prog.push(ops::moe_group(g, &s.step, &s.ids, &s.sorted, &s.pos_of, &s.starts, m.experts, m.top_k)?);
+                            prog.push(ops::moe_group(g, &s.step, ids, &s.sorted, &s.pos_of, &s.starts, m.experts, m.top_k)?);
                             prog.push(ops::moe_gemm_gate_up(g, &w13, &s.xn, (&s.sorted, &s.starts), &s.act, b13, &es)?);
                             prog.push(ops::moe_gemm_down(g, &w2, &s.act, &s.starts, &s.ybuf, b2, &es)?);
                             prog.push(ops::moe_combine(g, &s.ybuf, &s.pos_of, &s.weights, target, d, m.top_k, ts)?);
                         }
                         Path::Decode => {
-                            prog.push(ops::moe_gemv_gate_up(g, &w13, &s.xn, &s.ids, &s.act, b13, &es)?);
-                            prog.push(ops::moe_gemv_down(g, &w2, &s.act, (&s.ids, &s.weights), target, b2, &es, ts)?);
+                            prog.push(ops::moe_gemv_gate_up(g, &w13, &s.xn, ids, &s.act, b13, &es)?);
+                            prog.push(ops::moe_gemv_down(g, &w2, &s.act, (ids, &s.weights), target, b2, &es, ts)?);
                         }
                     }
                     if let Some((sh13, sh2, plan)) = &shared {
@@ -427,6 +438,8 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
         hist: s.hist,
         logits,
         staging,
+        route_ids,
+        trace_bytes,
         buffers: up.buffers,
         weight_bytes: up.bytes,
     })
