@@ -45,11 +45,20 @@ if m and "WEBMOE_PATCH" not in s:
 PY
 fi
 common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON)
-# Variants (LLAMA_VARIANTS, default "cpu vulkan"): tuned for this CPU; vulkan-portable is
+# Variants (LLAMA_VARIANTS, default "cpu vulkan"; also "blas"): tuned for this CPU; vulkan-portable is
 # the Vulkan build without -march=native, to run on another machine (bench/device/).
 for variant in ${LLAMA_VARIANTS:-cpu vulkan}; do
   case $variant in
     cpu) flags=() ;;
+    # OpenBLAS for batched matmuls: quantized weights are widened to f32 and multiplied by
+    # f32 activations (the CPU backend instead rounds activations to 8 bits), as webmoe and
+    # transformers compute; batches under 32 rows still take the CPU backend.
+    blas) flags=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS)
+      [ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -e /usr/include/openblas/cblas.h ] || ls /usr/include/*/openblas*/cblas.h >/dev/null 2>&1 || {
+        log "installing libopenblas-dev"
+        SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+        $SUDO apt-get install -y -q libopenblas-dev >&2
+      } ;;
     vulkan) flags=(-DGGML_VULKAN=ON) ;;
     vulkan-portable) flags=(-DGGML_VULKAN=ON -DGGML_NATIVE=OFF) ;;
     none) continue ;;   # only unpack the source (its convert_hf_to_gguf.py)

@@ -28,6 +28,8 @@ export interface EngineOptions {
   prefillChunk?: number;
   /** Threads per group of decode-matmul rows (default: 8 on CPU emulators, 32 on GPUs). For A/B runs and tests. */
   gemvLanes?: 8 | 16 | 32;
+  /** KV cache storage (default 'f32'): 'f16' halves its memory, keys and values rounded to f16 (packed two per u32; no shader-f16 needed). */
+  kv?: 'f32' | 'f16';
   /** Where packed models are kept (default 'auto'). `info().storage` names the one in use. */
   storage?: StorageBackend;
   /** Where to fetch webmoe_bg.wasm from (default: next to this module). */

@@ -381,6 +381,7 @@ class Engine {
  * Creates an engine on this page's (or worker's) WebGPU device.
  * options: { context?: number (KV cache length), prefillChunk?: number,
  *            gemvLanes?: 8 | 16 | 32 (decode-matmul shape; default: chosen for the adapter),
+ *            kv?: 'f32' | 'f16' (KV cache storage; f16 halves its memory),
  *            storage?: 'auto' | 'cache' | 'opfs' (where packed models are kept; 'auto':
  *              where the model already is, else OPFS over 2 GB, else the Cache API),
  *            wasmUrl?: string | URL }
@@ -393,7 +394,7 @@ export async function createEngine(options = {}) {
   if (options.storage !== undefined && !['auto', 'cache', 'opfs'].includes(options.storage)) {
     throw new TypeError(`createEngine: storage '${options.storage}': expected 'auto', 'cache' or 'opfs'`);
   }
-  const gpuOptions = { context: options.context, prefillChunk: options.prefillChunk, gemvLanes: options.gemvLanes };
+  const gpuOptions = { context: options.context, prefillChunk: options.prefillChunk, gemvLanes: options.gemvLanes, kv: options.kv };
   const inner = await WebEngine.create(gpuOptions);
   let info = null;
   try {

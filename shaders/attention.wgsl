@@ -1,6 +1,6 @@
 // Causal grouped-query attention over the KV cache.
 //   q:  read from qkv [T, (H + 2*KVH) * d] (already rotated), query t at position pos0 + t
-//   k_cache, v_cache: [KVH, ctx, d] f32
+//   k_cache, v_cache: [KVH, ctx, d] f32, or with KVF16 f16 packed two per word
 //   out: [T, H * d] f32
 // Query head h reads KV head h / (H / KVH). Keys j <= pos are visible, and with a sliding
 // window W only j > pos - W; with sinks, head h's sink logit joins the softmax (and adds
@@ -26,8 +26,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> sinks: array<f32>;   // [H]
 
@@ -73,7 +73,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let kb = (cache0 + j) * d;
             var dot_ = 0.0;
             for (var i = 0u; i < d; i++) {
-                dot_ += qs[i] * k_cache[kb + i];
+                dot_ += qs[i] * k_at(kb + i);
             }
             s = dot_;
         }
@@ -91,7 +91,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             var a = acc[i] * rescale;
             if (di < d) {
                 for (var jj = 0u; jj < n; jj++) {
-                    a += ps[jj] * v_cache[(cache0 + c + jj) * d + di];
+                    a += ps[jj] * v_at((cache0 + c + jj) * d + di);
                 }
             }
             acc[i] = a;
@@ -106,4 +106,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             out[ob + di] = acc[i] / l;
         }
     }
+}
+
+// Element i of a cache.
+fn k_at(i: u32) -> f32 {
+    if (KVF16 != 0u) {
+        return unpack2x16float(k_cache[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(k_cache[i]);
+}
+
+fn v_at(i: u32) -> f32 {
+    if (KVF16 != 0u) {
+        return unpack2x16float(v_cache[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(v_cache[i]);
 }

@@ -3,7 +3,8 @@
 // positions are cut into chunks of `chunk`, and one workgroup per (head, token, chunk)
 // computes that chunk's softmax partials; attention_combine.wgsl merges the chunks.
 //   q:  read from qkv [T, (H + 2*KVH) * d] (already rotated), query t at position pos0 + t
-//   k_cache, v_cache: [KVH, ctx, d] f32 (d a multiple of 4: keys are read as vec4s)
+//   k_cache, v_cache: [KVH, ctx, d] f32, or with KVF16 f16 packed two per word (d a
+//             multiple of 4: keys are read four at a time, as two words or one pair)
 //   partials: [T, H, chunks, d + 2] f32, per chunk: acc[d] = sum_j e_j v_j, then
 //             m = max_j s_j and l = sum_j e_j with e_j = exp(s_j - m); a chunk with no
 //             visible key writes m = NEG_BIG, l = 0, acc = 0.
@@ -28,8 +29,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;   // [KVH, ctx, d / 4]
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
 const WG: u32 = 64u;
@@ -82,7 +83,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 let kb = (cache0 + j) * (d / 4u);
                 var dot_ = 0.0;
                 for (var i = 0u; i < d / 4u; i++) {
-                    dot_ += dot(qs[i], k_cache[kb + i]);
+                    dot_ += dot(qs[i], k4(kb + i));
                 }
                 sc = dot_;
             }
@@ -108,7 +109,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             var a = acc[i] * rescale;
             if (di < d) {
                 for (var jj = 0u; jj < n; jj++) {
-                    a += ps[jj] * v_cache[(cache0 + c + jj) * d + di];
+                    a += ps[jj] * v_at((cache0 + c + jj) * d + di);
                 }
             }
             acc[i] = a;
@@ -127,4 +128,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         partials[pb + d] = m;
         partials[pb + d + 1u] = l;
     }
+}
+
+// Key elements 4i .. 4i + 3.
+fn k4(i: u32) -> vec4<f32> {
+    if (KVF16 != 0u) {
+        let w = k_cache[i];
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return bitcast<vec4<f32>>(vec4<u32>(k_cache[2u * i], k_cache[2u * i + 1u]));
+}
+
+// Value element i.
+fn v_at(i: u32) -> f32 {
+    if (KVF16 != 0u) {
+        return unpack2x16float(v_cache[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(v_cache[i]);
 }

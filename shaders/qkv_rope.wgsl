@@ -4,6 +4,7 @@
 //   q columns  -> rotated, into qkv [T, (H + 2*KVH) * d] (attention reads q there)
 //   k columns  -> rotated, into k_cache [KVH, ctx, d] at position pos0 + t
 //   v columns  -> into v_cache [KVH, ctx, d] at position pos0 + t
+//   (caches as f32 words, or with KVF16 one word of two f16 per pair of columns)
 // Rotary pairs are adjacent columns (2i, 2i + 1) of a head: GGUF's layout, and the one the
 // GPU weight buffers give every model (src/weights.rs reorders Hugging Face q/k rows), so
 // both halves of a pair are in the same thread's NR = 4 consecutive rows.
@@ -31,8 +32,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>;
 @group(0) @binding(5) var<storage, read_write> qkv: array<f32>;
-@group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(8) var<storage, read> biases: array<f32>;   // [(H + 2*KVH) * d]
 
 @compute @workgroup_size(WG)
@@ -76,14 +77,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             } else {
                 let kc = col - q_dim;
                 let ci = ((kc / d) * p.ctx + pos) * d + kc % d;
-                k_cache[ci] = ra;
-                k_cache[ci + 1u] = rb;
+                store_pair_k(ci, ra, rb);
             }
         } else {
             let vc = col - q_dim - kv_dim;
             let ci = ((vc / d) * p.ctx + pos) * d + vc % d;
-            v_cache[ci] = a;
-            v_cache[ci + 1u] = b;
+            store_pair_v(ci, a, b);
         }
+    }
+}
+
+// Elements ci (even) and ci + 1 of a cache.
+fn store_pair_k(ci: u32, a: f32, b: f32) {
+    if (KVF16 != 0u) {
+        k_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));
+    } else {
+        k_cache[ci] = bitcast<u32>(a);
+        k_cache[ci + 1u] = bitcast<u32>(b);
+    }
+}
+
+fn store_pair_v(ci: u32, a: f32, b: f32) {
+    if (KVF16 != 0u) {
+        v_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));
+    } else {
+        v_cache[ci] = bitcast<u32>(a);
+        v_cache[ci + 1u] = bitcast<u32>(b);
     }
 }

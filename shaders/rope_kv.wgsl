@@ -3,7 +3,8 @@
 // `interleaved`, (2i, 2i + 1) (the GPU weights' layout, src/weights.rs). With `norm`, each
 // q and k head is first RMS-normalised over its d elements (Qwen3, Gemma 3 q/k norms).
 //   qkv:   [T, (H + 2*KVH) * d] f32, rows of [q heads | k heads | v heads]
-//   k_cache, v_cache: [KVH, ctx, d] f32; row t goes to position pos0 + t
+//   k_cache, v_cache: [KVH, ctx, d] f32, or with KVF16 f16 packed two per word (adjacent
+//             pairs only: a thread writes a whole word); row t goes to position pos0 + t
 //   table: [ctx, d/2] of (cos, sin), precomputed on the host;
 //   nw:    [2 * d] norm weights, q's then k's (read only with `norm`).
 // One workgroup per (head, token): heads 0..H-1 are query heads, H..H+KVH-1 KV heads.
@@ -24,8 +25,8 @@ struct Params {
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> qkv: array<f32>;
-@group(0) @binding(4) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(5) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(6) var<storage, read> nw: array<f32>;
 
 const WG: u32 = 64u;
@@ -77,11 +78,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (is_q) {
             qkv[src + e.x] = ra;
             qkv[src + e.y] = rc;
+        } else if (KVF16 != 0u) {
+            // e = (2i, 2i + 1) and cb is even: one word per pair, for k and for v.
+            k_cache[(cb + e.x) / 2u] = pack2x16float(vec2<f32>(ra, rc));
+            v_cache[cb / 2u + i] = pack2x16float(vec2<f32>(qkv[vb + 2u * i], qkv[vb + 2u * i + 1u]));
         } else {
-            k_cache[cb + e.x] = ra;
-            k_cache[cb + e.y] = rc;
-            v_cache[cb + i] = qkv[vb + i];
-            v_cache[cb + i + half] = qkv[vb + i + half];
+            k_cache[cb + e.x] = bitcast<u32>(ra);
+            k_cache[cb + e.y] = bitcast<u32>(rc);
+            v_cache[cb + 2u * i] = bitcast<u32>(qkv[vb + 2u * i]);
+            v_cache[cb + 2u * i + 1u] = bitcast<u32>(qkv[vb + 2u * i + 1u]);
         }
     }
 }

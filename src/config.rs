@@ -83,9 +83,10 @@ impl ModelConfig {
             .max()
             .unwrap_or(0)
     }
-    /// Bytes of KV cache per token of context (f32 keys and values, every layer).
-    pub fn kv_bytes_per_token(&self) -> u64 {
-        (2 * self.layers * self.kv_dim() * 4) as u64
+    /// Bytes of KV cache per token of context: keys and values in every layer, f32 or
+    /// (kv16) f16.
+    pub fn kv_bytes_per_token(&self, kv16: bool) -> u64 {
+        (2 * self.layers * self.kv_dim() * if kv16 { 2 } else { 4 }) as u64
     }
     /// The MoE plan of the first MoE layer (what `info` shows as the model's experts).
     pub fn first_moe(&self) -> Option<&MoePlan> {

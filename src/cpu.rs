@@ -5,6 +5,7 @@
 use crate::config::{ModelConfig, rope_table};
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
+use crate::tensor::DType;
 use crate::model::plan::{Act, FfnPlan, LayerPlan, RopePlan, RouterOrder, RouterPlan};
 
 /// y[m, n] = sum_k x[m, k] * w[n, k]   (x: [m, k], w: [n, k] as HF Linear stores it)
@@ -292,6 +293,8 @@ pub struct CpuModel {
     pub pos: usize,
     /// Every token's chosen experts, when recording (`crate::route`).
     pub routes: Option<crate::route::RouteTrace>,
+    /// Keys and values rounded to f16 in the cache.
+    kv16: bool,
 }
 
 /// RMSNorm of each `dim`-wide group of every row (per-head q/k norms: dim = head_dim).
@@ -301,7 +304,10 @@ fn rms_norm_groups(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 impl CpuModel {
-    pub fn new(m: &ModelFiles, ctx: usize) -> Result<Self> {
+    /// `kv`: the cache's storage, F32, or F16 (values rounded to f16 as they are written,
+    /// as the GPU's packed f16 cache stores them).
+    pub fn new(m: &ModelFiles, ctx: usize, kv: DType) -> Result<Self> {
+        let kv16 = kv.kv16()?;
         let cfg = m.config.clone();
         let n = &m.names;
         let f = |name: &str| -> Result<Vec<f32>> { Ok(m.get(name)?.to_f32()) };
@@ -359,6 +365,7 @@ impl CpuModel {
             cfg,
             pos: 0,
             routes: None,
+            kv16,
         })
     }
 
@@ -417,6 +424,11 @@ impl CpuModel {
                     let src = (t * c.kv_heads + kh) * hd;
                     layer.k_cache[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
                     layer.v_cache[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                    if self.kv16 {
+                        for x in layer.k_cache[dst..dst + hd].iter_mut().chain(&mut layer.v_cache[dst..dst + hd]) {
+                            *x = half::f16::from_f32(*x).to_f32();
+                        }
+                    }
                 }
             }
             let att = attention(

@@ -37,13 +37,23 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
     /// Quantize f32/f16/bf16 matrices on load (Q8_0, Q4_0 or Q4_1).
     pub quant: Option<DType>,
+    /// The KV cache's storage: F32, or F16 (half the memory; keys and values rounded to
+    /// f16 as they are written, on the GPU and in the CPU reference alike).
+    pub kv: DType,
     /// Told about quantizing and uploading (reading is the source's to report).
     pub progress: Option<Progress>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { device: Device::Gpu, context: None, prefill_chunk: MAX_CHUNK, quant: None, progress: None }
+        EngineOptions {
+            device: Device::Gpu,
+            context: None,
+            prefill_chunk: MAX_CHUNK,
+            quant: None,
+            kv: DType::F32,
+            progress: None,
+        }
     }
 }
 
@@ -182,13 +192,13 @@ impl Engine {
             None => None,
         };
         let backend = match cpu {
-            Some(files) => Backend::Cpu(Box::new(CpuModel::new(files, context)?)),
+            Some(files) => Backend::Cpu(Box::new(CpuModel::new(files, context, opts.kv)?)),
             None => {
                 let gpu = match gpu {
                     Some(g) => g,
                     None => Arc::new(Gpu::new().await?),
                 };
-                Backend::Gpu(Box::new(GpuModel::new(gpu, weights, context, opts.progress.as_ref()).await?))
+                Backend::Gpu(Box::new(GpuModel::new(gpu, weights, context, opts.kv, opts.progress.as_ref()).await?))
             }
         };
         Ok(Engine { backend, opts, vocab: cfg.vocab, context, tokenizer, template, cached: Vec::new(), cfg })
@@ -210,6 +220,8 @@ impl Engine {
             "experts_per_token": moe.map_or(1, |m| m.top_k),
             "vocab": c.vocab,
             "context": self.context,
+            "kv": self.opts.kv.name(),
+            "kv_bytes_per_token": c.kv_bytes_per_token(self.opts.kv == DType::F16),
             "sliding_window": c.plan.iter().filter_map(|l| l.attn.window).max(),
             "plan": c.plan.iter().map(|l| l.describe()).collect::<Vec<_>>(),
             "device": self.device_name(),

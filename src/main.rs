@@ -15,6 +15,8 @@ use webmoe::sampling::SamplingParams;
 use webmoe::tensor::DType;
 use webmoe::{Error, Result};
 
+#[path = "cli/info.rs"]
+mod info;
 #[path = "cli/measure.rs"]
 mod measure;
 
@@ -69,6 +71,9 @@ struct ModelArgs {
     /// Quantize f32/f16/bf16 weights on load
     #[arg(long, value_enum)]
     quant: Option<QuantArg>,
+    /// KV cache storage: f32, or f16 (half the memory, keys and values rounded to f16)
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv: String,
 }
 
 #[derive(Args)]
@@ -276,6 +281,7 @@ fn open(a: &ModelArgs) -> Result<Engine> {
         context: a.context,
         prefill_chunk: a.prefill_chunk,
         quant: a.quant.map(QuantArg::dtype),
+        kv: if a.kv == "f16" { DType::F16 } else { DType::F32 },
         progress: Some(progress.clone()),
     };
     let engine = block_on(Engine::load(&DirSource::new(&a.model).with_progress(progress), opts, None));
@@ -329,83 +335,6 @@ fn stream(engine: &mut Engine, prompt: &[u32], opts: &GenerateOptions, ids: bool
         );
     }
     Ok(g.text)
-}
-
-fn info(path: &std::path::Path) -> Result<()> {
-    let files = block_on(ModelFiles::load(&DirSource::new(path)))?;
-    let c = &files.config;
-    let s = files.summary();
-    let human = |n: u64| -> String {
-        match n {
-            n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
-            n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-            n => format!("{:.1} KiB", n as f64 / 1024.0),
-        }
-    };
-    let count = |n: u64| -> String {
-        match n {
-            n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
-            n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
-            n => format!("{:.1}K", n as f64 / 1e3),
-        }
-    };
-    println!("model:          {}", path.display());
-    if let Some(n) = files.meta_str("general.name") {
-        println!("name:           {n}");
-    }
-    println!(
-        "family:         {} ({}, {})",
-        c.family,
-        c.arch,
-        if files.metadata.is_empty() { "Hugging Face safetensors" } else { "GGUF" }
-    );
-    println!("layers:         {}", c.layers);
-    println!("hidden:         {}", c.hidden);
-    println!("attention:      {} heads, {} KV heads, head size {}", c.heads, c.kv_heads, c.head_dim);
-    match c.first_moe() {
-        Some(m) => println!(
-            "experts:        {} per MoE layer, {} chosen per token ({} of {} layers MoE)",
-            m.experts,
-            m.top_k,
-            c.plan.iter().filter(|l| l.moe().is_some()).count(),
-            c.layers
-        ),
-        None => println!("experts:        dense (one FFN)"),
-    }
-    if c.embed_scale != 1.0 || c.residual_scale != 1.0 || c.logit_scale != 1.0 {
-        println!(
-            "multipliers:    embedding {}, residual {}, logits {}",
-            c.embed_scale, c.residual_scale, c.logit_scale
-        );
-    }
-    println!("vocabulary:     {}", c.vocab);
-    println!("context:        {} positions", c.max_positions);
-    // The plan, one line per run of identical layers.
-    println!("layer plan:");
-    let mut i = 0;
-    while i < c.layers {
-        let j = (i..c.layers).find(|&j| c.plan[j] != c.plan[i]).unwrap_or(c.layers);
-        let at = if j - i == 1 { format!("{i}") } else { format!("{i}-{}", j - 1) };
-        println!("  {at:<8} {}", c.plan[i].describe());
-        i = j;
-    }
-    println!("parameters:     {} total, {} active per token", count(s.params), count(s.active_params));
-    println!("weights:        {}", human(s.weight_bytes));
-    for (t, (n, b)) in &s.types {
-        println!("  {t:<6} {n:>5} tensors  {}", human(*b));
-    }
-    println!("KV cache:       {} per token (f32 keys and values)", human(s.kv_bytes_per_token));
-    match webmoe::tokenizer::Tokenizer::from_model(&files)? {
-        Some(t) => println!(
-            "tokenizer:      {} tokens, BOS {:?}, EOS {:?}, chat template {}",
-            t.vocab_size(),
-            t.bos_token,
-            t.eos_token,
-            if t.chat_template.is_some() { "yes" } else { "no" }
-        ),
-        None => println!("tokenizer:      none (token ids only)"),
-    }
-    Ok(())
 }
 
 fn bench(m: &ModelArgs, opts: webmoe::bench::BenchOptions, json: bool) -> Result<()> {
@@ -567,7 +496,7 @@ fn run(cli: Cli) -> Result<()> {
             stream(&mut engine, &input, &sample.options(), ids)?;
         }
         Cmd::Chat { model, sample, system } => chat(&mut open(&model)?, &model.model, system, &sample.options())?,
-        Cmd::Info { model } => info(&model)?,
+        Cmd::Info { model } => info::info(&model)?,
         Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json } => {
             bench(&model, webmoe::bench::BenchOptions { prompt_tokens, gen_tokens, reps, kernels }, json)?
         }

@@ -135,6 +135,15 @@ impl DType {
         (numel / b as u64).checked_mul(bytes as u64)
     }
 
+    /// As a KV cache's storage: whether it is f16 (packed two per u32), or f32.
+    pub fn kv16(self) -> crate::error::Result<bool> {
+        match self {
+            DType::F32 => Ok(false),
+            DType::F16 => Ok(true),
+            other => Err(crate::error::Error::input(format!("a KV cache is f32 or f16, not {}", other.name()))),
+        }
+    }
+
     pub fn is_supported(self) -> bool {
         !matches!(self, DType::Unsupported(_))
     }

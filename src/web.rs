@@ -10,6 +10,7 @@ use crate::model::Progress;
 use crate::pack::{Assembler, Manifest};
 use crate::platform::HttpSource;
 use crate::sampling::SamplingParams;
+use crate::tensor::DType;
 use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -144,15 +145,22 @@ impl CompleteRequest {
 
 #[wasm_bindgen]
 impl WebEngine {
-    /// `WebEngine.create({ context?, prefillChunk?, gemvLanes? })`: opens the WebGPU device
-    /// (`gemvLanes` 8 | 16 | 32 overrides the adapter's decode-matmul shape).
+    /// `WebEngine.create({ context?, prefillChunk?, gemvLanes?, kv? })`: opens the WebGPU
+    /// device (`gemvLanes` 8 | 16 | 32 overrides the adapter's decode-matmul shape; `kv`
+    /// 'f32' | 'f16' is the KV cache's storage).
     pub fn create(options: JsValue) -> Promise {
         future_to_promise(async move {
             let context = opt_usize(&options, "context")?;
             let chunk = opt_usize(&options, "prefillChunk")?;
             let gemv_lanes = opt_usize(&options, "gemvLanes")?.map(|l| l.min(u32::MAX as usize) as u32);
             let gpu = Gpu::with_options(GpuOptions { subgroups: None, gemv_lanes }).await.map_err(err)?;
-            let mut opts = EngineOptions { device: Device::Gpu, context, ..Default::default() };
+            let kv = Reflect::get(&options, &"kv".into()).ok().and_then(|v| v.as_string());
+            let kv = match kv.as_deref() {
+                None | Some("f32") => DType::F32,
+                Some("f16") => DType::F16,
+                Some(other) => return Err(err(format!("kv '{other}': expected 'f32' or 'f16'"))),
+            };
+            let mut opts = EngineOptions { device: Device::Gpu, context, kv, ..Default::default() };
             if let Some(c) = chunk {
                 opts.prefill_chunk = c;
             }

@@ -171,13 +171,20 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
     (
         Shader::QkvRope,
         check_qkv_rope,
-        &[("v_cache[ci + 1u] = b;", "v_cache[ci + 1u] = a;"), ("b += biases[col + 1u];", "b += biases[col];")],
+        &[
+            ("v_cache[ci + 1u] = bitcast<u32>(b);", "v_cache[ci + 1u] = bitcast<u32>(a);"),
+            ("b += biases[col + 1u];", "b += biases[col];"),
+            ("k_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));", "k_cache[ci / 2u] = pack2x16float(vec2<f32>(b, a));"),
+            ("v_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));", "v_cache[ci / 2u] = pack2x16float(vec2<f32>(a, a));"),
+        ],
     ),
     (
         Shader::RopeKv,
         check_rope_kv,
         &[
             ("k_cache[cb + e.y] =", "k_cache[cb + e.x] ="),
+            ("pack2x16float(vec2<f32>(ra, rc))", "pack2x16float(vec2<f32>(rc, ra))"),
+            ("qkv[vb + 2u * i + 1u]))", "qkv[vb + 2u * i]))"),
             ("a *= r * nw[wb + e.x];", "a *= nw[wb + e.x];"),
             ("let wb = select(d, 0u, is_q);", "let wb = 0u;"),
         ],
@@ -193,12 +200,21 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
     (
         Shader::Attention,
         check_attention,
-        &[("if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"), ("l = 1.0;", "l = 0.0;")],
+        &[
+            ("if (j <= pos) {\n            let kb", "if (j < pos) {\n            let kb"),
+            ("l = 1.0;", "l = 0.0;"),
+            ("return unpack2x16float(k_cache[i / 2u])[i % 2u];", "return unpack2x16float(k_cache[i / 2u])[0u];"),
+            ("return unpack2x16float(v_cache[i / 2u])[i % 2u];", "return unpack2x16float(v_cache[i / 2u]).x;"),
+        ],
     ),
     (
         Shader::AttentionSplit,
         check_attention_split,
-        &[("let hi = min(pos + 1u, (s + 1u) * p.chunk);", "let hi = min(pos, (s + 1u) * p.chunk);")],
+        &[
+            ("let hi = min(pos + 1u, (s + 1u) * p.chunk);", "let hi = min(pos, (s + 1u) * p.chunk);"),
+            ("vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y))", "vec4<f32>(unpack2x16float(w.y), unpack2x16float(w.x))"),
+            ("return unpack2x16float(v_cache[i / 2u])[i % 2u];", "return unpack2x16float(v_cache[i / 2u])[1u];"),
+        ],
     ),
     (
         Shader::AttentionCombine,

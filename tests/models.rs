@@ -9,9 +9,12 @@ use webmoe::engine::{Device, Engine, EngineOptions, Event, Finish, GenerateOptio
 use webmoe::model::ModelFiles;
 use webmoe::platform::{DirSource, block_on};
 use webmoe::sampling::SamplingParams;
+use webmoe::tensor::DType;
 
 /// The acceptance bound: max |Δ| against transformers at every position.
 const TOL: f32 = 1e-3;
+/// The bound for the GPU against the CPU reference when both keep an f16 KV cache.
+const KV16_TOL: f32 = 1e-2;
 
 fn engine(files: &ModelFiles, device: Device, chunk: usize) -> Engine {
     let opts = EngineOptions { device, prefill_chunk: chunk, ..Default::default() };
@@ -292,4 +295,38 @@ fn decoding_allocates_no_gpu_buffers() {
     block_on(e.generate(&[7, 8, 9], &sampled, |_| true)).unwrap();
     assert_eq!(got.tokens.len(), 33);
     assert_eq!(g.allocations(), before, "GPU buffers created while decoding (count, bytes)");
+}
+
+/// An f16 KV cache (`EngineOptions::kv`): on every fixture the GPU equals the CPU reference
+/// that rounds its cache the same way (prefill and decode), and the measured distance to
+/// transformers' f32 logits, the price of half the cache memory, is printed.
+#[test]
+fn f16_kv_cache_matches_its_reference() {
+    let mut report = Vec::new();
+    for dir in fixtures() {
+        let r = reference(&dir);
+        let files = block_on(ModelFiles::load(&DirSource::new(model_path(&dir)))).expect("load");
+        let run = |device, chunk| {
+            let opts = EngineOptions { device, prefill_chunk: chunk, kv: DType::F16, ..Default::default() };
+            let mut e = block_on(Engine::from_files(&files, opts, Some(gpu()))).expect("engine");
+            block_on(e.logits(&r.tokens)).expect("logits")
+        };
+        let want = run(Device::Cpu, 256);
+        let rows: Vec<Vec<f32>> = want.chunks(files.config.vocab).map(|c| c.to_vec()).collect();
+        let mut worst = 0.0f32;
+        for chunk in [256, 1] {
+            let d = max_diff(&run(Device::Gpu, chunk), &rows);
+            // Both round to f16, but from f32 values that differ in the last bits (summation
+            // order): a value near a rounding boundary lands one f16 step (2^-11 relative)
+            // apart, which later layers carry. Wrong packing or indexing moves logits by 0.1+.
+            assert!(d <= KV16_TOL, "{}: f16 KV, chunk {chunk}: GPU vs CPU reference max |Δ| {d}", dir.display());
+            worst = worst.max(d);
+        }
+        let vs_f32 = max_diff(&want, &r.logits);
+        report.push(format!(
+            "{:40} GPU vs CPU (both f16 KV) {worst:.2e}; f16 KV vs transformers (f32) {vs_f32:.2e}",
+            dir.file_name().unwrap().to_string_lossy()
+        ));
+    }
+    println!("f16 KV cache:\n  {}", report.join("\n  "));
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use webmoe::chat::Message;
-use webmoe::engine::{Device, Engine, EngineOptions};
+use webmoe::engine::{Device, Engine, EngineOptions, GenerateOptions};
+use webmoe::tensor::DType;
 use webmoe::platform::{DirSource, block_on};
 
 /// Logit tolerance. Both sides compute in f32 from bit-identical dequantized weights
@@ -77,6 +78,27 @@ fn prompt_logits_match_transformers() {
         println!("{device:?}: max |Δ| over {} positions = {worst:.2e}", ids.len());
         assert!(worst <= TOL, "{device:?}: max |Δ| {worst} > {TOL}");
     }
+}
+
+/// An f16 KV cache on the real model: the greedy chat answer is unchanged, and the prompt
+/// logits' distance to the f32 cache's is measured (printed) and bounded.
+#[test]
+fn f16_kv_cache_keeps_the_answer() {
+    let Some(model) = smollm2() else { return };
+    let r = reference();
+    let q = r["question"].as_str().unwrap();
+    let mut logits = Vec::new();
+    for kv in [DType::F32, DType::F16] {
+        let opts = EngineOptions { kv, ..Default::default() };
+        let mut e = block_on(Engine::load(&DirSource::new(&model), opts, None)).expect("load");
+        let ids = e.encode_chat(&[Message::new("user", q)]).unwrap();
+        let g = block_on(e.generate(&ids, &GenerateOptions { max_tokens: 64, ..Default::default() }, |_| true)).unwrap();
+        assert_eq!(g.text, r["answer"].as_str().unwrap(), "{kv:?} KV cache: greedy answer");
+        logits.push(block_on(e.logits(&ids)).unwrap());
+    }
+    let d = logits[0].iter().zip(&logits[1]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    println!("SmolLM2 prompt logits, f16 vs f32 KV cache: max |Δ| {d:.2e}");
+    assert!(d < 0.1, "f16 KV moved the prompt logits by {d}");
 }
 
 /// `webmoe chat` keeps the KV cache between turns: the second turn prefills only the

@@ -17,6 +17,10 @@ const DT_F16: u32 = 1u;
 const DT_BF16: u32 = 2u;
 override WDTYPE: u32 = 0u;
 
+// KV cache storage (src/gpu/kernels.rs Variant::kv16): 0, f32 words; 1, f16 pairs packed
+// two per word with pack2x16float (low half first). Caches are bound as u32 words either way.
+override KVF16: u32 = 0u;
+
 // Two 16-bit weights packed in one little-endian word.
 fn half2(u: u32) -> vec2<f32> {
     if (WDTYPE == DT_BF16) {

@@ -267,16 +267,18 @@ impl Dispatch {
 }
 
 /// What a pipeline is specialised to (WGSL override constants): the weight storage type
-/// (WDTYPE) and the FFN activation (ACT, `plan::Act::shader_code`).
+/// (WDTYPE), the FFN activation (ACT, `plan::Act::shader_code`) and the KV cache's storage
+/// (KVF16: f16 pairs packed in u32, or f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
     pub dtype: DType,
     pub act: u32,
+    pub kv16: bool,
 }
 
 impl From<DType> for Variant {
     fn from(dtype: DType) -> Variant {
-        Variant { dtype, act: 0 }
+        Variant { dtype, act: 0, kv16: false }
     }
 }
 
@@ -298,7 +300,7 @@ impl Gpu {
             label: Some(shader.name()),
             source: wgpu::ShaderSource::Wgsl(self.compose(shader, source).into()),
         });
-        let constants = [("WDTYPE", code as f64), ("ACT", variant.act as f64)];
+        let constants = [("WDTYPE", code as f64), ("ACT", variant.act as f64), ("KVF16", variant.kv16 as u32 as f64)];
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(shader.name()),
             layout: None,

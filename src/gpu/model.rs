@@ -11,6 +11,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::Progress;
 use crate::route::RouteTrace;
+use crate::tensor::DType;
 use crate::weights::WeightSource;
 use std::sync::Arc;
 use wgpu::Buffer;
@@ -87,10 +88,17 @@ impl Path {
 
 impl GpuModel {
     /// Uploads the model and prepares every dispatch. `ctx` is the KV cache length.
-    pub async fn new(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
+    /// `kv`: the KV cache's storage, F32 or F16 (packed two per u32).
+    pub async fn new(
+        gpu: Arc<Gpu>,
+        src: &dyn WeightSource,
+        ctx: usize,
+        kv: DType,
+        progress: Option<&Progress>,
+    ) -> Result<Self> {
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::build(gpu.clone(), src, ctx, progress);
+        let built = Self::build(gpu.clone(), src, ctx, kv, progress);
         let oom_err = oom.pop().await;
         let val_err = validation.pop().await;
         let model = built?;
@@ -103,8 +111,8 @@ impl GpuModel {
         Ok(model)
     }
 
-    fn build(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Self> {
-        let b = super::program::build(&gpu, src, ctx, progress)?;
+    fn build(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, kv: DType, progress: Option<&Progress>) -> Result<Self> {
+        let b = super::program::build(&gpu, src, ctx, kv, progress)?;
         Ok(GpuModel {
             cfg: src.config().clone(),
             ctx,

@@ -17,13 +17,14 @@
 //! Prefill (T > 1) uses tiled GEMMs with tokens grouped per expert; decode uses GEMVs.
 
 use super::Gpu;
-use super::kernels::ops::{AttnSpec, ExpertSpec, RouterSpec};
+use super::kernels::ops::{AttnSpec, ExpertSpec, Qkv, RouterSpec};
 use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
 use super::model::{GEMM_MIN_ROWS, MAX_CHUNK, Path};
 use crate::config::rope_table;
 use crate::error::{Error, Result};
 use crate::model::Progress;
 use crate::model::plan::{Act, FfnPlan, QkNorm, RopePlan};
+use crate::tensor::DType;
 use crate::weights::{Slot, WeightSource};
 use wgpu::Buffer;
 
@@ -153,12 +154,13 @@ struct DenseFfn<'a> {
     act: Act,
 }
 
-pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Option<&Progress>) -> Result<Built> {
+pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, progress: Option<&Progress>) -> Result<Built> {
     let c = src.config().clone();
     c.validate()?;
     if ctx == 0 {
         return Err(Error::input("context length must be at least 1"));
     }
+    let kv16 = kv.kv16()?;
     let mut up = Uploader { gpu: g, src, buffers: Vec::new(), bytes: 0 };
     let (d, hd) = (c.hidden, c.head_dim);
     let (k, e, ff) = (c.max_top_k(), c.max_experts(), c.max_ff());
@@ -276,8 +278,8 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
             Some((_, b)) => (*b, 1.0),
             None => (&s.x, c.residual_scale),
         };
-        let kc = up.scratch(&format!("layer {li} K cache"), c.kv_heads * ctx * hd * 4)?;
-        let vc = up.scratch(&format!("layer {li} V cache"), c.kv_heads * ctx * hd * 4)?;
+        let kc = up.scratch(&format!("layer {li} K cache"), ops::kv_cache_bytes(c.kv_heads, ctx, hd, kv16))?;
+        let vc = up.scratch(&format!("layer {li} V cache"), ops::kv_cache_bytes(c.kv_heads, ctx, hd, kv16))?;
         let table = &tables.iter().find(|(r, _)| *r == a.rope).ok_or_else(|| Error::input("rope table"))?.1;
         let spec = AttnSpec {
             heads: c.heads,
@@ -288,7 +290,7 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, progress: Optio
             scale: a.scale,
         };
         let rs = c.residual_scale;
-        let caches = (&s.qkv, &kc, &vc);
+        let caches = Qkv { qkv: &s.qkv, k: &kc, v: &vc, kv16 };
 
         // FFN weights.
         let w13 = up.need(Slot::GateUp(l))?;

@@ -390,7 +390,7 @@ impl ModelFiles {
             active_params: active,
             weight_bytes: self.total_bytes(),
             types,
-            kv_bytes_per_token: c.kv_bytes_per_token(),
+            kv_bytes_per_token: c.kv_bytes_per_token(false),
         }
     }
 

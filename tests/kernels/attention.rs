@@ -4,6 +4,33 @@
 use super::*;
 use webmoe::model::plan::{RopePlan, RopeScaling};
 
+/// A cache of `n` values as the kernels store it: f32, or (kv16) f16 pairs in u32 words.
+fn cache_bytes(v: &[f32], kv16: bool) -> Vec<u8> {
+    webmoe::tensor::from_f32(if kv16 { DType::F16 } else { DType::F32 }, v)
+}
+
+/// Values rounded as an f16 cache stores them (or unchanged).
+fn as_cached(v: &[f32], kv16: bool) -> Vec<f32> {
+    if kv16 { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() } else { v.to_vec() }
+}
+
+/// A poisoned cache of `n` values (NaN in either storage).
+fn poisoned_cache(g: &Gpu, name: &str, n: usize, kv16: bool) -> wgpu::Buffer {
+    g.storage_init(name, &cache_bytes(&vec![f32::NAN; n], kv16)).expect("upload")
+}
+
+/// A cache's `n` values read back and widened.
+fn read_cache(g: &Gpu, b: &wgpu::Buffer, n: usize, kv16: bool) -> Vec<f32> {
+    let words = read_u32(g, b, if kv16 { n / 2 } else { n });
+    webmoe::tensor::to_f32(if kv16 { DType::F16 } else { DType::F32 }, bytemuck::cast_slice(&words))
+}
+
+/// Tolerances for values compared after an f16 cache: one f16 step either way (WGSL
+/// leaves the rounding direction of pack2x16float to the device).
+fn cache_tol(kv16: bool, atol: f32, rtol: f32) -> (f32, f32) {
+    if kv16 { (atol.max(1e-6), rtol.max(1.0 / 1024.0)) } else { (atol, rtol) }
+}
+
 /// A plain rotary table [ctx, d/2] of (cos, sin).
 fn table(hd: usize, ctx: usize) -> Vec<f32> {
     webmoe::config::rope_table(&RopePlan { theta: 10000.0, scaling: RopeScaling::None }, hd, ctx)
@@ -12,13 +39,22 @@ fn table(hd: usize, ctx: usize) -> Vec<f32> {
 pub fn check_rope_kv(g: &Gpu, seed: u64) -> Result<(), String> {
     for interleaved in [false, true] {
         for norm in [false, true] {
-            check_rope_kv_mode(g, seed, interleaved, norm)?;
+            check_rope_kv_mode(g, seed, interleaved, norm, false)?;
         }
+    }
+    // An f16 cache takes adjacent pairs only (the GPU weights' layout), and refuses others.
+    for norm in [false, true] {
+        check_rope_kv_mode(g, seed, true, norm, true)?;
+    }
+    let b = poisoned(g, "b", 64);
+    let c = ops::Qkv { qkv: &b, k: &b, v: &b, kv16: true };
+    if ops::rope_kv(g, &b, &b, c, None, (1, 1, 8, 4), false).is_ok() {
+        return Err("rope_kv: an f16 cache with rotate-half pairs was accepted".into());
     }
     Ok(())
 }
 
-pub fn check_rope_kv_mode(g: &Gpu, seed: u64, interleaved: bool, norm: bool) -> Result<(), String> {
+pub fn check_rope_kv_mode(g: &Gpu, seed: u64, interleaved: bool, norm: bool, kv16: bool) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (heads, kvh, hd, ctx, t, pos0, eps) = (4, 2, 24, 20, 5, 7, 1e-6);
     let stride = (heads + 2 * kvh) * hd;
@@ -43,24 +79,29 @@ pub fn check_rope_kv_mode(g: &Gpu, seed: u64, interleaved: bool, norm: bool) -> 
     let (qb, tb, kc, vc, s, nb) = (
         upload_f32(g, "qkv", &qkv),
         upload_f32(g, "table", &table),
-        poisoned(g, "kc", kvh * ctx * hd),
-        poisoned(g, "vc", kvh * ctx * hd),
+        poisoned_cache(g, "kc", kvh * ctx * hd, kv16),
+        poisoned_cache(g, "vc", kvh * ctx * hd, kv16),
         step(g, t, pos0),
         upload_f32(g, "norm", &nw),
     );
-    let d = ops::rope_kv(g, &s, &tb, (&qb, &kc, &vc), norm.then_some((&nb, eps)), (heads, kvh, hd, ctx), interleaved)
+    let c = ops::Qkv { qkv: &qb, k: &kc, v: &vc, kv16 };
+    let d = ops::rope_kv(g, &s, &tb, c, norm.then_some((&nb, eps)), (heads, kvh, hd, ctx), interleaved)
         .map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     let got = read_f32(g, &qb, t * stride);
     let got_q: Vec<f32> = got.chunks(stride).flat_map(|r| r[..heads * hd].to_vec()).collect();
     close(&format!("rope q interleaved={interleaved} norm={norm}"), &got_q, &q, 1e-5, 1e-5)?;
-    let (gk, gv) = (read_f32(g, &kc, kvh * ctx * hd), read_f32(g, &vc, kvh * ctx * hd));
+    let (gk, gv) = (read_cache(g, &kc, kvh * ctx * hd, kv16), read_cache(g, &vc, kvh * ctx * hd, kv16));
+    let (k, v) = (as_cached(&k, kv16), as_cached(&v, kv16));
+    let (ka, kr) = cache_tol(kv16, 1e-5, 1e-5);
     for tt in 0..t {
         for h in 0..kvh {
             let c = (h * ctx + pos0 + tt) * hd;
             let r = (tt * kvh + h) * hd;
-            close(&format!("rope k cache t={tt} head={h} norm={norm}"), &gk[c..c + hd], &k[r..r + hd], 1e-5, 1e-5)?;
-            close(&format!("v cache t={tt} head={h}"), &gv[c..c + hd], &v[r..r + hd], 0.0, 0.0)?;
+            let what = format!("rope k cache t={tt} head={h} norm={norm} kv16={kv16}");
+            close(&what, &gk[c..c + hd], &k[r..r + hd], ka, kr)?;
+            let (va, vr) = cache_tol(kv16, 0.0, 0.0);
+            close(&format!("v cache t={tt} head={h} kv16={kv16}"), &gv[c..c + hd], &v[r..r + hd], va, vr)?;
         }
     }
     Ok(())
@@ -114,10 +155,15 @@ pub fn check_qkv_rope(g: &Gpu, seed: u64) -> Result<(), String> {
         }
         cpu::rope(&mut q, heads, hd, pos0, &table, true);
         cpu::rope(&mut kk, kvh, hd, pos0, &table, true);
+        // An f16 cache for every other type.
+        let kv16 = i % 2 == 1;
         for split in [false, true] {
             let (xb, tb, s) = (upload_f32(g, "x", &x), upload_f32(g, "table", &table), step(g, t, pos0));
-            let (qb, kc, vc) =
-                (poisoned(g, "qkv", t * stride), poisoned(g, "kc", kvh * ctx * hd), poisoned(g, "vc", kvh * ctx * hd));
+            let (qb, kc, vc) = (
+                poisoned(g, "qkv", t * stride),
+                poisoned_cache(g, "kc", kvh * ctx * hd, kv16),
+                poisoned_cache(g, "vc", kvh * ctx * hd, kv16),
+            );
             let shape = (heads, kvh, hd, ctx);
             let parts: Vec<(GpuWeight, usize, usize)> = if split {
                 // Rows off..off+n of the same random matrix, uploaded on their own.
@@ -136,21 +182,25 @@ pub fn check_qkv_rope(g: &Gpu, seed: u64) -> Result<(), String> {
             let bb = with_bias.then_some(&bb);
             let ds = parts
                 .iter()
-                .map(|(w, n, off)| ops::qkv_rope(g, &s, w, &xb, &tb, (&qb, &kc, &vc), bb, (*n, k, *off), shape))
+                .map(|(w, n, off)| {
+                    let c = ops::Qkv { qkv: &qb, k: &kc, v: &vc, kv16 };
+                    ops::qkv_rope(g, &s, w, &xb, &tb, c, bb, (*n, k, *off), shape)
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             g.run(&ds.iter().collect::<Vec<_>>(), t as u32);
-            let what = format!("qkv_rope {dt:?} split={split} bias={with_bias}");
+            let what = format!("qkv_rope {dt:?} split={split} bias={with_bias} kv16={kv16}");
             let got = read_f32(g, &qb, t * stride);
             let got_q: Vec<f32> = got.chunks(stride).flat_map(|r| r[..qd].to_vec()).collect();
             close(&format!("{what} q"), &got_q, &q, 1e-4, 1e-4)?;
-            let (gk, gv) = (read_f32(g, &kc, kvh * ctx * hd), read_f32(g, &vc, kvh * ctx * hd));
+            let (gk, gv) = (read_cache(g, &kc, kvh * ctx * hd, kv16), read_cache(g, &vc, kvh * ctx * hd, kv16));
+            let (a, r) = cache_tol(kv16, 1e-4, 1e-4);
             for tt in 0..t {
                 for h in 0..kvh {
                     let c = (h * ctx + pos0 + tt) * hd;
-                    let r = (tt * kvh + h) * hd;
-                    close(&format!("{what} k cache t={tt} head={h}"), &gk[c..c + hd], &kk[r..r + hd], 1e-4, 1e-4)?;
-                    close(&format!("{what} v cache t={tt} head={h}"), &gv[c..c + hd], &v[r..r + hd], 1e-4, 1e-4)?;
+                    let rr = (tt * kvh + h) * hd;
+                    close(&format!("{what} k cache t={tt} head={h}"), &gk[c..c + hd], &kk[rr..rr + hd], a, r)?;
+                    close(&format!("{what} v cache t={tt} head={h}"), &gv[c..c + hd], &v[rr..rr + hd], a, r)?;
                 }
             }
         }
@@ -170,6 +220,13 @@ struct Case {
     sinks: Option<wgpu::Buffer>,
     spec: ops::AttnSpec,
     want: Vec<f32>,
+    kv16: bool,
+}
+
+impl Case {
+    fn qkv(&self) -> ops::Qkv<'_> {
+        ops::Qkv { qkv: &self.qkv, k: &self.k, v: &self.v, kv16: self.kv16 }
+    }
 }
 
 fn attention_case(
@@ -179,11 +236,13 @@ fn attention_case(
     (t, pos0): (usize, usize),
     window: Option<usize>,
     sinks: bool,
+    kv16: bool,
 ) -> Case {
     let stride = (heads + 2 * kvh) * hd;
     let qkv = rng.vec(t * stride, 1.0);
-    let kc = rng.vec(kvh * ctx * hd, 1.0);
-    let vc = rng.vec(kvh * ctx * hd, 1.0);
+    // The reference attends over the values the cache holds (rounded to f16 or not).
+    let kc = as_cached(&rng.vec(kvh * ctx * hd, 1.0), kv16);
+    let vc = as_cached(&rng.vec(kvh * ctx * hd, 1.0), kv16);
     // Sinks large enough to take a real share of the softmax; a scale that is not
     // 1/sqrt(d) (Granite's attention multiplier, Gemma's query_pre_attn_scalar).
     let sink = rng.vec(heads, 3.0);
@@ -193,8 +252,9 @@ fn attention_case(
         cpu::attention(&q, (&kc, &vc, ctx), pos0, (heads, kvh, hd), window, scale, sinks.then_some(sink.as_slice()));
     Case {
         qkv: upload_f32(g, "qkv", &qkv),
-        k: upload_f32(g, "k", &kc),
-        v: upload_f32(g, "v", &vc),
+        k: g.storage_init("k", &cache_bytes(&kc, kv16)).expect("upload"),
+        v: g.storage_init("v", &cache_bytes(&vc, kv16)).expect("upload"),
+        kv16,
         out: poisoned(g, "out", t * heads * hd),
         step: step(g, t, pos0),
         sinks: sinks.then(|| upload_f32(g, "sinks", &sink)),
@@ -207,12 +267,12 @@ pub fn check_attention(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     // head_dim 24 (not a power of two), 74 visible keys (more than one 64-key chunk).
     let (heads, kvh, hd, ctx, t, pos0) = (8, 2, 24, 200, 4, 70);
-    for (window, sinks) in [(None, false), (Some(50), false), (None, true), (Some(50), true)] {
-        let c = attention_case(g, &mut rng, (heads, kvh, hd, ctx), (t, pos0), window, sinks);
-        let d = ops::attention(g, &c.step, (&c.qkv, &c.k, &c.v), &c.out, c.sinks.as_ref(), &c.spec)
-            .map_err(|e| e.to_string())?;
+    let cases = [(None, false, false), (Some(50), false, true), (None, true, true), (Some(50), true, false)];
+    for (window, sinks, kv16) in cases {
+        let c = attention_case(g, &mut rng, (heads, kvh, hd, ctx), (t, pos0), window, sinks, kv16);
+        let d = ops::attention(g, &c.step, c.qkv(), &c.out, c.sinks.as_ref(), &c.spec).map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        let what = format!("attention window={window:?} sinks={sinks}");
+        let what = format!("attention window={window:?} sinks={sinks} kv16={kv16}");
         close(&what, &read_f32(g, &c.out, t * heads * hd), &c.want, 1e-5, 1e-4)?;
     }
     Ok(())
@@ -224,19 +284,18 @@ pub fn check_attention_split(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let (heads, kvh, hd, ctx) = (8, 2, 24, 1100);
     let cases = [
-        (3, 1000, None, false),
-        (3, 1000, Some(300), true),
-        (1, 5, None, true),
-        (2, 511, Some(40), false),
+        (3, 1000, None, false, false),
+        (3, 1000, Some(300), true, true),
+        (1, 5, None, true, false),
+        (2, 511, Some(40), false, true),
     ];
-    for (t, pos0, window, sinks) in cases {
-        let c = attention_case(g, &mut rng, (heads, kvh, hd, ctx), (t, pos0), window, sinks);
+    for (t, pos0, window, sinks, kv16) in cases {
+        let c = attention_case(g, &mut rng, (heads, kvh, hd, ctx), (t, pos0), window, sinks, kv16);
         let pb = poisoned(g, "partials", ops::attention_partials_bytes(t, heads, hd, ctx) / 4);
-        let [split, combine] =
-            ops::attention_split(g, &c.step, (&c.qkv, &c.k, &c.v), &pb, &c.out, c.sinks.as_ref(), &c.spec)
-                .map_err(|e| e.to_string())?;
+        let [split, combine] = ops::attention_split(g, &c.step, c.qkv(), &pb, &c.out, c.sinks.as_ref(), &c.spec)
+            .map_err(|e| e.to_string())?;
         g.run_at(&[&split, &combine], t as u32, pos0 as u32);
-        let what = format!("split attention t={t} pos0={pos0} window={window:?} sinks={sinks}");
+        let what = format!("split attention t={t} pos0={pos0} window={window:?} sinks={sinks} kv16={kv16}");
         close(&what, &read_f32(g, &c.out, t * heads * hd), &c.want, 1e-5, 1e-4)?;
     }
     Ok(())

@@ -101,7 +101,7 @@ pub fn qkv_rope(
     w: &GpuWeight,
     x: &Buffer,
     table: &Buffer,
-    (qkv, k_cache, v_cache): (&Buffer, &Buffer, &Buffer),
+    c: Qkv,
     bias: Option<&Buffer>,
     (n, k, y_off): (usize, usize, usize),
     (heads, kv_heads, head_dim, ctx): (usize, usize, usize, usize),
@@ -126,8 +126,9 @@ pub fn qkv_rope(
         ..Default::default()
     };
     let grid = Grid { x: p.n.div_ceil(g.gemv_rows()), y: Rows::PER_TOKEN };
-    let bufs = [step, &w.buf, x, table, qkv, k_cache, v_cache, g.or_dummy(bias)];
-    Ok(g.make(Shader::QkvRope, w.dtype, &p, &bufs, grid)?.reading(w.buf.size()))
+    let bufs = [step, &w.buf, x, table, c.qkv, c.k, c.v, g.or_dummy(bias)];
+    let variant = Variant { kv16: c.kv16, ..w.dtype.into() };
+    Ok(g.make(Shader::QkvRope, variant, &p, &bufs, grid)?.reading(w.buf.size()))
 }
 
 /// Tiled out[T, n] (+)= alpha (X[T, k] · W[n, k]^T + b) (prefill).
@@ -153,11 +154,15 @@ pub fn rope_kv(
     g: &Gpu,
     step: &Buffer,
     table: &Buffer,
-    (qkv, k_cache, v_cache): (&Buffer, &Buffer, &Buffer),
+    c: Qkv,
     norm: Option<(&Buffer, f32)>,
     (heads, kv_heads, head_dim, ctx): (usize, usize, usize, usize),
     interleaved: bool,
 ) -> Result<Dispatch> {
+    if c.kv16 && !interleaved {
+        // A thread writes one rotary pair; packed f16 needs the pair in one word.
+        return Err(Error::gpu("rotary embedding: an f16 KV cache needs adjacent rotary pairs"));
+    }
     let (h, kvh) = (u32_of("heads", heads)?, u32_of("kv heads", kv_heads)?);
     let p = RopeKvParams {
         heads: h,
@@ -170,8 +175,8 @@ pub fn rope_kv(
         ..Default::default()
     };
     let grid = Grid { x: h + kvh, y: Rows::PER_TOKEN };
-    let bufs = [step, table, qkv, k_cache, v_cache, g.or_dummy(norm.map(|n| n.0))];
-    g.make(Shader::RopeKv, DType::F32, &p, &bufs, grid)
+    let bufs = [step, table, c.qkv, c.k, c.v, g.or_dummy(norm.map(|n| n.0))];
+    g.make(Shader::RopeKv, c.variant(), &p, &bufs, grid)
 }
 
 /// RMSNorm over each token's whole q and whole k projection in `qkv`, in place (OLMoE);
@@ -184,6 +189,28 @@ pub fn qk_norm(g: &Gpu, qkv: &Buffer, w: &Buffer, heads: usize, kv_heads: usize,
         eps,
     };
     g.make(Shader::QkNorm, DType::F32, &p, &[qkv, w], Grid { x: 2, y: Rows::PER_TOKEN })
+}
+
+/// What the attention-side kernels read and write: the step's q|k|v rows [T, (H + 2 KVH) d]
+/// and one layer's KV cache, keys and values [KVH, ctx, d] each, stored as f32 or (kv16)
+/// as f16 packed two per u32 (`kv_cache_bytes`).
+#[derive(Clone, Copy)]
+pub struct Qkv<'a> {
+    pub qkv: &'a Buffer,
+    pub k: &'a Buffer,
+    pub v: &'a Buffer,
+    pub kv16: bool,
+}
+
+impl Qkv<'_> {
+    fn variant(&self) -> Variant {
+        Variant { kv16: self.kv16, ..DType::F32.into() }
+    }
+}
+
+/// Bytes of one of a layer's caches (keys or values) for `ctx` positions.
+pub fn kv_cache_bytes(kv_heads: usize, ctx: usize, head_dim: usize, kv16: bool) -> usize {
+    kv_heads * ctx * head_dim * if kv16 { 2 } else { 4 }
 }
 
 /// What both attention kernels need to know about a layer's attention.
@@ -218,14 +245,14 @@ pub fn attention_params(a: &AttnSpec, sinks: bool) -> Result<AttentionParams> {
 pub fn attention(
     g: &Gpu,
     step: &Buffer,
-    (qkv, k_cache, v_cache): (&Buffer, &Buffer, &Buffer),
+    c: Qkv,
     out: &Buffer,
     sinks: Option<&Buffer>,
     a: &AttnSpec,
 ) -> Result<Dispatch> {
     let p = attention_params(a, sinks.is_some())?;
     let grid = Grid { x: p.heads, y: Rows::PER_TOKEN };
-    g.make(Shader::Attention, DType::F32, &p, &[step, qkv, k_cache, v_cache, out, g.or_dummy(sinks)], grid)
+    g.make(Shader::Attention, c.variant(), &p, &[step, c.qkv, c.k, c.v, out, g.or_dummy(sinks)], grid)
 }
 
 /// KV positions per split-K chunk for a cache of `ctx` positions: 256, or more when
@@ -246,7 +273,7 @@ pub fn attention_partials_bytes(rows: usize, heads: usize, head_dim: usize, ctx:
 pub fn attention_split(
     g: &Gpu,
     step: &Buffer,
-    (qkv, k_cache, v_cache): (&Buffer, &Buffer, &Buffer),
+    c: Qkv,
     partials: &Buffer,
     out: &Buffer,
     sinks: Option<&Buffer>,
@@ -260,7 +287,7 @@ pub fn attention_split(
     }
     let p = attention_params(a, sinks.is_some())?;
     let grid = Grid { x: p.heads, y: Rows::PER_TOKEN };
-    let mut split = g.make(Shader::AttentionSplit, DType::F32, &p, &[step, qkv, k_cache, v_cache, partials], grid)?;
+    let mut split = g.make(Shader::AttentionSplit, c.variant(), &p, &[step, c.qkv, c.k, c.v, partials], grid)?;
     split.kv_chunk = p.chunk;
     let combine = g.make(Shader::AttentionCombine, DType::F32, &p, &[step, partials, out, g.or_dummy(sinks)], grid)?;
     Ok([split, combine])
@@ -360,7 +387,7 @@ fn down_params(what: &str, w: &GpuWeight, e: &ExpertSpec, bias: bool, alpha: f32
 }
 
 fn variant(w: &GpuWeight, act: Act) -> Variant {
-    Variant { dtype: w.dtype, act: act.shader_code() }
+    Variant { dtype: w.dtype, act: act.shader_code(), kv16: false }
 }
 
 /// `w`: stacked experts, each its gate (W1) then up (W3) rows, [2 ff, dim]; `bias`
