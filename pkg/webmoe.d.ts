@@ -94,6 +94,27 @@ export interface CompletionStats {
   decodeTokensPerSecond: number | null;
   /** MoE models: per layer, how often each expert was chosen during the completion. */
   expertCounts: number[][];
+  /** MoE models: per MoE layer, routing over this completion's tokens (`webmoe route`'s numbers). */
+  routing: LayerRouting[];
+}
+
+export interface LayerRouting {
+  layer: number;
+  experts: number;
+  k: number;
+  tokens: number;
+  /** How often each expert was chosen. */
+  usage: number[];
+  /** Share of consecutive tokens keeping their first-choice expert, and the same at random (1 / experts). */
+  same_first: number;
+  same_first_random: number;
+  /** The same for independent tokens with this layer's usage (sum of squared first-choice shares). */
+  same_first_independent: number;
+  /** Share of consecutive tokens whose chosen experts overlap, and the same at random. */
+  overlap: number;
+  overlap_random: number;
+  /** Hit rate of a per-layer LRU expert cache of each size from k to all experts, replayed over the completion. */
+  lru: { size: number; hit_rate: number }[];
 }
 
 export interface StoredModel {

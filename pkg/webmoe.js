@@ -292,6 +292,10 @@ class Engine {
         prefillTokensPerSecond: ttft > 0 ? r.prefilled_tokens / ttft : null,
         decodeTokensPerSecond: decode > 0 && r.completion_tokens > 1 ? (r.completion_tokens - 1) / decode : null,
         expertCounts: JSON.parse(await this.#inner.expertCounts()),
+        // Per MoE layer over this request's tokens: expert usage, how often consecutive
+        // tokens kept their first-choice expert (same_first, beside same_first_random) or
+        // shared one (overlap, overlap_random), and LRU hit rates by cache size (lru).
+        routing: r.routing ?? [],
       };
       if (signal?.aborted) throw abortError();
       return r;

@@ -286,6 +286,10 @@ impl WebEngine {
                     _ => return Err(err("give messages, prompt or prompt_ids")),
                 };
                 let opts = req.options(engine.context)?;
+                // This request's routing (the tokens it prefills and generates), read back
+                // with each step's token: no read-back of its own.
+                engine.record_routes(false);
+                engine.record_routes(true);
                 let g = engine
                     .generate(&prompt, &opts, |ev| match (&on_delta, ev) {
                         (Some(f), Event::Text(t)) => {
@@ -295,7 +299,9 @@ impl WebEngine {
                     })
                     .await
                     .map_err(err)?;
+                let routing = engine.record_routes(false).map(|t| t.stats()).unwrap_or_default();
                 Ok(serde_json::json!({
+                    "routing": routing,
                     "text": g.text,
                     "finish_reason": g.finish.as_str(),
                     "prompt_tokens": g.prompt_tokens,

@@ -106,6 +106,14 @@ function showStats() {
     }
     box.append(grid);
   }
+  if (s.routing?.length) {
+    // Locality over the last reply, averaged over MoE layers: what an expert cache lives on.
+    const mean = (f) => s.routing.reduce((a, l) => a + f(l), 0) / s.routing.length;
+    const pct = (x) => `${(100 * x).toFixed(0)}%`;
+    const half = (l) => l.lru.find((c) => c.size >= l.experts / 2)?.hit_rate ?? 0;
+    item('same first expert as the previous token', `${pct(mean((l) => l.same_first))} (random ${pct(mean((l) => l.same_first_random))})`);
+    item('LRU hit rate with half the experts', pct(mean(half)));
+  }
 }
 
 async function load() {

@@ -82,7 +82,11 @@ try {
     try { await engine.logits([1, 999999]); } catch (e) { errors.badToken = String(e.message ?? e); }
     const still = await engine.logits([1, 2]);
     errors.usableAfter = still.length;
-    return { out, errors };
+    // A completion on the learned-routing MoE reports its routing in lastStats.
+    await engine.load(fixtures.find(([n]) => n === 'learned-moe')[1]);
+    const done = await engine.chat.completions.create({ prompt: 'In the beginning was the Word', max_tokens: 8, temperature: 0 });
+    const routing = { usage: done.usage, stats: engine.lastStats };
+    return { out, errors, routing };
   }, fixtures);
 
   console.log(`adapter: ${results.out[0]?.adapter}`);
@@ -98,6 +102,16 @@ try {
   expect(/config\.json.*not found/.test(e.missingModel ?? ''), `missing model rejects: ${e.missingModel}`);
   expect(/token id 999999/.test(e.badToken ?? ''), `bad token rejects: ${e.badToken}`);
   expect(e.usableAfter > 0, 'engine usable after errors');
+  // Every fed token (prompt, and each generated one but the last) routed in each MoE layer,
+  // the trace's usage equal to the router's own counts on the GPU.
+  const { usage, stats } = results.routing;
+  const fed = usage.prompt_tokens + usage.completion_tokens - 1;
+  const r = stats.routing ?? [];
+  const consistent = r.length === 4 && r.every((l, i) => l.tokens === fed &&
+    l.usage.reduce((a, b) => a + b, 0) === fed * l.k && l.usage.every((u, x) => u === stats.expertCounts[i][x]) &&
+    l.lru.length === l.experts - l.k + 1 && l.same_first >= 0 && l.same_first <= 1);
+  expect(consistent, `lastStats.routing: ${r.length} layers over ${fed} tokens, same first ` +
+    r.map((l) => (100 * l.same_first).toFixed(0) + '%').join(' ') + ` (random ${(100 * (r[0]?.same_first_random ?? 0)).toFixed(1)}%)`);
   if (results.out.length !== fixtures.length * 3) { failed = true; console.log('FAIL not every fixture ran'); }
 } finally {
   await browser.close();
