@@ -183,8 +183,9 @@ export async function ensureModel(manifestUrl, { onProgress, signal, concurrency
     } catch (e) {
       loaded -= got;
       if (!isQuota(e)) throw e;
-      const room = Math.min(await available(), s.bytes - 1);
-      throw new StorageQuotaError(total - stored, room, name, e, { file: s.file, bytes: s.bytes });
+      // Built after every worker has stopped (below): shards other workers are still
+      // writing may land, and `needed` must count what is stored then.
+      throw { quota: e, shard: s };
     }
   };
   const lockName = (s) => `webmoe:${name}:${shardUrl(url, s)}`;
@@ -212,6 +213,11 @@ export async function ensureModel(manifestUrl, { onProgress, signal, concurrency
     }
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker));
+  if (failure?.quota) {
+    const { quota: e, shard: s } = failure;
+    const room = Math.min(await available(), s.bytes - 1);
+    throw new StorageQuotaError(total - stored, room, name, e, { file: s.file, bytes: s.bytes });
+  }
   if (failure) throw failure;
   const read = async (i) => {
     const bytes = await store.read(manifest.shards[i]);
