@@ -1,6 +1,7 @@
 // MoE expert down-projection for prefill, grouped by expert (after moe_gemm_gate_up.wgsl):
 //   y[q, n] = W2[e, n] . act[q] (+ b2[e, n])   for q in expert e's segment of the sorted order.
-//   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32.
+//   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE, act: [T*K, F] f32, starts: [E+1], y: [T*K, D] f32,
+//   slot_of: [E] u32 the block holding each expert (NO_SLOT: not computed, rows kept).
 // Tiling: lib/gemm_tile.wgsl; tiles per expert: lib/expert_tiles.wgsl; moe_combine.wgsl then adds the
 // router-weighted rows into the residual stream.
 // Grid: x = ceil(D / 32) (folded), y = ceil(T*K / 32) + E.
@@ -26,6 +27,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> starts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> biases: array<f32>;   // [E, D] (with `bias`)
+@group(0) @binding(6) var<storage, read> slot_of: array<u32>;
 
 const W_ROWS: u32 = TILE;
 
@@ -45,7 +47,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let q0 = my.y;
     let rows = my.z - my.y;
     let f4 = p.ff / 4u;
-    let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
+    let o = WLayout(my.w * p.e_stride, p.s_off, p.h_off);
     let tx = lid % 8u;   // outputs n0 + 4*tx .. +3
     let ty = lid / 8u;   // sorted rows q0 + 4*ty .. +3
     var acc: array<vec4<f32>, 4>;

@@ -3,7 +3,8 @@
 //   t = sorted[q] / K.  Rows of act follow the sorted order.
 //   w: E blocks `e_stride` words apart, each [2F, D] in WDTYPE (the expert's W1 rows, then
 //   its W3 rows), x: [T, D] f32,
-//   sorted: [T*K], starts: [E+1], act: [T*K, F].
+//   sorted: [T*K], starts: [E+1], act: [T*K, F],
+//   slot_of: [E] u32 the block holding each expert (NO_SLOT: not computed, rows kept).
 // Tiling: lib/gemm_tile.wgsl (32x32 outputs, 4x4 per thread of 64), with the gate rows and
 // the up rows staged one above the other (W_ROWS = 64) so one activation slice serves both.
 // Tiles per expert: lib/expert_tiles.wgsl (worst-case grid, spare workgroups exit).
@@ -31,6 +32,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> starts: array<u32>;
 @group(0) @binding(5) var<storage, read_write> act: array<f32>;
 @group(0) @binding(6) var<storage, read> biases: array<f32>;   // [E, 2F] (with `bias`)
+@group(0) @binding(7) var<storage, read> slot_of: array<u32>;
 
 const W_ROWS: u32 = 2u * TILE;   // gate rows, then up rows
 
@@ -47,10 +49,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let e = my.x;
+    let slot = my.w;
     let q0 = my.y;
     let rows = my.z - my.y;
     let d4 = p.dim / 4u;
-    let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
+    let o = WLayout(slot * p.e_stride, p.s_off, p.h_off);
     let up = p.ff * p.dim;   // W3 rows follow the F rows of W1
     let tx = lid % 8u;   // outputs f0 + 4*tx .. +3
     let ty = lid / 8u;   // sorted rows q0 + 4*ty .. +3

@@ -3,7 +3,9 @@
 // (biases only with `bias`).
 //   w: E blocks `e_stride` words apart, each the expert's W2 [D, F] in WDTYPE,
 //   x: [T*K, F] f32 (the experts' SwiGLU activations), ids/weights: [T*K] from the router,
-//   res: [T, D] f32 residual stream (read-modify-write).
+//   res: [T, D] f32 residual stream (read-modify-write),
+//   slot_of: [E] u32 the block holding each expert (NO_SLOT: not computed in this round,
+//   so its share is left out; a paged layer's rounds add the rest).
 // The work split of lib/gemv_rows.wgsl: ROWS rows per workgroup, LANES threads sharing NR
 // rows and splitting F; each thread sums its share over the K experts before the one
 // cross-lane sum.
@@ -31,6 +33,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> res: array<f32>;
 @group(0) @binding(6) var<storage, read> biases: array<f32>;   // [E, D]
+@group(0) @binding(7) var<storage, read> slot_of: array<u32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -47,7 +50,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     var acc = vec4<f32>(0.0);
     for (var s = 0u; s < p.k; s++) {
         let a = t * p.k + s;
-        let o = WLayout(ids[a] * p.e_stride, p.s_off, p.h_off);
+        let slot = slot_of[ids[a]];
+        if (slot == NO_SLOT) {
+            continue;
+        }
+        let o = WLayout(slot * p.e_stride, p.s_off, p.h_off);
         acc += weights[a] * rows_dot(o, rows, a * f4, p.ff, lane);
     }
     let v = lanes_sum(acc, lid);
@@ -59,7 +66,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 if (p.bias != 0u) {
                     for (var s = 0u; s < p.k; s++) {
                         let a = t * p.k + s;
-                        o += weights[a] * biases[ids[a] * p.dim + n];
+                        if (slot_of[ids[a]] != NO_SLOT) {
+                            o += weights[a] * biases[ids[a] * p.dim + n];
+                        }
                     }
                 }
                 res[t * p.dim + n] += p.alpha * o;

@@ -3,7 +3,8 @@
 // (glu: the ACT activation of lib/common.wgsl; biases only with `bias`).
 //   w: E blocks `e_stride` words apart, each one [2F, D] matrix in WDTYPE: the expert's
 //   gate (W1) rows, then its up (W3) rows,
-//   x: [T, D] f32 (normed hidden), ids: [T*K] u32 from the router, act: [T*K, F] f32.
+//   x: [T, D] f32 (normed hidden), ids: [T*K] u32 from the router, act: [T*K, F] f32,
+//   slot_of: [E] u32 the block holding each expert (NO_SLOT: not computed, act rows kept).
 // The work split of lib/gemv_rows.wgsl (ROWS rows per workgroup, LANES threads sharing NR
 // rows and splitting D), with the gate and up rows computed together (rows_dot2) so x is
 // read once for both.
@@ -30,6 +31,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> act: array<f32>;
 @group(0) @binding(5) var<storage, read> biases: array<f32>;
+@group(0) @binding(6) var<storage, read> slot_of: array<u32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -42,8 +44,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let a = wid.y;              // assignment = t * K + s
     let t = a / p.k;
     let e = ids[a];
+    let slot = slot_of[e];
+    if (slot == NO_SLOT) {
+        return;
+    }
     let d4 = p.dim / 4u;
-    let o = WLayout(e * p.e_stride, p.s_off, p.h_off);
+    let o = WLayout(slot * p.e_stride, p.s_off, p.h_off);
     let up = p.ff * p.dim;   // W3 rows follow the F rows of W1
     let lane = lid % LANES;
     let rows = group_rows(f0, p.ff, p.dim, lid);

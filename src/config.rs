@@ -118,7 +118,10 @@ impl ModelConfig {
         }
         // Keys are read as vec4s and rotary pairs need an even size.
         if !self.head_dim.is_multiple_of(4) {
-            return bad(format!("head size {} is not a multiple of 4, which the attention kernels need", self.head_dim));
+            return bad(format!(
+                "head size {} is not a multiple of 4, which the attention kernels need",
+                self.head_dim
+            ));
         }
         if !self.hidden.is_multiple_of(4) {
             return bad(format!("hidden size {} is not a multiple of 4, which the matmul kernels need", self.hidden));
@@ -129,9 +132,11 @@ impl ModelConfig {
         if !(self.eps > 0.0 && self.eps < 1.0) {
             return bad(format!("RMSNorm epsilon {} is not in (0, 1)", self.eps));
         }
-        for (what, v) in
-            [("embedding scale", self.embed_scale), ("residual scale", self.residual_scale), ("logit scale", self.logit_scale)]
-        {
+        for (what, v) in [
+            ("embedding scale", self.embed_scale),
+            ("residual scale", self.residual_scale),
+            ("logit scale", self.logit_scale),
+        ] {
             if !(v.is_finite() && v != 0.0) {
                 return bad(format!("{what} {v} must be a finite, non-zero number"));
             }

@@ -5,8 +5,8 @@
 use crate::config::{ModelConfig, rope_table};
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
-use crate::tensor::DType;
 use crate::model::plan::{Act, FfnPlan, LayerPlan, RopePlan, RouterOrder, RouterPlan};
+use crate::tensor::DType;
 
 /// y[m, n] = sum_k x[m, k] * w[n, k]   (x: [m, k], w: [n, k] as HF Linear stores it)
 pub fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
@@ -345,9 +345,12 @@ impl CpuModel {
                 post_norms: m.post_norms(li)?,
                 router: m.router(li)?,
                 experts: (0..m.ffn_shape(li).0).map(expert).collect::<Result<_>>()?,
-                shared: m
-                    .shared_expert(li)?
-                    .map(|[w1, w3, w2]| Expert { w1: w1.to_f32(), w2: w2.to_f32(), w3: w3.to_f32(), bias: None }),
+                shared: m.shared_expert(li)?.map(|[w1, w3, w2]| Expert {
+                    w1: w1.to_f32(),
+                    w2: w2.to_f32(),
+                    w3: w3.to_f32(),
+                    bias: None,
+                }),
                 shared_gate: m.shared_gate(li)?,
                 rope,
                 plan,

@@ -9,6 +9,7 @@ use crate::cpu::{CpuModel, argmax};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::model::{GpuModel, MAX_CHUNK, Pred, Want};
+use crate::gpu::paging::{PagingStats, Residency};
 use crate::model::{ModelFiles, Progress};
 use crate::pack::PackedModel;
 use crate::platform::ModelSource;
@@ -40,6 +41,9 @@ pub struct EngineOptions {
     /// The KV cache's storage: F32, or F16 (half the memory; keys and values rounded to
     /// f16 as they are written, on the GPU and in the CPU reference alike).
     pub kv: DType,
+    /// How many experts stay on the GPU (all by default): slots per MoE layer, a GPU byte
+    /// budget, the victim policy and lookahead prefetch (src/gpu/paging.rs). GPU only.
+    pub residency: Residency,
     /// Told about quantizing and uploading (reading is the source's to report).
     pub progress: Option<Progress>,
 }
@@ -52,6 +56,7 @@ impl Default for EngineOptions {
             prefill_chunk: MAX_CHUNK,
             quant: None,
             kv: DType::F32,
+            residency: Residency::default(),
             progress: None,
         }
     }
@@ -198,7 +203,9 @@ impl Engine {
                     Some(g) => g,
                     None => Arc::new(Gpu::new().await?),
                 };
-                Backend::Gpu(Box::new(GpuModel::new(gpu, weights, context, opts.kv, opts.progress.as_ref()).await?))
+                Backend::Gpu(Box::new(
+                    GpuModel::new(gpu, weights, (context, opts.kv), &opts.residency, opts.progress.as_ref()).await?,
+                ))
             }
         };
         Ok(Engine { backend, opts, vocab: cfg.vocab, context, tokenizer, template, cached: Vec::new(), cfg })
@@ -298,6 +305,15 @@ impl Engine {
         match &mut self.backend {
             Backend::Gpu(m) => m.routes.as_mut(),
             Backend::Cpu(m) => m.routes.as_mut(),
+        }
+    }
+
+    /// Expert paging's counters since the last call (hits, uploads, host-sync time,
+    /// prefetch recall), then zeroed; None when every expert is resident or on the CPU.
+    pub fn take_paging_stats(&mut self) -> Option<PagingStats> {
+        match &mut self.backend {
+            Backend::Gpu(m) if m.is_paged() => Some(std::mem::take(&mut m.paging)),
+            _ => None,
         }
     }
 

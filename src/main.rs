@@ -74,6 +74,42 @@ struct ModelArgs {
     /// KV cache storage: f32, or f16 (half the memory, keys and values rounded to f16)
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     kv: String,
+    /// Experts kept on the GPU per MoE layer (at least top-k); the rest are uploaded from
+    /// host memory when the router asks for them
+    #[arg(long)]
+    resident_experts: Option<usize>,
+    /// GPU bytes the model may allocate (suffixes K, M, G): the skeleton, then the KV
+    /// cache, then as many experts per layer as fit
+    #[arg(long, value_parser = parse_bytes)]
+    gpu_memory: Option<u64>,
+    /// Which resident expert gives way: lru, lfu, pinned:N (the N most used stay), none
+    #[arg(long, default_value = "lru", value_parser = |s: &str| webmoe::gpu::paging::Policy::parse(s).map_err(|e| e.to_string()))]
+    expert_policy: webmoe::gpu::paging::Policy,
+    /// Predict the next layer's experts from this layer's residual and upload them early
+    #[arg(long)]
+    prefetch: bool,
+}
+
+/// "123", "64K", "512M", "2G" (binary multiples).
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("'{s}': expected bytes with an optional K, M or G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("'{s}': expected bytes with an optional K, M or G"))?;
+    if !(n.is_finite() && n >= 0.0) {
+        return Err(format!("'{s}': expected a non-negative size"));
+    }
+    Ok((n * mul as f64) as u64)
 }
 
 #[derive(Args)]
@@ -282,6 +318,12 @@ fn open(a: &ModelArgs) -> Result<Engine> {
         prefill_chunk: a.prefill_chunk,
         quant: a.quant.map(QuantArg::dtype),
         kv: if a.kv == "f16" { DType::F16 } else { DType::F32 },
+        residency: webmoe::gpu::paging::Residency {
+            experts: a.resident_experts,
+            gpu_memory: a.gpu_memory,
+            policy: a.expert_policy,
+            prefetch: a.prefetch,
+        },
         progress: Some(progress.clone()),
     };
     let engine = block_on(Engine::load(&DirSource::new(&a.model).with_progress(progress), opts, None));

@@ -441,8 +441,14 @@ pub fn layout_bytes(dtype: DType, elements: u64) -> Option<(u64, u64, u64)> {
 /// A matrix of `rows` x `cols` in the GPU layout (one expert) cut into row ranges of at
 /// most `max_bytes` each, for tables larger than one storage binding (a 262k-token
 /// embedding): (the range's buffer, its first row, its row count).
-pub fn split_rows(b: &PackedBuffer, rows: usize, cols: usize, max_bytes: usize) -> Result<Vec<(PackedBuffer, usize, usize)>> {
-    let (elems, q, h, s) = region_bytes(b.dtype).ok_or_else(|| Error::input(format!("{} has no layout", b.dtype.name())))?;
+pub fn split_rows(
+    b: &PackedBuffer,
+    rows: usize,
+    cols: usize,
+    max_bytes: usize,
+) -> Result<Vec<(PackedBuffer, usize, usize)>> {
+    let (elems, q, h, s) =
+        region_bytes(b.dtype).ok_or_else(|| Error::input(format!("{} has no layout", b.dtype.name())))?;
     if b.experts != 1 || !cols.is_multiple_of(elems) {
         return Err(Error::input(format!("cannot split a {} matrix of {rows}x{cols} by rows", b.dtype.name())));
     }
@@ -536,7 +542,8 @@ pub fn repack(dtype: DType, bytes: &[u8]) -> Packed {
             for b in bytes.chunks_exact(84) {
                 p.scales.extend_from_slice(&b[..16]);
                 p.scales.extend_from_slice(&b[80..84]);
-                p.quants.extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | (q2(&b[16..80], 4 * j + k) << (2 * k)))));
+                p.quants
+                    .extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | (q2(&b[16..80], 4 * j + k) << (2 * k)))));
             }
         }
         DType::Q3K => {
@@ -544,8 +551,11 @@ pub fn repack(dtype: DType, bytes: &[u8]) -> Packed {
                 p.scales.extend((0..16).map(|j| q3k_scale(&b[96..108], j) as u8));
                 p.scales.extend_from_slice(&b[108..110]);
                 p.scales.extend([0, 0]);
-                p.quants.extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | (q2(&b[32..96], 4 * j + k) << (2 * k)))));
-                p.high.extend((0..32).map(|j| (0..8).fold(0u8, |acc, k| acc | (((b[(8 * j + k) % 32] >> ((8 * j + k) / 32)) & 1) << k))));
+                p.quants
+                    .extend((0..64).map(|j| (0..4).fold(0u8, |acc, k| acc | (q2(&b[32..96], 4 * j + k) << (2 * k)))));
+                p.high.extend((0..32).map(|j| {
+                    (0..8).fold(0u8, |acc, k| acc | (((b[(8 * j + k) % 32] >> ((8 * j + k) / 32)) & 1) << k))
+                }));
             }
         }
         DType::IQ4XS => {

@@ -47,7 +47,9 @@ impl RouteTrace {
             .plan
             .iter()
             .enumerate()
-            .filter_map(|(layer, l)| l.moe().map(|m| LayerRoutes { layer, experts: m.experts, k: m.top_k, ids: Vec::new() }))
+            .filter_map(|(layer, l)| {
+                l.moe().map(|m| LayerRoutes { layer, experts: m.experts, k: m.top_k, ids: Vec::new() })
+            })
             .collect();
         RouteTrace { layers, starts: Vec::new() }
     }
@@ -196,7 +198,8 @@ pub fn lru_hit_rate(l: &LayerRoutes, size: usize) -> f64 {
                 hits += 1;
             } else {
                 // A full cache of at least k experts holds one this token does not need.
-                let victim = (0..l.experts).filter(|&v| resident[v] && !ids.contains(&(v as u32))).min_by_key(|&v| last[v]);
+                let victim =
+                    (0..l.experts).filter(|&v| resident[v] && !ids.contains(&(v as u32))).min_by_key(|&v| last[v]);
                 if let (true, Some(v)) = (held >= size.max(l.k), victim) {
                     resident[v] = false;
                     held -= 1;
@@ -221,7 +224,8 @@ pub fn table(stats: &[LayerStats]) -> String {
          and independent tokens with the layer's own usage",
         first.tokens, first.k
     );
-    let _ = writeln!(s, "layer  same first (random, indep.)   overlap (random)   usage min..max   LRU hit rate by size");
+    let _ =
+        writeln!(s, "layer  same first (random, indep.)   overlap (random)   usage min..max   LRU hit rate by size");
     for l in stats {
         let (lo, hi) = (l.usage.iter().min().copied().unwrap_or(0), l.usage.iter().max().copied().unwrap_or(0));
         let lru: Vec<String> = l.lru.iter().map(|c| format!("{}:{:.0}%", c.size, 100.0 * c.hit_rate)).collect();

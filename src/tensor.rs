@@ -40,11 +40,10 @@ pub enum DType {
 
 impl DType {
     /// The storage types weights can have, as `name` spells them (for error messages).
-    pub const SUPPORTED: &'static [&'static str] =
-        &[
-            "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-            "IQ4_NL", "IQ4_XS", "MXFP4",
-        ];
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+        "IQ4_XS", "MXFP4",
+    ];
 
     /// Every supported type, in `SUPPORTED`'s order.
     pub const ALL: &'static [DType] = &[

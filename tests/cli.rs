@@ -136,7 +136,14 @@ fn perplexity_prints_one_json_object() {
     let line = "In the beginning God created the heaven and the earth. And the earth was without form.\n";
     std::fs::write(&text, line.repeat(12)).unwrap();
     let out = webmoe(&[
-        "perplexity", "--model", model.to_str().unwrap(), "--file", text.to_str().unwrap(), "--context", "32", "--json",
+        "perplexity",
+        "--model",
+        model.to_str().unwrap(),
+        "--file",
+        text.to_str().unwrap(),
+        "--context",
+        "32",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
@@ -146,8 +153,19 @@ fn perplexity_prints_one_json_object() {
     let p = v["perplexity"].as_f64().unwrap();
     assert!(p.is_finite() && p > 1.0 && v["plus_minus"].as_f64().unwrap() > 0.0, "{v}");
     std::fs::write(&text, line).unwrap();
-    let out = webmoe(&["perplexity", "--model", model.to_str().unwrap(), "--file", text.to_str().unwrap(), "--context", "32"]);
+    let out = webmoe(&[
+        "perplexity",
+        "--model",
+        model.to_str().unwrap(),
+        "--file",
+        text.to_str().unwrap(),
+        "--context",
+        "32",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or("");
-    assert!(!out.status.success() && last.starts_with("webmoe: error: ") && last.contains("needs at least 64"), "{err}");
+    assert!(
+        !out.status.success() && last.starts_with("webmoe: error: ") && last.contains("needs at least 64"),
+        "{err}"
+    );
 }

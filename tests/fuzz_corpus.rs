@@ -69,8 +69,10 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             .collect(),
         "tokenizer_json" => {
             let hf = fixtures_dir().join("tokenizers/hf-spm");
-            let mut v =
-                vec![("hf-spm".into(), join(&read(&hf.join("tokenizer.json")), &read(&hf.join("tokenizer_config.json"))))];
+            let mut v = vec![(
+                "hf-spm".into(),
+                join(&read(&hf.join("tokenizer.json")), &read(&hf.join("tokenizer_config.json"))),
+            )];
             for g in ["bpe-smollm2.gguf", "spm-llama.gguf"] {
                 v.push((g.replace(".gguf", ".json"), tokenizer(g).to_spec().unwrap().json.into_bytes()));
             }

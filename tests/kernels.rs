@@ -147,7 +147,10 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
             ("g[p.g_off + i]", "g[i]"),
             ("b[base + i] = 0.0;", ""),
             ("p.alpha * (", "("),
-            ("for (var i = lid; i < p.dim; i += WG) {\n        y[", "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y["),
+            (
+                "for (var i = lid; i < p.dim; i += WG) {\n        y[",
+                "for (var i = lid; i + 1u < p.dim; i += WG) {\n        y[",
+            ),
         ],
     ),
     (
@@ -174,8 +177,14 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
         &[
             ("v_cache[ci + 1u] = bitcast<u32>(b);", "v_cache[ci + 1u] = bitcast<u32>(a);"),
             ("b += biases[col + 1u];", "b += biases[col];"),
-            ("k_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));", "k_cache[ci / 2u] = pack2x16float(vec2<f32>(b, a));"),
-            ("v_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));", "v_cache[ci / 2u] = pack2x16float(vec2<f32>(a, a));"),
+            (
+                "k_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));",
+                "k_cache[ci / 2u] = pack2x16float(vec2<f32>(b, a));",
+            ),
+            (
+                "v_cache[ci / 2u] = pack2x16float(vec2<f32>(a, b));",
+                "v_cache[ci / 2u] = pack2x16float(vec2<f32>(a, a));",
+            ),
         ],
     ),
     (
@@ -212,7 +221,10 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
         check_attention_split,
         &[
             ("let hi = min(pos + 1u, (s + 1u) * p.chunk);", "let hi = min(pos, (s + 1u) * p.chunk);"),
-            ("vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y))", "vec4<f32>(unpack2x16float(w.y), unpack2x16float(w.x))"),
+            (
+                "vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y))",
+                "vec4<f32>(unpack2x16float(w.y), unpack2x16float(w.x))",
+            ),
             ("return unpack2x16float(v_cache[i / 2u])[i % 2u];", "return unpack2x16float(v_cache[i / 2u])[1u];"),
         ],
     ),
@@ -269,7 +281,10 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
     (
         Shader::MoeGemmDown,
         check_moe_gemm_down,
-        &[("if (r < rows && n < p.dim) {", "if (r + 1u < rows && n < p.dim) {"), ("o += biases[e * p.dim + n];", "o += biases[n];")],
+        &[
+            ("if (r < rows && n < p.dim) {", "if (r + 1u < rows && n < p.dim) {"),
+            ("o += biases[e * p.dim + n];", "o += biases[n];"),
+        ],
     ),
     (
         Shader::MoeCombine,
@@ -480,7 +495,10 @@ const WEIGHT_MUTATIONS: &[(&str, Check, Mutations)] = &[
                 "if (WDTYPE == DT_Q5_1) {\n                let dm = unpack2x16float(wu(s0 + (i >> 5u)));\n                return dm.x * qx + dm.y * sx;",
                 "if (WDTYPE == DT_Q5_1) {\n                let dm = unpack2x16float(wu(s0 + (i >> 5u)));\n                return dm.x * qx;",
             ),
-            ("return unpack2x16float(wu(s0 + (i >> 6u)))[(i >> 5u) & 1u] * qx;", "return unpack2x16float(wu(s0 + (i >> 6u)))[0u] * qx;"),
+            (
+                "return unpack2x16float(wu(s0 + (i >> 6u)))[(i >> 5u) & 1u] * qx;",
+                "return unpack2x16float(wu(s0 + (i >> 6u)))[0u] * qx;",
+            ),
             ("scale_byte(base + 1u, (i >> 5u) & 7u))) * qx;", "scale_byte(base + 1u, (i >> 5u) & 3u))) * qx;"),
         ],
     ),
@@ -489,12 +507,24 @@ const WEIGHT_MUTATIONS: &[(&str, Check, Mutations)] = &[
         check_gemm,
         &[
             ("return d * (q - vec4<f32>(16.0));", "return d * (q - vec4<f32>(15.0));"),
-            ("// Q5_1: d * q + m\n            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u)) + 16.0", "// Q5_1: d * q + m\n            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u)) + 8.0"),
+            (
+                "// Q5_1: d * q + m\n            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u)) + 16.0",
+                "// Q5_1: d * q + m\n            let q = nibbles4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u)) + 8.0",
+            ),
             ("q += 16.0 * high1(l, i);", "q += 8.0 * high1(l, i);"),
-            ("return (dd.x * f32(sc & 15u)) * q - vec4<f32>(dd.y * f32(sc >> 4u));", "return (dd.x * f32(sc & 15u)) * q;"),
+            (
+                "return (dd.x * f32(sc & 15u)) * q - vec4<f32>(dd.y * f32(sc >> 4u));",
+                "return (dd.x * f32(sc & 15u)) * q;",
+            ),
             ("+ 4.0 * high1(l, i) - vec4<f32>(4.0);", "- vec4<f32>(4.0);"),
-            ("// IQ4_NL: d * level[q]\n            let q = iq4nl4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u));", "// IQ4_NL: d * level[q]\n            let q = iq4nl4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 2u));"),
-            ("let base = s0 + (i >> 8u) * 3u;\n            let d =", "let base = s0 + (i >> 8u) * 2u;\n            let d ="),
+            (
+                "// IQ4_NL: d * level[q]\n            let q = iq4nl4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 4u));",
+                "// IQ4_NL: d * level[q]\n            let q = iq4nl4(wu(q0 + (i >> 3u)) >> ((i & 4u) * 2u));",
+            ),
+            (
+                "let base = s0 + (i >> 8u) * 3u;\n            let d =",
+                "let base = s0 + (i >> 8u) * 2u;\n            let d =",
+            ),
             ("0x26190D01u", "0x26190E01u"),
         ],
     ),

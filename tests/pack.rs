@@ -137,11 +137,14 @@ fn hostile_manifests_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let m = write_packed(&fixtures_dir().join("mixtral-e4-top1-mha"), tmp.path(), 1 << 20);
     let clean = serde_json::to_value(&m).unwrap();
-    let find = |v: &Value, slot: &str| {
-        v["tensors"].as_array().unwrap().iter().position(|t| t["slot"] == slot).expect(slot)
-    };
-    let (qkv, wo, norm, up) =
-        (find(&clean, "layer.0.qkv"), find(&clean, "layer.0.wo"), find(&clean, "layer.0.attn_norm"), find(&clean, "layer.0.experts.gate_up"));
+    let find =
+        |v: &Value, slot: &str| v["tensors"].as_array().unwrap().iter().position(|t| t["slot"] == slot).expect(slot);
+    let (qkv, wo, norm, up) = (
+        find(&clean, "layer.0.qkv"),
+        find(&clean, "layer.0.wo"),
+        find(&clean, "layer.0.attn_norm"),
+        find(&clean, "layer.0.experts.gate_up"),
+    );
     type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Edit, &[&str])> = vec![
         ("\"heads\": 0", Box::new(|v| v["config"]["heads"] = json!(0)), &["attention heads = 0 is out of range"]),
@@ -154,18 +157,30 @@ fn hostile_manifests_are_refused_by_name() {
             }),
             &["layer 0", "9 experts per token, but only 4 experts"],
         ),
-        ("\"layers\": 4000000000", Box::new(|v| v["config"]["layers"] = json!(4_000_000_000u64)), &["layers = 4000000000 is out of range"]),
+        (
+            "\"layers\": 4000000000",
+            Box::new(|v| v["config"]["layers"] = json!(4_000_000_000u64)),
+            &["layers = 4000000000 is out of range"],
+        ),
         (
             "overlapping pieces",
-            Box::new(move |v| v["tensors"][wo]["pieces"][0]["offset"] = v["tensors"][qkv]["pieces"][0]["offset"].clone()),
+            Box::new(move |v| {
+                v["tensors"][wo]["pieces"][0]["offset"] = v["tensors"][qkv]["pieces"][0]["offset"].clone()
+            }),
             &["tensors layer.0.wo and layer.0.qkv overlap in shard-00000.bin"],
         ),
         (
             "piece outside its shard",
-            Box::new(move |v| v["tensors"][wo]["pieces"][0]["offset"] = json!(v["shards"][0]["bytes"].as_u64().unwrap() - 8)),
+            Box::new(move |v| {
+                v["tensors"][wo]["pieces"][0]["offset"] = json!(v["shards"][0]["bytes"].as_u64().unwrap() - 8)
+            }),
             &["layer.0.wo", "runs past"],
         ),
-        ("unknown dtype", Box::new(move |v| v["tensors"][wo]["dtype"] = json!("Q9_K")), &["unknown storage type 'Q9_K'"]),
+        (
+            "unknown dtype",
+            Box::new(move |v| v["tensors"][wo]["dtype"] = json!("Q9_K")),
+            &["unknown storage type 'Q9_K'"],
+        ),
         (
             "slot holding another slot's bytes",
             Box::new(move |v| {
@@ -174,7 +189,11 @@ fn hostile_manifests_are_refused_by_name() {
             }),
             &["layer.0.wo", "not the 16384 bytes", "4096 F32 values the config implies"],
         ),
-        ("norm weights not f32", Box::new(move |v| v["tensors"][norm]["dtype"] = json!("F16")), &["layer.0.attn_norm", "is F16, not F32"]),
+        (
+            "norm weights not f32",
+            Box::new(move |v| v["tensors"][norm]["dtype"] = json!("F16")),
+            &["layer.0.attn_norm", "is F16, not F32"],
+        ),
         (
             "fewer experts than the config",
             Box::new(move |v| {
@@ -189,14 +208,29 @@ fn hostile_manifests_are_refused_by_name() {
             }),
             &["layer.0.experts.gate_up", "holds 2 experts, the config says 4"],
         ),
-        ("a layer the model lacks", Box::new(move |v| v["tensors"][norm]["slot"] = json!("layer.7.attn_norm")), &["layer.7.attn_norm", "has no such tensor"]),
-        ("a slot listed twice", Box::new(move |v| v["tensors"][norm]["slot"] = json!("layer.0.ffn_norm")), &["layer.0.ffn_norm: listed twice"]),
-        ("total_bytes lies", Box::new(|v| v["total_bytes"] = json!(1u64 << 50)), &["total_bytes 1125899906842624 is not the sum"]),
+        (
+            "a layer the model lacks",
+            Box::new(move |v| v["tensors"][norm]["slot"] = json!("layer.7.attn_norm")),
+            &["layer.7.attn_norm", "has no such tensor"],
+        ),
+        (
+            "a slot listed twice",
+            Box::new(move |v| v["tensors"][norm]["slot"] = json!("layer.0.ffn_norm")),
+            &["layer.0.ffn_norm: listed twice"],
+        ),
+        (
+            "total_bytes lies",
+            Box::new(|v| v["total_bytes"] = json!(1u64 << 50)),
+            &["total_bytes 1125899906842624 is not the sum"],
+        ),
     ];
     for (what, edit, want) in &cases {
         let mut v = clean.clone();
         edit(&mut v);
-        let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).err().unwrap_or_else(|| panic!("{what}: accepted")).to_string();
+        let err = Manifest::parse(&serde_json::to_vec(&v).unwrap())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"))
+            .to_string();
         println!("| {what} | {err} |");
         for w in *want {
             assert!(err.contains(w), "{what}: {err:?} lacks {w:?}");

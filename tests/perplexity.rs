@@ -34,7 +34,11 @@ fn one_window_matches_transformers_logits() {
         assert_eq!((got.windows, got.scored, got.tokens, got.context), (1, n, r.tokens.len(), ctx));
         assert_eq!(seen, vec![(1, 1)]);
         assert!((got.perplexity - want).abs() < 1e-4 * want, "{device:?}: {} vs {want}", got.perplexity);
-        assert!((got.plus_minus - want_pm).abs() < 1e-3 * want_pm.max(1e-6), "{device:?}: ± {} vs {want_pm}", got.plus_minus);
+        assert!(
+            (got.plus_minus - want_pm).abs() < 1e-3 * want_pm.max(1e-6),
+            "{device:?}: ± {} vs {want_pm}",
+            got.plus_minus
+        );
         // Both windows: the second runs as a fresh sequence (its own first token).
         let both = block_on(perplexity(&mut e, &r.tokens, ctx, None, |_, _, _| {})).unwrap();
         assert_eq!((both.windows, both.scored), (2, 2 * n));

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use webmoe::chat::Message;
 use webmoe::engine::{Device, Engine, EngineOptions, GenerateOptions};
-use webmoe::tensor::DType;
 use webmoe::platform::{DirSource, block_on};
+use webmoe::tensor::DType;
 
 /// Logit tolerance. Both sides compute in f32 from bit-identical dequantized weights
 /// (tests/quant.rs), so they differ only by summation order and fused multiply-adds: about
@@ -92,7 +92,8 @@ fn f16_kv_cache_keeps_the_answer() {
         let opts = EngineOptions { kv, ..Default::default() };
         let mut e = block_on(Engine::load(&DirSource::new(&model), opts, None)).expect("load");
         let ids = e.encode_chat(&[Message::new("user", q)]).unwrap();
-        let g = block_on(e.generate(&ids, &GenerateOptions { max_tokens: 64, ..Default::default() }, |_| true)).unwrap();
+        let g =
+            block_on(e.generate(&ids, &GenerateOptions { max_tokens: 64, ..Default::default() }, |_| true)).unwrap();
         assert_eq!(g.text, r["answer"].as_str().unwrap(), "{kv:?} KV cache: greedy answer");
         logits.push(block_on(e.logits(&ids)).unwrap());
     }
@@ -144,8 +145,12 @@ fn tokenizer_splits_like_llama_cpp() {
     let Some(model) = smollm2() else { return };
     let r: Value =
         serde_json::from_slice(&std::fs::read(fixtures_dir().join("smollm2/llama_tokenize.json")).unwrap()).unwrap();
-    let e = block_on(Engine::load(&DirSource::new(&model), EngineOptions { device: Device::Cpu, ..Default::default() }, None))
-        .expect("load");
+    let e = block_on(Engine::load(
+        &DirSource::new(&model),
+        EngineOptions { device: Device::Cpu, ..Default::default() },
+        None,
+    ))
+    .expect("load");
     for case in r["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(e.encode(text).unwrap(), u32s(&case["ids"]), "{:?}", &text[..text.len().min(60)]);

@@ -229,7 +229,11 @@ fn hostile_chat_templates_hit_limits() {
         ("recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
         ("string blow-up", "{% for i in range(100) %}{{ 'x' * 50000000 }}{% endfor %}", "limit of"),
         ("huge repeat", "{{ 'x' * 1000000000 }}", "too large"),
-        ("growing string", "{% set s = namespace(v='') %}{% for i in range(9999) %}{% for j in range(9999) %}{% set s.v = s.v ~ 'x' %}{% endfor %}{% endfor %}", "fuel"),
+        (
+            "growing string",
+            "{% set s = namespace(v='') %}{% for i in range(9999) %}{% for j in range(9999) %}{% set s.v = s.v ~ 'x' %}{% endfor %}{% endfor %}",
+            "fuel",
+        ),
     ];
     for (what, src, want) in cases {
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();

@@ -21,6 +21,11 @@ override WDTYPE: u32 = 0u;
 // two per word with pack2x16float (low half first). Caches are bound as u32 words either way.
 override KVF16: u32 = 0u;
 
+// Expert slot tables (the expert kernels' slot_of: [E] u32): where expert e's weights sit
+// in the layer's pool of slots, or NO_SLOT when it is not resident (or not computed in this
+// round of a paged layer, src/gpu/paging.rs): its rows are then left as they are.
+const NO_SLOT: u32 = 0xffffffffu;
+
 // Two 16-bit weights packed in one little-endian word.
 fn half2(u: u32) -> vec2<f32> {
     if (WDTYPE == DT_BF16) {

@@ -62,7 +62,10 @@ pub fn route(model: ModelArgs, file: &Path, max_tokens: Option<usize>, json: boo
     let stats = trace.stats();
     let windows = trace.starts.len() + 1;
     if json {
-        println!("{}", serde_json::json!({ "tokens": tokens.len(), "windows": windows, "window": window, "layers": stats }));
+        println!(
+            "{}",
+            serde_json::json!({ "tokens": tokens.len(), "windows": windows, "window": window, "layers": stats })
+        );
     } else {
         println!("{}: {} tokens in {windows} windows of up to {window}", file.display(), tokens.len());
         print!("{}", webmoe::route::table(&stats));

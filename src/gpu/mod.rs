@@ -2,7 +2,9 @@
 //! did not fit, read-back, and the WGSL kernels (`kernels`) composed into a model (`model`).
 
 pub mod kernels;
+mod layers;
 pub mod model;
+pub mod paging;
 pub mod params;
 pub mod program;
 

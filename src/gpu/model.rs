@@ -6,6 +6,7 @@
 
 use super::Gpu;
 use super::kernels::Dispatch;
+use super::paging::{PagedLayer, PagingStats, Residency};
 use super::program::Programs;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -47,6 +48,17 @@ pub struct GpuModel {
     _buffers: Vec<Buffer>,
     /// Bytes of weights uploaded.
     pub weight_bytes: u64,
+    /// GPU bytes the model allocated, as `Gpu::allocations` counts them.
+    pub gpu_bytes: u64,
+    /// Paged MoE layers (empty when every expert is resident), their ids read-back, the
+    /// residency asked for, the counters, each paged layer's prediction for the current
+    /// step (lookahead), and the step count that orders uses for LRU.
+    paged: Vec<PagedLayer>,
+    page_staging: Option<Buffer>,
+    residency: Residency,
+    pub paging: PagingStats,
+    predictions: Vec<Option<Vec<u32>>>,
+    tick: u64,
     /// The token id the last argmax left in the token buffer, not yet fed.
     on_gpu: Option<u32>,
 }
@@ -89,16 +101,17 @@ impl Path {
 impl GpuModel {
     /// Uploads the model and prepares every dispatch. `ctx` is the KV cache length.
     /// `kv`: the KV cache's storage, F32 or F16 (packed two per u32).
+    /// `res`: how many experts stay on the GPU (all by default; src/gpu/paging.rs).
     pub async fn new(
         gpu: Arc<Gpu>,
         src: &dyn WeightSource,
-        ctx: usize,
-        kv: DType,
+        (ctx, kv): (usize, DType),
+        res: &Residency,
         progress: Option<&Progress>,
     ) -> Result<Self> {
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::build(gpu.clone(), src, ctx, kv, progress);
+        let built = Self::build(gpu.clone(), src, (ctx, kv), res, progress);
         let oom_err = oom.pop().await;
         let val_err = validation.pop().await;
         let model = built?;
@@ -111,8 +124,14 @@ impl GpuModel {
         Ok(model)
     }
 
-    fn build(gpu: Arc<Gpu>, src: &dyn WeightSource, ctx: usize, kv: DType, progress: Option<&Progress>) -> Result<Self> {
-        let b = super::program::build(&gpu, src, ctx, kv, progress)?;
+    fn build(
+        gpu: Arc<Gpu>,
+        src: &dyn WeightSource,
+        (ctx, kv): (usize, DType),
+        res: &Residency,
+        progress: Option<&Progress>,
+    ) -> Result<Self> {
+        let b = super::program::build(&gpu, src, (ctx, kv), res, progress)?;
         Ok(GpuModel {
             cfg: src.config().clone(),
             ctx,
@@ -130,8 +149,25 @@ impl GpuModel {
             on_gpu: None,
             _buffers: b.buffers,
             weight_bytes: b.weight_bytes,
+            gpu_bytes: b.counted_bytes,
+            predictions: vec![None; b.paged.len()],
+            paged: b.paged,
+            page_staging: b.page_staging,
+            residency: res.clone(),
+            paging: PagingStats::default(),
+            tick: 0,
             gpu,
         })
+    }
+
+    /// Whether some MoE layer keeps fewer experts on the GPU than it has.
+    pub fn is_paged(&self) -> bool {
+        !self.paged.is_empty()
+    }
+
+    /// Slots per paged layer ((plan layer, slots, experts)).
+    pub fn residency(&self) -> Vec<(usize, usize, usize)> {
+        self.paged.iter().map(|p| (p.layer, p.slots, p.experts)).collect()
     }
 
     pub fn reset(&mut self) {
@@ -179,12 +215,12 @@ impl GpuModel {
     /// Records and submits one step of `n` rows: the body for `path`, then `head`, then a
     /// copy of what the caller reads back into the staging buffer. `tokens`, if given, are
     /// uploaded first; otherwise the token buffer already holds the previous argmax.
-    fn submit_step(&self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head) -> Readback {
+    /// `from`: the first body dispatch to record (a paged step has run those before it).
+    fn submit_step(&self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head, from: usize) -> Readback {
         let g = &self.gpu;
-        if let Some(t) = tokens {
-            g.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(t));
+        if from == 0 {
+            self.write_step(tokens, n);
         }
-        g.queue.write_buffer(&self.step, 0, bytemuck::cast_slice(&[n as u32, self.pos as u32, 0, 0]));
         let p = &self.programs;
         let body = match path {
             Path::Prefill => &p.body_prefill,
@@ -206,7 +242,7 @@ impl GpuModel {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let max = g.limits.max_compute_workgroups_per_dimension;
-            for d in body.iter().chain(head).chain(argmax.then_some(&p.argmax)) {
+            for d in body[from..].iter().chain(head).chain(argmax.then_some(&p.argmax)) {
                 d.encode(&mut pass, n as u32, self.pos as u32, max);
             }
         }
@@ -230,6 +266,94 @@ impl GpuModel {
         Readback { n, trace, payload }
     }
 
+    fn write_step(&self, tokens: Option<&[u32]>, n: usize) {
+        let g = &self.gpu;
+        if let Some(t) = tokens {
+            g.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(t));
+        }
+        g.queue.write_buffer(&self.step, 0, bytemuck::cast_slice(&[n as u32, self.pos as u32, 0, 0]));
+    }
+
+    /// One step: in one submission when every expert is resident; else stopping after each
+    /// paged layer's router for its ids (src/gpu/paging.rs), uploading what is missing,
+    /// and running its experts in as many rounds as its slots need.
+    async fn run_step(&mut self, tokens: Option<&[u32]>, n: usize, path: Path, head: Head) -> Result<Readback> {
+        if self.paged.is_empty() {
+            return Ok(self.submit_step(tokens, n, path, head, 0));
+        }
+        let g = self.gpu.clone();
+        let staging = self.page_staging.clone().ok_or_else(|| Error::gpu("paging read-back buffer"))?;
+        self.write_step(tokens, n);
+        self.tick += 1;
+        self.paging.steps += 1;
+        self.paging.tokens += n as u64;
+        let (policy, tick) = (self.residency.policy, self.tick);
+        let sites = match path {
+            Path::Prefill => self.programs.sites_prefill.clone(),
+            Path::Decode => self.programs.sites_decode.clone(),
+        };
+        let max = g.limits.max_compute_workgroups_per_dimension;
+        let pos = self.pos as u32;
+        let mut from = 0;
+        for site in &sites {
+            let body = match path {
+                Path::Prefill => &self.programs.body_prefill,
+                Path::Decode => &self.programs.body_decode,
+            };
+            let encode = |range: std::ops::Range<usize>, copies: &[(&Buffer, u64, u64)]| {
+                let mut enc = g.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for d in &body[range] {
+                        d.encode(&mut pass, n as u32, pos, max);
+                    }
+                }
+                for &(src, at, bytes) in copies {
+                    enc.copy_buffer_to_buffer(src, 0, &staging, at, bytes);
+                }
+                g.queue.submit([enc.finish()]);
+            };
+            // Up to the router: its ids (and the lookahead's) come back.
+            let id_bytes = (n * site.k * 4) as u64;
+            let mut copies = vec![(&site.ids, 0, id_bytes)];
+            if let Some((_, pids, k2)) = &site.predict {
+                copies.push((pids, id_bytes, (n * k2 * 4) as u64));
+            }
+            encode(from..site.split, &copies);
+            let t0 = web_time::Instant::now();
+            let total: u64 = copies.iter().map(|c| c.2).sum();
+            let raw = g.map_read_range(&staging, 0, total).await?;
+            self.paging.sync_seconds += t0.elapsed().as_secs_f64();
+            let words: &[u32] = bytemuck::cast_slice(&raw);
+            let ids = &words[..n * site.k];
+            if let Some(pred) = self.predictions[site.paged].take() {
+                let mut needed: Vec<u32> = ids.to_vec();
+                needed.sort_unstable();
+                needed.dedup();
+                self.paging.needed_predictable += needed.len() as u64;
+                self.paging.predicted_needed += needed.iter().filter(|e| pred.contains(e)).count() as u64;
+            }
+            let layer = &mut self.paged[site.paged];
+            let rounds = layer.plan(ids, tick, policy, &mut self.paging)?;
+            for (i, round) in rounds.iter().enumerate() {
+                layer.write(&g, &round.uploads, Some(&round.table));
+                if i + 1 < rounds.len() {
+                    encode(site.experts.clone(), &[]);
+                }
+            }
+            // The next layer's predicted experts go up before this layer's experts run.
+            if let Some((at, _, _)) = &site.predict {
+                let pred: Vec<u32> = words[n * site.k..].to_vec();
+                let next = &mut self.paged[*at];
+                let ups = next.prefetch(&pred, tick, policy, &mut self.paging)?;
+                next.write(&g, &ups, None);
+                self.predictions[*at] = Some(pred);
+            }
+            from = site.split;
+        }
+        Ok(self.submit_step(None, n, path, head, from))
+    }
+
     /// Maps what `submit_step` copied (nothing when it copied nothing), records the
     /// routing trace, and returns the payload.
     async fn read_back(&mut self, r: Readback) -> Result<Vec<u8>> {
@@ -249,7 +373,6 @@ impl GpuModel {
         Ok(raw[r.trace as usize..].to_vec())
     }
 
-
     /// Logits [T, vocab] for `tokens` appended at the current position. Prompts longer
     /// than `chunk` (at most `max_rows`) run as several steps; a chunk of 1 uses the
     /// decode kernels throughout.
@@ -261,7 +384,7 @@ impl GpuModel {
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for part in tokens.chunks(chunk) {
             let path = Path::for_rows(part.len());
-            let r = self.submit_step(Some(part), part.len(), path, Head::AllLogits);
+            let r = self.run_step(Some(part), part.len(), path, Head::AllLogits).await?;
             self.pos += part.len();
             self.on_gpu = None;
             let raw = self.read_back(r).await?;
@@ -287,7 +410,7 @@ impl GpuModel {
                 (true, Want::Logits) => Head::LastLogits,
             };
             let upload = if *part == [self.on_gpu.unwrap_or(u32::MAX)] { None } else { Some(*part) };
-            let r = self.submit_step(upload, part.len(), path, head);
+            let r = self.run_step(upload, part.len(), path, head).await?;
             self.pos += part.len();
             self.on_gpu = None;
             raw = self.read_back(r).await?;
@@ -329,6 +452,9 @@ impl GpuModel {
     /// The bool says which (true: timestamps). Each entry: (kernel, seconds, weight bytes).
     pub async fn profile_step(&mut self, tokens: &[u32]) -> Result<(Vec<(&'static str, f64, u64)>, bool)> {
         self.check_tokens(tokens)?;
+        if !self.paged.is_empty() {
+            return Err(Error::input("profiling needs every expert resident (no --resident-experts or --gpu-memory)"));
+        }
         let n = tokens.len();
         let g = self.gpu.clone();
         g.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));

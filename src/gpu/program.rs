@@ -19,11 +19,14 @@
 use super::Gpu;
 use super::kernels::ops::{AttnSpec, ExpertSpec, Qkv, RouterSpec};
 use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
+use super::layers::{Experts, Uploader, load_layer};
 use super::model::{GEMM_MIN_ROWS, MAX_CHUNK, Path};
+use super::paging::{self, NO_SLOT, PagedLayer, Residency};
 use crate::config::rope_table;
 use crate::error::{Error, Result};
 use crate::model::Progress;
 use crate::model::plan::{Act, FfnPlan, QkNorm, RopePlan};
+use crate::quant::PackedBuffer;
 use crate::tensor::DType;
 use crate::weights::{Slot, WeightSource};
 use wgpu::Buffer;
@@ -40,6 +43,9 @@ pub(super) struct Programs {
     pub head_last: Vec<Dispatch>,
     /// Argmax of logits row 0 into the token buffer (greedy decoding stays on the GPU).
     pub argmax: Dispatch,
+    /// Where paged layers stop for the host, in body order (empty when all is resident).
+    pub sites_prefill: Vec<Site>,
+    pub sites_decode: Vec<Site>,
 }
 
 /// What `build` leaves for the model: the programs and the buffers a step touches.
@@ -56,59 +62,14 @@ pub(super) struct Built {
     /// Bytes at the start of `staging` kept for a step's routing trace (before the
     /// logits or token it reads back, so that one map reads both).
     pub trace_bytes: u64,
+    /// The paged MoE layers (src/gpu/paging.rs) and their ids read-back.
+    pub paged: Vec<PagedLayer>,
+    pub page_staging: Option<Buffer>,
+    /// GPU bytes the model allocated (`Gpu::allocations`).
+    pub counted_bytes: u64,
     /// Keeps weights, activations and caches alive (bind groups reference them).
     pub buffers: Vec<Buffer>,
     pub weight_bytes: u64,
-}
-
-struct Uploader<'a> {
-    gpu: &'a Gpu,
-    src: &'a dyn WeightSource,
-    buffers: Vec<Buffer>,
-    bytes: u64,
-}
-
-impl Uploader<'_> {
-    /// The weight buffer for `slot`, if the model has one.
-    fn slot(&mut self, slot: Slot) -> Result<Option<GpuWeight>> {
-        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
-        let w = self.gpu.upload_packed(&self.src.describe(slot), &b)?;
-        self.bytes += w.buf.size();
-        self.buffers.push(w.buf.clone());
-        Ok(Some(w))
-    }
-
-    /// A `rows` x `cols` matrix in as many row ranges as the adapter's binding size needs
-    /// (one, usually): (weights, first row, rows) each.
-    fn row_ranges(&mut self, slot: Slot, rows: usize, cols: usize) -> Result<Option<Vec<(GpuWeight, usize, usize)>>> {
-        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
-        let max = self.gpu.limits.max_storage_buffer_binding_size as usize;
-        let parts = if b.bytes.len() <= max { vec![(b, 0, rows)] } else { crate::quant::split_rows(&b, rows, cols, max)? };
-        let name = self.src.describe(slot);
-        let mut out = Vec::with_capacity(parts.len());
-        for (p, r0, n) in parts {
-            let w = self.gpu.upload_packed(&format!("{name} rows {r0}..{}", r0 + n), &p)?;
-            self.bytes += w.buf.size();
-            self.buffers.push(w.buf.clone());
-            out.push((w, r0, n));
-        }
-        Ok(Some(out))
-    }
-
-    fn need(&mut self, slot: Slot) -> Result<GpuWeight> {
-        self.slot(slot)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", slot.name())))
-    }
-
-    /// An optional buffer the plan says must be there (`want`), or none.
-    fn want(&mut self, slot: Slot, want: bool) -> Result<Option<Buffer>> {
-        if want { Ok(Some(self.need(slot)?.buf)) } else { Ok(None) }
-    }
-
-    fn scratch(&mut self, label: &str, bytes: usize) -> Result<Buffer> {
-        let b = self.gpu.storage(label, bytes as u64)?;
-        self.buffers.push(b.clone());
-        Ok(b)
-    }
 }
 
 /// Activations and routing buffers shared by every layer.
@@ -154,13 +115,44 @@ struct DenseFfn<'a> {
     act: Act,
 }
 
-pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, progress: Option<&Progress>) -> Result<Built> {
+/// Where a paged MoE layer's step stops for the host (src/gpu/paging.rs): the body runs
+/// up to `split` (its router, and the prefill grouping), the host reads `ids` (and the
+/// next layer's predicted ids) and uploads, then the expert kernels `experts` run, once per
+/// round (the last round's as part of the rest of the body).
+#[derive(Clone)]
+pub(super) struct Site {
+    /// Index into `Built::paged`.
+    pub paged: usize,
+    pub split: usize,
+    pub experts: std::ops::Range<usize>,
+    pub ids: Buffer,
+    pub k: usize,
+    /// Lookahead: the next paged layer (index into `paged`), its predicted ids and k.
+    pub predict: Option<(usize, Buffer, usize)>,
+}
+
+/// The lookahead router's outputs, apart from the real routing's (decode only).
+struct Lookahead {
+    xn: Buffer,
+    weights: Buffer,
+    hist: Buffer,
+    shared: Buffer,
+}
+
+pub(super) fn build(
+    g: &Gpu,
+    src: &dyn WeightSource,
+    (ctx, kv): (usize, DType),
+    res: &Residency,
+    progress: Option<&Progress>,
+) -> Result<Built> {
     let c = src.config().clone();
     c.validate()?;
     if ctx == 0 {
         return Err(Error::input("context length must be at least 1"));
     }
     let kv16 = kv.kv16()?;
+    let counted0 = g.allocations().1;
     let mut up = Uploader { gpu: g, src, buffers: Vec::new(), bytes: 0 };
     let (d, hd) = (c.hidden, c.head_dim);
     let (k, e, ff) = (c.max_top_k(), c.max_experts(), c.max_ff());
@@ -216,26 +208,111 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
         step,
     };
     g.write(&s.hist, 0, &vec![0u8; c.layers * e * 4]);
+    // Every expert in its own block: the slot table of resident experts and dense FFNs.
+    let identity = up.words("identity slot table", &(0..e.max(1) as u32).collect::<Vec<_>>())?;
     let logits = up.scratch("logits", max_rows * c.vocab * 4)?;
     // [trace of every MoE layer's ids for max_rows tokens][logits of max_rows tokens]
     let k_sum: usize = c.plan.iter().filter_map(|l| l.moe().map(|m| m.top_k)).sum();
     let trace_bytes = ((max_rows * k_sum * 4) as u64).next_multiple_of(256);
     let staging = g.staging("logits and routing read-back", trace_bytes + (max_rows * c.vocab * 4) as u64);
-    let mut route_ids = Vec::new();
+    let paging = c.is_moe() && (res.experts.is_some() || res.gpu_memory.is_some());
+    let lookahead = if paging && res.prefetch {
+        Some(Lookahead {
+            xn: up.scratch("lookahead normed hidden", decode_rows * d * 4)?,
+            weights: up.scratch("lookahead router weights", decode_rows * k * 4)?,
+            hist: up.scratch("lookahead choice counts", c.layers * e * 4)?,
+            shared: up.scratch("lookahead shared gates", decode_rows * 4)?,
+        })
+    } else {
+        None
+    };
 
     // One rotary table per distinct rope plan (Gemma-style local/global bases share none).
     let mut tables: Vec<(RopePlan, Buffer)> = Vec::new();
     for l in &c.plan {
         if !tables.iter().any(|(r, _)| *r == l.attn.rope) {
             let t = rope_table(&l.attn.rope, hd, ctx);
-            let b = g.storage_init("rope table", bytemuck::cast_slice(&t))?;
-            up.buffers.push(b.clone());
-            tables.push((l.attn.rope.clone(), b));
+            tables.push((l.attn.rope.clone(), up.words("rope table", bytemuck::cast_slice(&t))?));
         }
     }
 
+    // --- pass 1: the skeleton and the KV caches ---
     let embed = up.row_ranges(Slot::Embed, c.vocab, d)?.ok_or_else(|| Error::input("the model has no embedding"))?;
+    let mut layers = Vec::with_capacity(c.layers);
+    for li in 0..c.layers {
+        if let Some(p) = progress {
+            p.report("upload", &format!("layer {li}"), li as u64, c.layers as u64);
+        }
+        layers.push(load_layer(&mut up, &c, li, (ctx, kv16, max_rows), paging)?);
+    }
+    let final_norm = up.need(Slot::FinalNorm)?.buf;
+    let lm_head = match up.row_ranges(Slot::LmHead, c.vocab, d)? {
+        Some(w) => w,
+        None => embed.clone(),
+    };
+
+    // --- the experts: whole, or a pool of slots per layer ---
+    let mut paged = Vec::new();
+    let mut pools: Vec<Option<(GpuWeight, GpuWeight, Buffer)>> = (0..c.layers).map(|_| None).collect();
+    if paging {
+        let moe: Vec<(usize, usize, u64)> = layers
+            .iter()
+            .zip(&c.plan)
+            .filter_map(|(lb, lp)| match (&lb.experts, lp.moe()) {
+                (Experts::Host(a, b), Some(m)) => {
+                    Some((m.experts, m.top_k, (a.expert_stride as u64 + b.expert_stride as u64) * 4))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut n = res.experts.unwrap_or(usize::MAX);
+        if let Some(budget) = res.gpu_memory {
+            // What is still to come besides the pools: slot tables, the paging read-back and
+            // the kernels' parameter blocks (an upper bound per dispatch).
+            let dispatches = (c.layers * 2 * 24 + 16 + embed.len() + 4 * lm_head.len()) as u64;
+            let later =
+                moe.len() as u64 * (e + decode_rows * k) as u64 * 4 + 2 * (max_rows * k * 4) as u64 + dispatches * 256;
+            let fixed = g.allocations().1 - counted0 + later;
+            n = n.min(paging::plan_slots(budget, fixed, &moe)?);
+        }
+        for (li, lb) in layers.iter_mut().enumerate() {
+            let Some(m) = c.plan[li].moe() else { continue };
+            if n < m.top_k {
+                return Err(Error::input(format!(
+                    "--resident-experts {n} is below layer {li}'s top-k of {}: a token's experts must fit at once",
+                    m.top_k
+                )));
+            }
+            let Experts::Host(gu, dn) = std::mem::replace(&mut lb.experts, Experts::Pooled) else {
+                continue;
+            };
+            if n >= m.experts {
+                lb.experts = Experts::Resident(
+                    up.upload(&src.describe(Slot::GateUp(li as u32)), &gu)?,
+                    up.upload(&src.describe(Slot::Down(li as u32)), &dn)?,
+                );
+                continue;
+            }
+            let pool = |up: &mut Uploader, b: &PackedBuffer, what: &str| -> Result<GpuWeight> {
+                let bytes = n * b.expert_stride as usize * 4;
+                let buf = up.scratch(&format!("layer {li} {what} pool of {n} experts"), bytes)?;
+                up.bytes += buf.size();
+                Ok(GpuWeight { buf, dtype: b.dtype, s_off: b.s_off, h_off: b.h_off, expert_stride: b.expert_stride })
+            };
+            let (pgu, pdn) = (pool(&mut up, &gu, "gate/up")?, pool(&mut up, &dn, "down")?);
+            let table = up.words(&format!("layer {li} slot table"), &vec![NO_SLOT; m.experts])?;
+            pools[li] = Some((pgu.clone(), pdn.clone(), table.clone()));
+            let host = [(gu.bytes, gu.expert_stride as usize * 4), (dn.bytes, dn.expert_stride as usize * 4)];
+            paged.push(PagedLayer::new(li, m.experts, n, host, [pgu.buf, pdn.buf], table));
+        }
+    }
+    let page_staging =
+        if paged.is_empty() { None } else { Some(g.staging("paging read-back", (2 * max_rows * k * 4) as u64)) };
+
+    // --- pass 2: the dispatches ---
+    let mut route_ids = Vec::new();
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    let (mut sites_pre, mut sites_dec) = (Vec::new(), Vec::new());
     for (w, r0, n) in &embed {
         pre.push(ops::embed(g, w, (*r0, *n), &tokens, &s.x, d, c.vocab, c.embed_scale)?);
         dec.push(ops::embed(g, w, (*r0, *n), &tokens, &s.x, d, c.vocab, c.embed_scale)?);
@@ -243,32 +320,20 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
     if let Some(r) = &s.dense {
         pre.push(ops::moe_group(g, &s.step, &r.ids, &r.sorted, &r.pos_of, &r.starts, 1, 1)?);
     }
+    // Lookahead ids of each paged layer (predicted from the previous layer's residual).
+    let predicted: Vec<Option<Buffer>> = (0..c.layers)
+        .map(|li| match (&lookahead, &pools[li], c.plan[li].moe()) {
+            (Some(_), Some(_), Some(m)) if li > 0 => {
+                up.scratch(&format!("layer {li} predicted ids"), decode_rows * m.top_k * 4).map(Some)
+            }
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
 
-    for (li, lp) in c.plan.iter().enumerate() {
-        let l = li as u32;
-        if let Some(p) = progress {
-            p.report("upload", &format!("layer {li}"), li as u64, c.layers as u64);
-        }
+    for (li, (lp, lb)) in c.plan.iter().zip(&layers).enumerate() {
         let a = &lp.attn;
-        let attn_norm = up.need(Slot::AttnNorm(l))?.buf;
-        let ffn_norm = up.need(Slot::FfnNorm(l))?.buf;
-        // q, k and v as one matmul when they share a storage type (the usual case),
-        // else three matmuls writing their columns of the same qkv rows.
-        let qkv_parts: Vec<(GpuWeight, usize, usize)> = match up.slot(Slot::Qkv(l))? {
-            Some(w) => vec![(w, qkv_w, 0)],
-            None => vec![
-                (up.need(Slot::Q(l))?, c.q_dim(), 0),
-                (up.need(Slot::K(l))?, c.kv_dim(), c.q_dim()),
-                (up.need(Slot::V(l))?, c.kv_dim(), c.q_dim() + c.kv_dim()),
-            ],
-        };
-        let qkv_bias = up.want(Slot::QkvBias(l), a.qkv_bias)?;
-        let qk_norm = up.want(Slot::QkNorm(l), a.qk_norm != QkNorm::None)?;
-        let sinks = up.want(Slot::Sinks(l), a.sinks)?;
-        let wo = up.need(Slot::Wo(l))?;
-        let o_bias = up.want(Slot::OBias(l), a.o_bias)?;
         // With post-norms each block writes into `branch`, normalised into x after it.
-        let post = match (up.want(Slot::PostNorms(l), lp.post_norms)?, &s.branch) {
+        let post = match (&lb.post, &s.branch) {
             (Some(w), Some(b)) => Some((w, b)),
             (None, _) => None,
             (Some(_), None) => return Err(Error::input("post-norm scratch")),
@@ -278,83 +343,71 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
             Some((_, b)) => (*b, 1.0),
             None => (&s.x, c.residual_scale),
         };
-        let kc = up.scratch(&format!("layer {li} K cache"), ops::kv_cache_bytes(c.kv_heads, ctx, hd, kv16))?;
-        let vc = up.scratch(&format!("layer {li} V cache"), ops::kv_cache_bytes(c.kv_heads, ctx, hd, kv16))?;
         let table = &tables.iter().find(|(r, _)| *r == a.rope).ok_or_else(|| Error::input("rope table"))?.1;
-        let spec = AttnSpec {
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: hd,
-            ctx,
-            window: a.window,
-            scale: a.scale,
-        };
+        let spec =
+            AttnSpec { heads: c.heads, kv_heads: c.kv_heads, head_dim: hd, ctx, window: a.window, scale: a.scale };
         let rs = c.residual_scale;
-        let caches = Qkv { qkv: &s.qkv, k: &kc, v: &vc, kv16 };
-
-        // FFN weights.
-        let w13 = up.need(Slot::GateUp(l))?;
-        let w2 = up.need(Slot::Down(l))?;
-        let (router, bias13, bias2, shared) = match &lp.ffn {
-            FfnPlan::Dense(_) => (None, None, None, None),
-            FfnPlan::Moe(m) => (
-                // Each layer keeps its own ids, so a step's whole routing can be read back.
-                Some((up.need(Slot::Router(l))?.buf, up.scratch(&format!("layer {li} router ids"), max_rows * m.top_k * 4)?)),
-                up.want(Slot::GateUpBias(l), m.expert_bias)?,
-                up.want(Slot::DownBias(l), m.expert_bias)?,
-                match &m.shared {
-                    Some(sh) => Some((up.need(Slot::SharedGateUp(l))?, up.need(Slot::SharedDown(l))?, sh.clone())),
-                    None => None,
-                },
-            ),
+        let caches = Qkv { qkv: &s.qkv, k: &lb.k_cache, v: &lb.v_cache, kv16 };
+        // The experts as the kernels bind them: (gate/up, down, slot table).
+        let (w13, w2, slots) = match (&lb.experts, &pools[li]) {
+            (_, Some((a, b, t))) => (a, b, t),
+            (Experts::Resident(a, b), None) => (a, b, &identity),
+            (Experts::Host(..) | Experts::Pooled, None) => {
+                return Err(Error::input("experts left on the host without a pool"));
+            }
         };
-
-        if let (Some((_, ids)), Some(m)) = (&router, lp.moe()) {
+        if let (Some((_, ids)), Some(m)) = (&lb.router, lp.moe()) {
             route_ids.push((ids.clone(), m.top_k));
         }
         for (prog, path) in [(&mut pre, Path::Prefill), (&mut dec, Path::Decode)] {
             // --- attention ---
-            prog.push(ops::rms_norm(g, &s.step, &attn_norm, &s.x, &s.xn, d, c.eps, false)?);
+            prog.push(ops::rms_norm(g, &s.step, &lb.attn_norm, &s.x, &s.xn, d, c.eps, false)?);
             if path == Path::Decode && a.qk_norm == QkNorm::None {
                 // Few tokens: rotary embedding and the cache write in the matmul's epilogue.
-                for (w, n_out, off) in &qkv_parts {
+                for (w, n_out, off) in &lb.qkv_parts {
                     let shape = (*n_out, d, *off);
                     let heads = (c.heads, c.kv_heads, hd, ctx);
-                    prog.push(ops::qkv_rope(g, &s.step, w, &s.xn, table, caches, qkv_bias.as_ref(), shape, heads)?);
+                    prog.push(ops::qkv_rope(g, &s.step, w, &s.xn, table, caches, lb.qkv_bias.as_ref(), shape, heads)?);
                 }
             } else {
                 // q/k norms need whole heads (or whole projections), which a GEMV
                 // workgroup's rows do not hold in every lane shape: project, then norm and
                 // rotate in rope_kv (and qk_norm for OLMoE's whole-projection norm).
-                for (w, n_out, off) in &qkv_parts {
-                    let out = Out::cols(&s.qkv, qkv_w, *off).with_bias(qkv_bias.as_ref());
+                for (w, n_out, off) in &lb.qkv_parts {
+                    let out = Out::cols(&s.qkv, qkv_w, *off).with_bias(lb.qkv_bias.as_ref());
                     prog.push(match path {
                         Path::Prefill => ops::gemm(g, "q/k/v projection", &s.step, w, &s.xn, out, *n_out, d)?,
                         Path::Decode => ops::gemv(g, "q/k/v projection", w, &s.xn, out, *n_out, d)?,
                     });
                 }
                 if a.qk_norm == QkNorm::Whole {
-                    let w = qk_norm.as_ref().ok_or_else(|| Error::input("q/k norm weights"))?;
+                    let w = lb.qk_norm.as_ref().ok_or_else(|| Error::input("q/k norm weights"))?;
                     prog.push(ops::qk_norm(g, &s.qkv, w, c.heads, c.kv_heads, hd, c.eps)?);
                 }
-                let norm = if a.qk_norm == QkNorm::PerHead { qk_norm.as_ref().map(|w| (w, c.eps)) } else { None };
+                let norm = if a.qk_norm == QkNorm::PerHead { lb.qk_norm.as_ref().map(|w| (w, c.eps)) } else { None };
                 // The GPU weights hold rotary pairs in adjacent rows (src/weights.rs).
                 prog.push(ops::rope_kv(g, &s.step, table, caches, norm, (c.heads, c.kv_heads, hd, ctx), true)?);
             }
             match path {
-                Path::Prefill => prog.push(ops::attention(g, &s.step, caches, &s.attn, sinks.as_ref(), &spec)?),
+                Path::Prefill => prog.push(ops::attention(g, &s.step, caches, &s.attn, lb.sinks.as_ref(), &spec)?),
                 // Few tokens: split the positions across workgroups (flash-decoding).
-                Path::Decode => {
-                    prog.extend(ops::attention_split(g, &s.step, caches, &s.partials, &s.attn, sinks.as_ref(), &spec)?)
-                }
+                Path::Decode => prog.extend(ops::attention_split(
+                    g,
+                    &s.step,
+                    caches,
+                    &s.partials,
+                    &s.attn,
+                    lb.sinks.as_ref(),
+                    &spec,
+                )?),
             }
             let out = match &post {
-                Some((_, b)) => Out::write(b, d).with_bias(o_bias.as_ref()),
-                None => Out::add(&s.x, d).with_bias(o_bias.as_ref()).scaled(rs),
+                Some((_, b)) => Out::write(b, d).with_bias(lb.o_bias.as_ref()),
+                None => Out::add(&s.x, d).with_bias(lb.o_bias.as_ref()).scaled(rs),
             };
             prog.push(match path {
-                Path::Prefill => ops::gemm(g, "attention output", &s.step, &wo, &s.attn, out, d, c.q_dim())?,
-                Path::Decode => ops::gemv(g, "attention output", &wo, &s.attn, out, d, c.q_dim())?,
+                Path::Prefill => ops::gemm(g, "attention output", &s.step, &lb.wo, &s.attn, out, d, c.q_dim())?,
+                Path::Decode => ops::gemv(g, "attention output", &lb.wo, &s.attn, out, d, c.q_dim())?,
             });
             if let Some((w, b)) = &post {
                 prog.push(ops::rms_norm_add(g, &s.step, (w, 0), b, &s.x, d, c.eps, rs)?);
@@ -363,39 +416,107 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
             // --- FFN ---
             match &lp.ffn {
                 FfnPlan::Dense(mlp) => {
-                    prog.push(ops::rms_norm(g, &s.step, &ffn_norm, &s.x, &s.xn, d, c.eps, false)?);
+                    prog.push(ops::rms_norm(g, &s.step, &lb.ffn_norm, &s.x, &s.xn, d, c.eps, false)?);
                     let ones = &s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?.ones;
-                    let f = DenseFfn { gate_up: &w13, down: &w2, weights: ones, ff: mlp.ff, act: mlp.act };
-                    dense_ffn(g, &s, prog, path, &f, d, (target, ts))?;
+                    let f = DenseFfn { gate_up: w13, down: w2, weights: ones, ff: mlp.ff, act: mlp.act };
+                    dense_ffn(g, &s, &identity, prog, path, &f, d, (target, ts))?;
                 }
                 FfnPlan::Moe(m) => {
-                    let (r, ids) = router.as_ref().ok_or_else(|| Error::input("router"))?;
+                    let (r, ids) = lb.router.as_ref().ok_or_else(|| Error::input("router"))?;
                     let gate = m.shared.as_ref().is_some_and(|sh| sh.gated);
-                    let rspec =
-                        RouterSpec { dim: d, experts: m.experts, k: m.top_k, layer: li, plan: &m.router, shared_gate: gate };
+                    let rspec = RouterSpec {
+                        dim: d,
+                        experts: m.experts,
+                        k: m.top_k,
+                        layer: li,
+                        plan: &m.router,
+                        shared_gate: gate,
+                    };
                     let shared_out = s.shared_gate.as_ref();
                     let outs = (ids, &s.weights, &s.hist, shared_out);
                     // xn = rmsnorm(x) fused into the router, then routing.
-                    prog.push(ops::router(g, r, (&ffn_norm, c.eps), &s.x, &s.xn, outs, &rspec)?);
+                    prog.push(ops::router(g, r, (&lb.ffn_norm, c.eps), &s.x, &s.xn, outs, &rspec)?);
+                    // Lookahead: the next layer's router on this residual, into its own buffers.
+                    let mut predict = None;
+                    if let (Path::Decode, Some(la), Some(Some(pids))) = (path, &lookahead, predicted.get(li + 1)) {
+                        let (nl, nm) =
+                            (&layers[li + 1], c.plan[li + 1].moe().ok_or_else(|| Error::input("lookahead"))?);
+                        let (nr, _) = nl.router.as_ref().ok_or_else(|| Error::input("lookahead router"))?;
+                        let ngate = nm.shared.as_ref().is_some_and(|sh| sh.gated);
+                        let nspec = RouterSpec {
+                            dim: d,
+                            experts: nm.experts,
+                            k: nm.top_k,
+                            layer: li + 1,
+                            plan: &nm.router,
+                            shared_gate: ngate,
+                        };
+                        let outs = (pids, &la.weights, &la.hist, Some(&la.shared));
+                        prog.push(ops::router(g, nr, (&nl.ffn_norm, c.eps), &s.x, &la.xn, outs, &nspec)?);
+                        let at = paged
+                            .iter()
+                            .position(|p| p.layer == li + 1)
+                            .ok_or_else(|| Error::input("lookahead layer"))?;
+                        predict = Some((at, pids.clone(), nm.top_k));
+                    }
                     let es = ExpertSpec { dim: d, ff: m.ff, k: m.top_k, experts: m.experts, act: m.act };
-                    let (b13, b2) = (bias13.as_ref(), bias2.as_ref());
+                    let (b13, b2) = (lb.bias13.as_ref(), lb.bias2.as_ref());
+                    if path == Path::Prefill {
+                        prog.push(ops::moe_group(
+                            g, &s.step, ids, &s.sorted, &s.pos_of, &s.starts, m.experts, m.top_k,
+                        )?);
+                    }
+                    let split = prog.len();
                     match path {
                         Path::Prefill => {
-                            prog.push(ops::moe_group(g, &s.step, ids, &s.sorted, &s.pos_of, &s.starts, m.experts, m.top_k)?);
-                            prog.push(ops::moe_gemm_gate_up(g, &w13, &s.xn, (&s.sorted, &s.starts), &s.act, b13, &es)?);
-                            prog.push(ops::moe_gemm_down(g, &w2, &s.act, &s.starts, &s.ybuf, b2, &es)?);
-                            prog.push(ops::moe_combine(g, &s.ybuf, &s.pos_of, &s.weights, target, d, m.top_k, ts)?);
+                            prog.push(ops::moe_gemm_gate_up(
+                                g,
+                                (w13, slots),
+                                &s.xn,
+                                (&s.sorted, &s.starts),
+                                &s.act,
+                                b13,
+                                &es,
+                            )?);
+                            prog.push(ops::moe_gemm_down(g, (w2, slots), &s.act, &s.starts, &s.ybuf, b2, &es)?);
                         }
                         Path::Decode => {
-                            prog.push(ops::moe_gemv_gate_up(g, &w13, &s.xn, ids, &s.act, b13, &es)?);
-                            prog.push(ops::moe_gemv_down(g, &w2, &s.act, (ids, &s.weights), target, b2, &es, ts)?);
+                            prog.push(ops::moe_gemv_gate_up(g, (w13, slots), &s.xn, ids, &s.act, b13, &es)?);
+                            prog.push(ops::moe_gemv_down(
+                                g,
+                                (w2, slots),
+                                &s.act,
+                                (ids, &s.weights),
+                                target,
+                                b2,
+                                &es,
+                                ts,
+                            )?);
                         }
                     }
-                    if let Some((sh13, sh2, plan)) = &shared {
+                    if let Some(at) = paged.iter().position(|p| p.layer == li) {
+                        let site = Site {
+                            paged: at,
+                            split,
+                            experts: split..prog.len(),
+                            ids: ids.clone(),
+                            k: m.top_k,
+                            predict,
+                        };
+                        match path {
+                            Path::Prefill => sites_pre.push(site),
+                            Path::Decode => sites_dec.push(site),
+                        }
+                    }
+                    if path == Path::Prefill {
+                        prog.push(ops::moe_combine(g, &s.ybuf, &s.pos_of, &s.weights, target, d, m.top_k, ts)?);
+                    }
+                    if let Some((sh13, sh2, plan)) = &lb.shared {
                         let dense = s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?;
-                        let weights = if plan.gated { s.shared_gate.as_ref().unwrap_or(&dense.ones) } else { &dense.ones };
+                        let weights =
+                            if plan.gated { s.shared_gate.as_ref().unwrap_or(&dense.ones) } else { &dense.ones };
                         let f = DenseFfn { gate_up: sh13, down: sh2, weights, ff: plan.ff, act: m.act };
-                        dense_ffn(g, &s, prog, path, &f, d, (target, ts))?;
+                        dense_ffn(g, &s, &identity, prog, path, &f, d, (target, ts))?;
                     }
                 }
             }
@@ -405,11 +526,6 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
         }
     }
 
-    let final_norm = up.need(Slot::FinalNorm)?.buf;
-    let lm_head = match up.row_ranges(Slot::LmHead, c.vocab, d)? {
-        Some(w) => w,
-        None => embed.clone(),
-    };
     // The LM head in row ranges (a 262k vocabulary exceeds one binding): each range
     // writes its columns of the logits.
     let mut head_all_prefill = vec![ops::rms_norm(g, &s.step, &final_norm, &s.x, &s.xn, d, c.eps, false)?];
@@ -425,6 +541,12 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
         head_last.push(last.with_grid(super::Grid { x, y: Rows::Fixed(1) }));
     }
     let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
+    let counted = g.allocations().1 - counted0;
+    if let Some(budget) = res.gpu_memory
+        && counted > budget
+    {
+        return Err(Error::gpu(format!("the model allocated {counted} bytes on the GPU, over --gpu-memory {budget}")));
+    }
     Ok(Built {
         programs: Programs {
             body_prefill: pre,
@@ -433,6 +555,8 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
             head_all_decode,
             head_last,
             argmax,
+            sites_prefill: sites_pre,
+            sites_decode: sites_dec,
         },
         max_rows,
         step: s.step,
@@ -442,6 +566,9 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
         staging,
         route_ids,
         trace_bytes,
+        paged,
+        page_staging,
+        counted_bytes: counted,
         buffers: up.buffers,
         weight_bytes: up.bytes,
     })
@@ -452,6 +579,7 @@ pub(super) fn build(g: &Gpu, src: &dyn WeightSource, ctx: usize, kv: DType, prog
 fn dense_ffn(
     g: &Gpu,
     s: &Scratch,
+    identity: &Buffer,
     prog: &mut Vec<Dispatch>,
     path: Path,
     f: &DenseFfn,
@@ -462,13 +590,21 @@ fn dense_ffn(
     let es = ExpertSpec { dim: d, ff: f.ff, k: 1, experts: 1, act: f.act };
     match path {
         Path::Prefill => {
-            prog.push(ops::moe_gemm_gate_up(g, f.gate_up, &s.xn, (&r.sorted, &r.starts), &s.act, None, &es)?);
-            prog.push(ops::moe_gemm_down(g, f.down, &s.act, &r.starts, &s.ybuf, None, &es)?);
+            prog.push(ops::moe_gemm_gate_up(
+                g,
+                (f.gate_up, identity),
+                &s.xn,
+                (&r.sorted, &r.starts),
+                &s.act,
+                None,
+                &es,
+            )?);
+            prog.push(ops::moe_gemm_down(g, (f.down, identity), &s.act, &r.starts, &s.ybuf, None, &es)?);
             prog.push(ops::moe_combine(g, &s.ybuf, &r.pos_of, f.weights, y, d, 1, rs)?);
         }
         Path::Decode => {
-            prog.push(ops::moe_gemv_gate_up(g, f.gate_up, &s.xn, &r.ids, &s.act, None, &es)?);
-            prog.push(ops::moe_gemv_down(g, f.down, &s.act, (&r.ids, f.weights), y, None, &es, rs)?);
+            prog.push(ops::moe_gemv_gate_up(g, (f.gate_up, identity), &s.xn, &r.ids, &s.act, None, &es)?);
+            prog.push(ops::moe_gemv_down(g, (f.down, identity), &s.act, (&r.ids, f.weights), y, None, &es, rs)?);
         }
     }
     Ok(())

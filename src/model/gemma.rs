@@ -17,8 +17,8 @@ use super::plan::{Act, FfnPlan, LayerPlan, Mlp, QkNorm, RopePlan, RopeScaling};
 use super::{Family, Has, ggufmeta, model_config, plain_attention};
 use crate::config::{MAX_FF, MAX_LAYERS, MAX_POSITIONS, ModelConfig};
 use crate::error::{Error, Result};
-use crate::model::ggufmeta::GgufMeta;
 use crate::gguf::Value;
+use crate::model::ggufmeta::GgufMeta;
 use serde_json::Map;
 
 pub const GEMMA3: Family = Family {
@@ -42,7 +42,8 @@ fn layer(rope: &RopePlan, head_dim: usize, window: Option<usize>, scale: f32, ff
 /// configs give `rope_theta` (+ `rope_scaling`) for global layers and
 /// `rope_local_base_freq` for local ones.
 fn hf_ropes(c: &HfConfig) -> Result<(RopePlan, RopePlan)> {
-    let per_type = c.obj.get("rope_parameters").and_then(|p| p.as_object()).filter(|p| p.contains_key("full_attention"));
+    let per_type =
+        c.obj.get("rope_parameters").and_then(|p| p.as_object()).filter(|p| p.contains_key("full_attention"));
     if let Some(p) = per_type {
         let one = |kind: &str| -> Result<RopePlan> {
             let inner = p.get(kind).cloned().unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
@@ -77,7 +78,10 @@ fn hf_ropes(c: &HfConfig) -> Result<(RopePlan, RopePlan)> {
 fn gemma3_hf(c: &HfConfig, _has: Has) -> Result<(ModelConfig, ModelNames)> {
     let mut k = hf::common(c, 1e-6)?;
     k.tie = c.flag("tie_word_embeddings")?.unwrap_or(true);
-    let act = c.act(if c.str("hidden_activation").is_some() { "hidden_activation" } else { "hidden_act" }, "gelu_pytorch_tanh")?;
+    let act = c.act(
+        if c.str("hidden_activation").is_some() { "hidden_activation" } else { "hidden_act" },
+        "gelu_pytorch_tanh",
+    )?;
     if act != Act::GeluTanhGlu {
         return Err(Error::config("Gemma 3 with an activation other than gelu_pytorch_tanh is not supported"));
     }
@@ -148,13 +152,21 @@ fn gemma3_gguf(m: &GgufMeta, has: Has) -> Result<(ModelConfig, ModelNames)> {
             (0..k.layers).map(|l| l % n < n - 1).collect()
         }
     };
-    let local = RopePlan { theta: m.float("rope.freq_base_swa")?.unwrap_or(10_000.0) as f32, scaling: RopeScaling::None };
+    let local =
+        RopePlan { theta: m.float("rope.freq_base_swa")?.unwrap_or(10_000.0) as f32, scaling: RopeScaling::None };
     let head = if k.layers == 62 { k.hidden / k.heads } else { k.head_dim };
     let scale = 1.0 / (head as f32).sqrt();
-    let plan: Vec<LayerPlan> = sliding
-        .iter()
-        .map(|&s| if s { layer(&local, k.head_dim, window, scale, ff) } else { layer(&k.rope, k.head_dim, None, scale, ff) })
-        .collect();
+    let plan: Vec<LayerPlan> =
+        sliding
+            .iter()
+            .map(|&s| {
+                if s {
+                    layer(&local, k.head_dim, window, scale, ff)
+                } else {
+                    layer(&k.rope, k.head_dim, None, scale, ff)
+                }
+            })
+            .collect();
     let layers = (0..k.layers).map(|l| names::gguf_layer(l, &plan[l], has, "ffn_norm")).collect();
     let mut cfg = model_config("gemma3", m.arch.to_string(), &k, false, plan);
     cfg.embed_scale = (k.hidden as f32).sqrt();

@@ -89,7 +89,6 @@ impl<'a> GgufMeta<'a> {
     }
 }
 
-
 pub fn common(m: &GgufMeta) -> Result<Sizes> {
     let hidden = m.req("embedding_length", MAX_HIDDEN)?;
     let heads = m.req("attention.head_count", MAX_HEADS)?;
@@ -107,7 +106,9 @@ pub fn common(m: &GgufMeta) -> Result<Sizes> {
     if let Some(r) = m.opt("rope.dimension_count", MAX_HEAD_DIM)?
         && r != head_dim
     {
-        return Err(m.bad(format!("partial rotary (rope.dimension_count {r} of head size {head_dim}) is not supported")));
+        return Err(
+            m.bad(format!("partial rotary (rope.dimension_count {r} of head size {head_dim}) is not supported"))
+        );
     }
     let g = m.g;
     let vocab = match m.opt("vocab_size", MAX_VOCAB)? {

@@ -118,7 +118,14 @@ fn gpt_oss_gguf(m: &GgufMeta, has: Has) -> Result<(ModelConfig, ModelNames)> {
 /// Element `bytes`-wide values of `src` ([E, rows, cols] row-major) written as
 /// [E, cols', rows] where column c goes to row `order(c)`: a transpose, with the gate/up
 /// de-interleave folded into the row order.
-fn transpose(src: &[u8], experts: usize, rows: usize, cols: usize, elem: usize, order: impl Fn(usize) -> usize) -> Vec<u8> {
+fn transpose(
+    src: &[u8],
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    elem: usize,
+    order: impl Fn(usize) -> usize,
+) -> Vec<u8> {
     let mut out = vec![0u8; src.len()];
     for e in 0..experts {
         let base = e * rows * cols * elem;
@@ -143,10 +150,8 @@ fn fixup(m: &mut ModelFiles) -> Result<()> {
     for l in 0..m.config.layers {
         let (e, ff) = m.ffn_shape(l);
         let p = format!("model.layers.{l}.mlp.experts");
-        let moves = [
-            (format!("{p}.gate_up_proj"), [e, d, 2 * ff], true),
-            (format!("{p}.down_proj"), [e, ff, d], false),
-        ];
+        let moves =
+            [(format!("{p}.gate_up_proj"), [e, d, 2 * ff], true), (format!("{p}.down_proj"), [e, ff, d], false)];
         for (name, shape, gate_up) in moves {
             let t = m.expect(&name, &shape)?;
             let elem = match t.dtype {

@@ -78,7 +78,9 @@ impl HfConfig {
     pub fn flag(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| Error::config(format!("'{key}' must be true or false, got {v}"))),
+            Some(v) => {
+                v.as_bool().map(Some).ok_or_else(|| Error::config(format!("'{key}' must be true or false, got {v}")))
+            }
         }
     }
 
@@ -142,7 +144,6 @@ impl HfConfig {
     }
 }
 
-
 pub fn common(c: &HfConfig, default_eps: f64) -> Result<Sizes> {
     let hidden = c.req("hidden_size", MAX_HIDDEN)?;
     let heads = c.req("num_attention_heads", MAX_HEADS)?;
@@ -186,16 +187,15 @@ pub fn rope(c: &HfConfig) -> Result<RopePlan> {
     let scaling = params.or_else(|| c.get("rope_scaling"));
     let Some(s) = scaling else { return Ok(RopePlan { theta: theta as f32, scaling: RopeScaling::None }) };
     let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
-    let num = |k: &str| -> Result<Option<f32>> {
-        match s.get(k).filter(|v| !v.is_null()) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .map(|x| Some(x as f32))
-                .ok_or_else(|| Error::config(format!("rope scaling '{kind}': '{k}' = {v} must be a positive number"))),
-        }
-    };
+    let num =
+        |k: &str| -> Result<Option<f32>> {
+            match s.get(k).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v.as_f64().filter(|x| x.is_finite() && *x > 0.0).map(|x| Some(x as f32)).ok_or_else(|| {
+                    Error::config(format!("rope scaling '{kind}': '{k}' = {v} must be a positive number"))
+                }),
+            }
+        };
     let need = |k: &str| -> Result<f32> {
         num(k)?.ok_or_else(|| Error::config(format!("rope scaling '{kind}' needs a positive number '{k}'")))
     };

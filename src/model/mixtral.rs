@@ -40,7 +40,10 @@ fn llama_like(c: &HfConfig) -> Result<()> {
     c.refuse("attention_bias", "biases on Llama-family projections")?;
     c.refuse("mlp_bias", "biases on Llama-family MLPs")?;
     if c.act("hidden_act", "silu")? != Act::SiluGlu {
-        return Err(Error::config(format!("'hidden_act' = {:?} is not supported here (only silu)", c.str("hidden_act"))));
+        return Err(Error::config(format!(
+            "'hidden_act' = {:?} is not supported here (only silu)",
+            c.str("hidden_act")
+        )));
     }
     Ok(())
 }

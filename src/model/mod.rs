@@ -61,7 +61,8 @@ pub const FAMILIES: &[&Family] = &[
 
 fn hf_family(arch: &str) -> Result<&'static Family> {
     FAMILIES.iter().copied().find(|f| f.hf.contains(&arch)).ok_or_else(|| {
-        let known: Vec<&str> = FAMILIES.iter().flat_map(|f| f.hf.iter().copied()).filter(|a| a.contains("For")).collect();
+        let known: Vec<&str> =
+            FAMILIES.iter().flat_map(|f| f.hf.iter().copied()).filter(|a| a.contains("For")).collect();
         Error::config(format!("unknown architecture '{arch}' (supported: {})", known.join(", ")))
     })
 }
@@ -89,7 +90,13 @@ pub struct Sizes {
 }
 
 /// A config with the given plan and no model-level multipliers.
-pub fn model_config(family: &str, arch: String, k: &Sizes, rope_interleaved: bool, plan: Vec<LayerPlan>) -> ModelConfig {
+pub fn model_config(
+    family: &str,
+    arch: String,
+    k: &Sizes,
+    rope_interleaved: bool,
+    plan: Vec<LayerPlan>,
+) -> ModelConfig {
     ModelConfig {
         family: family.to_string(),
         arch,

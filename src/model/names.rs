@@ -92,7 +92,12 @@ struct AttnExtras {
 
 /// Biases as `<proj>.bias` (`proj(x)` names projection x: "q", "k", "v", "o"), the q/k
 /// norms and the sinks as given.
-fn attention_extras(plan: &LayerPlan, proj: impl Fn(&str) -> String, norms: (String, String), sinks: String) -> AttnExtras {
+fn attention_extras(
+    plan: &LayerPlan,
+    proj: impl Fn(&str) -> String,
+    norms: (String, String),
+    sinks: String,
+) -> AttnExtras {
     let a = &plan.attn;
     let bias = |x: &str, on: bool| on.then(|| format!("{}.bias", proj(x)));
     let norm = a.qk_norm != QkNorm::None;

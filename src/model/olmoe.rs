@@ -22,7 +22,14 @@ pub const OLMOE: Family = Family {
     fixup: None,
 };
 
-fn layer(attn: super::plan::AttnPlan, experts: usize, top_k: usize, ff: usize, renorm: bool, act: super::plan::Act) -> LayerPlan {
+fn layer(
+    attn: super::plan::AttnPlan,
+    experts: usize,
+    top_k: usize,
+    ff: usize,
+    renorm: bool,
+    act: super::plan::Act,
+) -> LayerPlan {
     LayerPlan {
         post_norms: false,
         attn,

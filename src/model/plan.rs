@@ -18,14 +18,28 @@ use serde::{Deserialize, Serialize};
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (transformers "linear").
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.x frequency-dependent scaling (transformers "llama3").
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_pos: f32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_pos: f32,
+    },
     /// YaRN (transformers "yarn"): low frequencies interpolated by `factor`, high ones kept,
     /// a linear ramp between the correction dimensions of `beta_fast` and `beta_slow`;
     /// cos and sin multiplied by `attention_factor`. `truncate` floors/ceils the
     /// correction range (transformers' default; gpt-oss turns it off).
-    Yarn { factor: f32, original_max_pos: f32, beta_fast: f32, beta_slow: f32, attention_factor: f32, truncate: bool },
+    Yarn {
+        factor: f32,
+        original_max_pos: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+        attention_factor: f32,
+        truncate: bool,
+    },
 }
 
 /// Rotary embedding of one layer: base and scaling. Layers with equal plans share a table.
@@ -172,7 +186,13 @@ impl LayerPlan {
             None => "full".to_string(),
         };
         if a.qkv_bias || a.o_bias {
-            attn += if a.o_bias && a.qkv_bias { ", qkvo bias" } else if a.qkv_bias { ", qkv bias" } else { ", o bias" };
+            attn += if a.o_bias && a.qkv_bias {
+                ", qkvo bias"
+            } else if a.qkv_bias {
+                ", qkv bias"
+            } else {
+                ", o bias"
+            };
         }
         match a.qk_norm {
             QkNorm::None => {}

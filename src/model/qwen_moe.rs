@@ -183,7 +183,10 @@ fn qwen_gguf(m: &GgufMeta, has: Has, v3: bool) -> Result<(ModelConfig, ModelName
         }),
     };
     if k.layers > 0 && !has("blk.0.ffn_gate_inp.weight") {
-        return Err(Error::format(&m.g.file, "blk.0.ffn_gate_inp.weight is missing: dense layers are not supported here"));
+        return Err(Error::format(
+            &m.g.file,
+            "blk.0.ffn_gate_inp.weight is missing: dense layers are not supported here",
+        ));
     }
     let plan = vec![layer; k.layers];
     let layers = (0..k.layers).map(|l| names::gguf_layer(l, &plan[l], has, "ffn_norm")).collect();

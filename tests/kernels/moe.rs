@@ -124,7 +124,15 @@ pub fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DTyp
 }
 
 /// Reference activation of assignment (token t, expert id).
-pub fn act_ref(x: &[f32], t: usize, id: u32, ex: &Experts, (dim, ff): (usize, usize), act: Act, bias: bool) -> Vec<f32> {
+pub fn act_ref(
+    x: &[f32],
+    t: usize,
+    id: u32,
+    ex: &Experts,
+    (dim, ff): (usize, usize),
+    act: Act,
+    bias: bool,
+) -> Vec<f32> {
     let e = id as usize;
     let b = bias.then(|| &ex.b13[e * 2 * ff..(e + 1) * 2 * ff]);
     cpu::glu_act(&x[t * dim..(t + 1) * dim], &ex.w1[e], &ex.w3[e], ff, act, b)
@@ -155,8 +163,7 @@ pub fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
         let ff = inner_dim(dt, ff);
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
-        let want: Vec<f32> =
-            (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, (dim, ff), act, bias)).collect();
+        let want: Vec<f32> = (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, (dim, ff), act, bias)).collect();
         let (xb, ib, ab) = (upload_f32(g, "x", &x), upload_u32(g, "ids", &ids), poisoned(g, "act", t * k * ff));
         let bb = bias.then_some(&ex.b13_buf);
         let d = ops::moe_gemv_gate_up(g, &ex.gate_up, &xb, &ib, &ab, bb, &spec(dim, ff, k, e, act))

@@ -181,7 +181,15 @@ pub fn rope_kv(
 
 /// RMSNorm over each token's whole q and whole k projection in `qkv`, in place (OLMoE);
 /// `w` holds the q weights [heads * d] then the k weights [kv_heads * d].
-pub fn qk_norm(g: &Gpu, qkv: &Buffer, w: &Buffer, heads: usize, kv_heads: usize, head_dim: usize, eps: f32) -> Result<Dispatch> {
+pub fn qk_norm(
+    g: &Gpu,
+    qkv: &Buffer,
+    w: &Buffer,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f32,
+) -> Result<Dispatch> {
     let p = QkNormParams {
         heads: u32_of("heads", heads)?,
         kv_heads: u32_of("kv heads", kv_heads)?,
@@ -391,10 +399,12 @@ fn variant(w: &GpuWeight, act: Act) -> Variant {
 }
 
 /// `w`: stacked experts, each its gate (W1) then up (W3) rows, [2 ff, dim]; `bias`
-/// [E, 2 ff].
+/// [E, 2 ff]; `slots` [E] u32: each expert's block in `w` (the identity when all are
+/// resident), or NO_SLOT to leave its rows alone (src/gpu/paging.rs).
+
 pub fn moe_gemv_gate_up(
     g: &Gpu,
-    w: &GpuWeight,
+    (w, slots): (&GpuWeight, &Buffer),
     x: &Buffer,
     ids: &Buffer,
     act: &Buffer,
@@ -405,7 +415,7 @@ pub fn moe_gemv_gate_up(
     let grid = Grid { x: p.ff.div_ceil(g.gemv_rows()), y: Rows::Tokens { mul: p.k, div: 1, add: 0 } };
     // One token reads the k chosen experts' blocks.
     let bytes = w.expert_stride as u64 * 4 * e.k as u64;
-    let bufs = [&w.buf, x, ids, act, g.or_dummy(bias)];
+    let bufs = [&w.buf, x, ids, act, g.or_dummy(bias), slots];
     Ok(g.make(Shader::MoeGemvGateUp, variant(w, e.act), &p, &bufs, grid)?.reading(bytes))
 }
 
@@ -413,7 +423,7 @@ pub fn moe_gemv_gate_up(
 /// `alpha` scales what is added to the residual `x`.
 pub fn moe_gemv_down(
     g: &Gpu,
-    w: &GpuWeight,
+    (w, slots): (&GpuWeight, &Buffer),
     act: &Buffer,
     (ids, weights): (&Buffer, &Buffer),
     x: &Buffer,
@@ -424,7 +434,7 @@ pub fn moe_gemv_down(
     let p = down_params("experts' w2", w, e, bias.is_some(), alpha)?;
     let grid = Grid { x: p.dim.div_ceil(g.gemv_rows()), y: Rows::PER_TOKEN };
     let bytes = w.expert_stride as u64 * 4 * e.k as u64;
-    let bufs = [&w.buf, act, ids, weights, x, g.or_dummy(bias)];
+    let bufs = [&w.buf, act, ids, weights, x, g.or_dummy(bias), slots];
     Ok(g.make(Shader::MoeGemvDown, w.dtype, &p, &bufs, grid)?.reading(bytes))
 }
 
@@ -445,7 +455,7 @@ pub fn moe_group(
 
 pub fn moe_gemm_gate_up(
     g: &Gpu,
-    w: &GpuWeight,
+    (w, slots): (&GpuWeight, &Buffer),
     x: &Buffer,
     (sorted, starts): (&Buffer, &Buffer),
     act: &Buffer,
@@ -454,13 +464,13 @@ pub fn moe_gemm_gate_up(
 ) -> Result<Dispatch> {
     let p = gate_up_params("experts' w1/w3", w, e, bias.is_some())?;
     let grid = Grid { x: p.ff.div_ceil(TILE), y: Rows::Tokens { mul: p.k, div: TILE, add: p.experts } };
-    let bufs = [&w.buf, x, sorted, starts, act, g.or_dummy(bias)];
+    let bufs = [&w.buf, x, sorted, starts, act, g.or_dummy(bias), slots];
     g.make(Shader::MoeGemmGateUp, variant(w, e.act), &p, &bufs, grid)
 }
 
 pub fn moe_gemm_down(
     g: &Gpu,
-    w: &GpuWeight,
+    (w, slots): (&GpuWeight, &Buffer),
     act: &Buffer,
     starts: &Buffer,
     y: &Buffer,
@@ -469,7 +479,7 @@ pub fn moe_gemm_down(
 ) -> Result<Dispatch> {
     let p = down_params("experts' w2", w, e, bias.is_some(), 1.0)?;
     let grid = Grid { x: p.dim.div_ceil(TILE), y: Rows::Tokens { mul: p.k, div: TILE, add: p.experts } };
-    g.make(Shader::MoeGemmDown, w.dtype, &p, &[&w.buf, act, starts, y, g.or_dummy(bias)], grid)
+    g.make(Shader::MoeGemmDown, w.dtype, &p, &[&w.buf, act, starts, y, g.or_dummy(bias), slots], grid)
 }
 
 /// x[t] += alpha * sum_s weights[t, s] * y[pos_of[t, s]] (prefill).

@@ -1,0 +1,187 @@
+//! The first pass of `program::build`: every layer's weights and KV caches on the GPU
+//! (the skeleton), with each MoE layer's experts either uploaded whole or, when a
+//! residency is asked for, kept on the host until the planner has sized their slot pools
+//! (src/gpu/paging.rs). The second pass records the dispatches (program.rs).
+
+use super::Gpu;
+use super::kernels::{GpuWeight, ops};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::plan::{FfnPlan, QkNorm, SharedExpert};
+use crate::quant::PackedBuffer;
+use crate::weights::{Slot, WeightSource};
+use wgpu::Buffer;
+
+pub(super) struct Uploader<'a> {
+    pub gpu: &'a Gpu,
+    pub src: &'a dyn WeightSource,
+    pub buffers: Vec<Buffer>,
+    pub bytes: u64,
+}
+
+impl Uploader<'_> {
+    /// The weight buffer for `slot`, if the model has one.
+    pub fn slot(&mut self, slot: Slot) -> Result<Option<GpuWeight>> {
+        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
+        self.upload(&self.src.describe(slot), &b).map(Some)
+    }
+
+    pub fn upload(&mut self, name: &str, b: &PackedBuffer) -> Result<GpuWeight> {
+        let w = self.gpu.upload_packed(name, b)?;
+        self.bytes += w.buf.size();
+        self.buffers.push(w.buf.clone());
+        Ok(w)
+    }
+
+    /// A `rows` x `cols` matrix in as many row ranges as the adapter's binding size needs
+    /// (one, usually): (weights, first row, rows) each.
+    pub fn row_ranges(
+        &mut self,
+        slot: Slot,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<Vec<(GpuWeight, usize, usize)>>> {
+        let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
+        let max = self.gpu.limits.max_storage_buffer_binding_size as usize;
+        let parts =
+            if b.bytes.len() <= max { vec![(b, 0, rows)] } else { crate::quant::split_rows(&b, rows, cols, max)? };
+        let name = self.src.describe(slot);
+        let mut out = Vec::with_capacity(parts.len());
+        for (p, r0, n) in parts {
+            out.push((self.upload(&format!("{name} rows {r0}..{}", r0 + n), &p)?, r0, n));
+        }
+        Ok(Some(out))
+    }
+
+    pub fn need(&mut self, slot: Slot) -> Result<GpuWeight> {
+        self.slot(slot)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", slot.name())))
+    }
+
+    /// An optional buffer the plan says must be there (`want`), or none.
+    pub fn want(&mut self, slot: Slot, want: bool) -> Result<Option<Buffer>> {
+        if want { Ok(Some(self.need(slot)?.buf)) } else { Ok(None) }
+    }
+
+    pub fn scratch(&mut self, label: &str, bytes: usize) -> Result<Buffer> {
+        let b = self.gpu.storage(label, bytes as u64)?;
+        self.buffers.push(b.clone());
+        Ok(b)
+    }
+
+    /// A storage buffer holding `words`.
+    pub fn words(&mut self, label: &str, words: &[u32]) -> Result<Buffer> {
+        let b = self.gpu.storage_init(label, bytemuck::cast_slice(words))?;
+        self.buffers.push(b.clone());
+        Ok(b)
+    }
+}
+
+/// A layer's experts: on the GPU whole, or on the host until their pool is made.
+pub(super) enum Experts {
+    Resident(GpuWeight, GpuWeight),
+    Host(PackedBuffer, PackedBuffer),
+    /// Moved into the layer's slot pools (src/gpu/paging.rs).
+    Pooled,
+}
+
+/// Everything one layer binds, bar its experts' pools.
+pub(super) struct LayerBufs {
+    pub attn_norm: Buffer,
+    pub ffn_norm: Buffer,
+    /// q, k and v as one matmul, or three writing their columns: (weights, outputs, column).
+    pub qkv_parts: Vec<(GpuWeight, usize, usize)>,
+    pub qkv_bias: Option<Buffer>,
+    pub qk_norm: Option<Buffer>,
+    pub sinks: Option<Buffer>,
+    pub wo: GpuWeight,
+    pub o_bias: Option<Buffer>,
+    pub post: Option<Buffer>,
+    pub k_cache: Buffer,
+    pub v_cache: Buffer,
+    /// The dense MLP's or the experts' gate/up and down.
+    pub experts: Experts,
+    /// MoE: the router and this layer's router ids [max_rows, k].
+    pub router: Option<(Buffer, Buffer)>,
+    pub bias13: Option<Buffer>,
+    pub bias2: Option<Buffer>,
+    pub shared: Option<(GpuWeight, GpuWeight, SharedExpert)>,
+}
+
+/// Uploads layer `li`'s skeleton and KV caches; its experts stay on the host when
+/// `host_experts` (the planner decides their residency later).
+pub(super) fn load_layer(
+    up: &mut Uploader,
+    c: &ModelConfig,
+    li: usize,
+    (ctx, kv16, max_rows): (usize, bool, usize),
+    host_experts: bool,
+) -> Result<LayerBufs> {
+    let l = li as u32;
+    let lp = &c.plan[li];
+    let a = &lp.attn;
+    let qkv_w = c.q_dim() + 2 * c.kv_dim();
+    let attn_norm = up.need(Slot::AttnNorm(l))?.buf;
+    let ffn_norm = up.need(Slot::FfnNorm(l))?.buf;
+    // q, k and v as one matmul when they share a storage type (the usual case), else three
+    // matmuls writing their columns of the same qkv rows.
+    let qkv_parts = match up.slot(Slot::Qkv(l))? {
+        Some(w) => vec![(w, qkv_w, 0)],
+        None => vec![
+            (up.need(Slot::Q(l))?, c.q_dim(), 0),
+            (up.need(Slot::K(l))?, c.kv_dim(), c.q_dim()),
+            (up.need(Slot::V(l))?, c.kv_dim(), c.q_dim() + c.kv_dim()),
+        ],
+    };
+    let qkv_bias = up.want(Slot::QkvBias(l), a.qkv_bias)?;
+    let qk_norm = up.want(Slot::QkNorm(l), a.qk_norm != QkNorm::None)?;
+    let sinks = up.want(Slot::Sinks(l), a.sinks)?;
+    let wo = up.need(Slot::Wo(l))?;
+    let o_bias = up.want(Slot::OBias(l), a.o_bias)?;
+    let post = up.want(Slot::PostNorms(l), lp.post_norms)?;
+    let kv_bytes = ops::kv_cache_bytes(c.kv_heads, ctx, c.head_dim, kv16);
+    let k_cache = up.scratch(&format!("layer {li} K cache"), kv_bytes)?;
+    let v_cache = up.scratch(&format!("layer {li} V cache"), kv_bytes)?;
+    let moe = lp.moe();
+    let experts = if host_experts && moe.is_some() {
+        let get = |s: Slot| {
+            up.src.buffer(s)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", s.name())))
+        };
+        Experts::Host(get(Slot::GateUp(l))?, get(Slot::Down(l))?)
+    } else {
+        Experts::Resident(up.need(Slot::GateUp(l))?, up.need(Slot::Down(l))?)
+    };
+    let (router, bias13, bias2, shared) = match &lp.ffn {
+        FfnPlan::Dense(_) => (None, None, None, None),
+        FfnPlan::Moe(m) => (
+            // Each layer keeps its own ids, so a step's whole routing can be read back.
+            Some((
+                up.need(Slot::Router(l))?.buf,
+                up.scratch(&format!("layer {li} router ids"), max_rows * m.top_k * 4)?,
+            )),
+            up.want(Slot::GateUpBias(l), m.expert_bias)?,
+            up.want(Slot::DownBias(l), m.expert_bias)?,
+            match &m.shared {
+                Some(sh) => Some((up.need(Slot::SharedGateUp(l))?, up.need(Slot::SharedDown(l))?, sh.clone())),
+                None => None,
+            },
+        ),
+    };
+    Ok(LayerBufs {
+        attn_norm,
+        ffn_norm,
+        qkv_parts,
+        qkv_bias,
+        qk_norm,
+        sinks,
+        wo,
+        o_bias,
+        post,
+        k_cache,
+        v_cache,
+        experts,
+        router,
+        bias13,
+        bias2,
+        shared,
+    })
+}
