@@ -255,6 +255,11 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
         check_moe_gemv_gate_up,
         &[
             ("let e = ids[a];", "let e = ids[t * p.k];"),
+            (
+                "let o = WLayout(slot * p.e_stride, p.s_off, p.h_off);",
+                "let o = WLayout(e * p.e_stride, p.s_off, p.h_off);",
+            ),
+            ("if (slot == NO_SLOT) {\n        return;", "if (false) {\n        return;"),
             ("gv += biases[e * 2u * p.ff + f];", "gv += biases[f];"),
             ("glu(gv, uv, p.act_alpha, p.act_limit)", "glu(gv, uv, p.act_alpha, 1e9)"),
         ],
@@ -264,6 +269,9 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
         check_moe_gemv_down,
         &[
             ("acc += weights[a] * rows_dot(", "acc += weights[t * p.k] * rows_dot("),
+            ("let slot = slot_of[ids[a]];", "let slot = ids[a];"),
+            ("if (slot == NO_SLOT) {\n            continue;", "if (slot == 0u) {\n            continue;"),
+            ("if (slot_of[ids[a]] != NO_SLOT) {", "if (true) {"),
             ("o += weights[a] * biases[ids[a] * p.dim + n];", "o += biases[ids[a] * p.dim + n];"),
             ("res[t * p.dim + n] += p.alpha * o;", "res[t * p.dim + n] += o;"),
         ],
@@ -274,6 +282,7 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
         check_moe_gemm_gate_up,
         &[
             ("if (r < rows && f < p.ff) {", "if (r + 1u < rows && f < p.ff) {"),
+            ("let slot = my.w;", "let slot = e;"),
             ("uv += biases[e * 2u * p.ff + p.ff + f];", "uv += biases[e * 2u * p.ff + f];"),
             ("glu(gv, uv, p.act_alpha, p.act_limit)", "glu(uv, gv, p.act_alpha, p.act_limit)"),
         ],
@@ -284,6 +293,10 @@ const KERNELS: &[(Shader, Check, Mutations)] = &[
         &[
             ("if (r < rows && n < p.dim) {", "if (r + 1u < rows && n < p.dim) {"),
             ("o += biases[e * p.dim + n];", "o += biases[n];"),
+            (
+                "let o = WLayout(my.w * p.e_stride, p.s_off, p.h_off);",
+                "let o = WLayout(my.x * p.e_stride, p.s_off, p.h_off);",
+            ),
         ],
     ),
     (

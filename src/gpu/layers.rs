@@ -5,6 +5,7 @@
 
 use super::Gpu;
 use super::kernels::{GpuWeight, ops};
+use super::paging::{self, NO_SLOT, PagedLayer, Residency};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::plan::{FfnPlan, QkNorm, SharedExpert};
@@ -184,4 +185,66 @@ pub(super) fn load_layer(
         bias2,
         shared,
     })
+}
+
+/// A layer's pools as the expert kernels bind them: (gate/up, down, slot table).
+pub(super) type Pool = (GpuWeight, GpuWeight, Buffer);
+
+/// Sizes and makes each MoE layer's slot pools once the skeleton is on the GPU: N slots
+/// per layer from `res.experts` and what `res.gpu_memory` leaves after `fixed` bytes (all
+/// that is allocated whatever the residency). A layer whose experts all fit is uploaded
+/// whole instead. Returns the paged layers and each layer's pools.
+pub(super) fn place_experts(
+    up: &mut Uploader,
+    c: &ModelConfig,
+    layers: &mut [LayerBufs],
+    res: &Residency,
+    fixed: u64,
+) -> Result<(Vec<PagedLayer>, Vec<Option<Pool>>)> {
+    let moe: Vec<(usize, usize, u64)> = layers
+        .iter()
+        .zip(&c.plan)
+        .filter_map(|(lb, lp)| match (&lb.experts, lp.moe()) {
+            (Experts::Host(a, b), Some(m)) => {
+                Some((m.experts, m.top_k, (a.expert_stride as u64 + b.expert_stride as u64) * 4))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut n = res.experts.unwrap_or(usize::MAX);
+    if let Some(budget) = res.gpu_memory {
+        n = n.min(paging::plan_slots(budget, fixed, &moe)?);
+    }
+    let mut paged = Vec::new();
+    let mut pools: Vec<Option<Pool>> = (0..c.layers).map(|_| None).collect();
+    for (li, lb) in layers.iter_mut().enumerate() {
+        let Some(m) = c.plan[li].moe() else { continue };
+        if n < m.top_k {
+            return Err(Error::input(format!(
+                "--resident-experts {n} is below layer {li}'s top-k of {}: a token's experts must fit at once",
+                m.top_k
+            )));
+        }
+        let Experts::Host(gu, dn) = std::mem::replace(&mut lb.experts, Experts::Pooled) else {
+            continue;
+        };
+        let l = li as u32;
+        if n >= m.experts {
+            let (a, b) = (up.src.describe(Slot::GateUp(l)), up.src.describe(Slot::Down(l)));
+            lb.experts = Experts::Resident(up.upload(&a, &gu)?, up.upload(&b, &dn)?);
+            continue;
+        }
+        let mut pool = |b: &PackedBuffer, what: &str| -> Result<GpuWeight> {
+            let buf =
+                up.scratch(&format!("layer {li} {what} pool of {n} experts"), n * b.expert_stride as usize * 4)?;
+            up.bytes += buf.size();
+            Ok(GpuWeight { buf, dtype: b.dtype, s_off: b.s_off, h_off: b.h_off, expert_stride: b.expert_stride })
+        };
+        let (pgu, pdn) = (pool(&gu, "gate/up")?, pool(&dn, "down")?);
+        let table = up.words(&format!("layer {li} slot table"), &vec![NO_SLOT; m.experts])?;
+        pools[li] = Some((pgu.clone(), pdn.clone(), table.clone()));
+        let host = [(gu.bytes, gu.expert_stride as usize * 4), (dn.bytes, dn.expert_stride as usize * 4)];
+        paged.push(PagedLayer::new(li, m.experts, n, host, [pgu.buf, pdn.buf], table));
+    }
+    Ok((paged, pools))
 }

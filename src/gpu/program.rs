@@ -19,14 +19,13 @@
 use super::Gpu;
 use super::kernels::ops::{AttnSpec, ExpertSpec, Qkv, RouterSpec};
 use super::kernels::{Dispatch, GpuWeight, Out, Rows, ops};
-use super::layers::{Experts, Uploader, load_layer};
+use super::layers::{Experts, Uploader, load_layer, place_experts};
 use super::model::{GEMM_MIN_ROWS, MAX_CHUNK, Path};
-use super::paging::{self, NO_SLOT, PagedLayer, Residency};
+use super::paging::{PagedLayer, Residency};
 use crate::config::rope_table;
 use crate::error::{Error, Result};
 use crate::model::Progress;
 use crate::model::plan::{Act, FfnPlan, QkNorm, RopePlan};
-use crate::quant::PackedBuffer;
 use crate::tensor::DType;
 use crate::weights::{Slot, WeightSource};
 use wgpu::Buffer;
@@ -87,6 +86,8 @@ struct Scratch {
     pos_of: Buffer,
     starts: Buffer,
     hist: Buffer,
+    /// Every expert in its own block: the slot table of resident experts and dense FFNs.
+    identity: Buffer,
     /// A dense MLP or shared expert is expert 0 (ids all 0) with weight 1, or its gate;
     /// its prefill grouping (identity, one expert) is computed once per step.
     dense: Option<DenseRouting>,
@@ -183,6 +184,7 @@ pub(super) fn build(
         pos_of: up.scratch("expert positions", max_rows * k * 4)?,
         starts: up.scratch("expert starts", (e + 1) * 4)?,
         hist: up.scratch("expert choice counts", c.layers * e * 4)?,
+        identity: up.words("identity slot table", &(0..e.max(1) as u32).collect::<Vec<_>>())?,
         dense: if needs_dense {
             let r = DenseRouting {
                 ids: up.scratch("dense ids", max_rows * 4)?,
@@ -208,8 +210,6 @@ pub(super) fn build(
         step,
     };
     g.write(&s.hist, 0, &vec![0u8; c.layers * e * 4]);
-    // Every expert in its own block: the slot table of resident experts and dense FFNs.
-    let identity = up.words("identity slot table", &(0..e.max(1) as u32).collect::<Vec<_>>())?;
     let logits = up.scratch("logits", max_rows * c.vocab * 4)?;
     // [trace of every MoE layer's ids for max_rows tokens][logits of max_rows tokens]
     let k_sum: usize = c.plan.iter().filter_map(|l| l.moe().map(|m| m.top_k)).sum();
@@ -252,60 +252,17 @@ pub(super) fn build(
     };
 
     // --- the experts: whole, or a pool of slots per layer ---
-    let mut paged = Vec::new();
-    let mut pools: Vec<Option<(GpuWeight, GpuWeight, Buffer)>> = (0..c.layers).map(|_| None).collect();
-    if paging {
-        let moe: Vec<(usize, usize, u64)> = layers
-            .iter()
-            .zip(&c.plan)
-            .filter_map(|(lb, lp)| match (&lb.experts, lp.moe()) {
-                (Experts::Host(a, b), Some(m)) => {
-                    Some((m.experts, m.top_k, (a.expert_stride as u64 + b.expert_stride as u64) * 4))
-                }
-                _ => None,
-            })
-            .collect();
-        let mut n = res.experts.unwrap_or(usize::MAX);
-        if let Some(budget) = res.gpu_memory {
-            // What is still to come besides the pools: slot tables, the paging read-back and
-            // the kernels' parameter blocks (an upper bound per dispatch).
-            let dispatches = (c.layers * 2 * 24 + 16 + embed.len() + 4 * lm_head.len()) as u64;
-            let later =
-                moe.len() as u64 * (e + decode_rows * k) as u64 * 4 + 2 * (max_rows * k * 4) as u64 + dispatches * 256;
-            let fixed = g.allocations().1 - counted0 + later;
-            n = n.min(paging::plan_slots(budget, fixed, &moe)?);
-        }
-        for (li, lb) in layers.iter_mut().enumerate() {
-            let Some(m) = c.plan[li].moe() else { continue };
-            if n < m.top_k {
-                return Err(Error::input(format!(
-                    "--resident-experts {n} is below layer {li}'s top-k of {}: a token's experts must fit at once",
-                    m.top_k
-                )));
-            }
-            let Experts::Host(gu, dn) = std::mem::replace(&mut lb.experts, Experts::Pooled) else {
-                continue;
-            };
-            if n >= m.experts {
-                lb.experts = Experts::Resident(
-                    up.upload(&src.describe(Slot::GateUp(li as u32)), &gu)?,
-                    up.upload(&src.describe(Slot::Down(li as u32)), &dn)?,
-                );
-                continue;
-            }
-            let pool = |up: &mut Uploader, b: &PackedBuffer, what: &str| -> Result<GpuWeight> {
-                let bytes = n * b.expert_stride as usize * 4;
-                let buf = up.scratch(&format!("layer {li} {what} pool of {n} experts"), bytes)?;
-                up.bytes += buf.size();
-                Ok(GpuWeight { buf, dtype: b.dtype, s_off: b.s_off, h_off: b.h_off, expert_stride: b.expert_stride })
-            };
-            let (pgu, pdn) = (pool(&mut up, &gu, "gate/up")?, pool(&mut up, &dn, "down")?);
-            let table = up.words(&format!("layer {li} slot table"), &vec![NO_SLOT; m.experts])?;
-            pools[li] = Some((pgu.clone(), pdn.clone(), table.clone()));
-            let host = [(gu.bytes, gu.expert_stride as usize * 4), (dn.bytes, dn.expert_stride as usize * 4)];
-            paged.push(PagedLayer::new(li, m.experts, n, host, [pgu.buf, pdn.buf], table));
-        }
-    }
+    let (paged, pools) = if paging {
+        // What is still to come besides the pools: slot tables, predicted ids, the paging
+        // read-back and the kernels' parameter blocks (an upper bound per dispatch).
+        let dispatches = (c.layers * 2 * 24 + 16 + embed.len() + 4 * lm_head.len()) as u64;
+        let later =
+            c.layers as u64 * (e + decode_rows * k) as u64 * 4 + 2 * (max_rows * k * 4) as u64 + dispatches * 256;
+        let fixed = g.allocations().1 - counted0 + later;
+        place_experts(&mut up, &c, &mut layers, res, fixed)?
+    } else {
+        (Vec::new(), (0..c.layers).map(|_| None).collect())
+    };
     let page_staging =
         if paged.is_empty() { None } else { Some(g.staging("paging read-back", (2 * max_rows * k * 4) as u64)) };
 
@@ -351,7 +308,7 @@ pub(super) fn build(
         // The experts as the kernels bind them: (gate/up, down, slot table).
         let (w13, w2, slots) = match (&lb.experts, &pools[li]) {
             (_, Some((a, b, t))) => (a, b, t),
-            (Experts::Resident(a, b), None) => (a, b, &identity),
+            (Experts::Resident(a, b), None) => (a, b, &s.identity),
             (Experts::Host(..) | Experts::Pooled, None) => {
                 return Err(Error::input("experts left on the host without a pool"));
             }
@@ -419,7 +376,7 @@ pub(super) fn build(
                     prog.push(ops::rms_norm(g, &s.step, &lb.ffn_norm, &s.x, &s.xn, d, c.eps, false)?);
                     let ones = &s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?.ones;
                     let f = DenseFfn { gate_up: w13, down: w2, weights: ones, ff: mlp.ff, act: mlp.act };
-                    dense_ffn(g, &s, &identity, prog, path, &f, d, (target, ts))?;
+                    dense_ffn(g, &s, prog, path, &f, d, (target, ts))?;
                 }
                 FfnPlan::Moe(m) => {
                     let (r, ids) = lb.router.as_ref().ok_or_else(|| Error::input("router"))?;
@@ -516,7 +473,7 @@ pub(super) fn build(
                         let weights =
                             if plan.gated { s.shared_gate.as_ref().unwrap_or(&dense.ones) } else { &dense.ones };
                         let f = DenseFfn { gate_up: sh13, down: sh2, weights, ff: plan.ff, act: m.act };
-                        dense_ffn(g, &s, &identity, prog, path, &f, d, (target, ts))?;
+                        dense_ffn(g, &s, prog, path, &f, d, (target, ts))?;
                     }
                 }
             }
@@ -579,7 +536,6 @@ pub(super) fn build(
 fn dense_ffn(
     g: &Gpu,
     s: &Scratch,
-    identity: &Buffer,
     prog: &mut Vec<Dispatch>,
     path: Path,
     f: &DenseFfn,
@@ -587,6 +543,7 @@ fn dense_ffn(
     (y, rs): (&Buffer, f32),
 ) -> Result<()> {
     let r = s.dense.as_ref().ok_or_else(|| Error::input("dense routing"))?;
+    let identity = &s.identity;
     let es = ExpertSpec { dim: d, ff: f.ff, k: 1, experts: 1, act: f.act };
     match path {
         Path::Prefill => {

@@ -2,7 +2,9 @@
 //! grouping, grouped GEMMs, combine).
 
 use super::*;
+use webmoe::gpu::paging::NO_SLOT;
 use webmoe::model::plan::{Act, RouterOrder, RouterPlan};
+use webmoe::quant::{PackedBuffer, pack_experts};
 
 pub fn check_router(g: &Gpu, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
@@ -98,6 +100,57 @@ pub struct Experts {
     b2: Vec<f32>,
     b13_buf: wgpu::Buffer,
     b2_buf: wgpu::Buffer,
+    /// The packed blocks (host), for pools in another order.
+    packed: [PackedBuffer; 2],
+}
+
+/// How the expert kernels find the experts: every expert in its own block (the identity
+/// table of an all-resident layer), or a paged layer's pool: a random permutation of the
+/// experts over fewer slots, with the rest (at least one) NO_SLOT, whose rows the kernels
+/// must leave alone.
+pub struct Slots {
+    pub table: Vec<u32>,
+    pub buf: wgpu::Buffer,
+    pub gate_up: GpuWeight,
+    pub down: GpuWeight,
+}
+
+impl Slots {
+    pub fn present(&self, e: u32) -> bool {
+        self.table[e as usize] != NO_SLOT
+    }
+}
+
+pub fn slots(g: &Gpu, rng: &mut Rng, ex: &Experts, e: usize, paged: bool) -> Slots {
+    if !paged {
+        let table: Vec<u32> = (0..e as u32).collect();
+        return Slots {
+            buf: upload_u32(g, "slots", &table),
+            table,
+            gate_up: ex.gate_up.clone(),
+            down: ex.down.clone(),
+        };
+    }
+    let mut order: Vec<u32> = (0..e as u32).collect();
+    for i in (1..e).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let n = (e * 2).div_ceil(3).min(e - 1); // slots
+    let mut table = vec![NO_SLOT; e];
+    // Expert order[i] sits in slot n-1-i (a reversal on top of the shuffle).
+    order.iter().take(n).enumerate().for_each(|(i, &x)| table[x as usize] = (n - 1 - i) as u32);
+    let pool = |p: &PackedBuffer| {
+        let stride = p.expert_stride as usize * 4;
+        let mut bytes = vec![0xffu8; n * stride]; // unused slots hold garbage
+        for (x, &s) in table.iter().enumerate() {
+            if s != NO_SLOT {
+                bytes[s as usize * stride..(s as usize + 1) * stride]
+                    .copy_from_slice(&p.bytes[x * stride..(x + 1) * stride]);
+            }
+        }
+        g.upload_packed("pool", &PackedBuffer { bytes, experts: n as u32, ..p.clone() }).unwrap()
+    };
+    Slots { buf: upload_u32(g, "slots", &table), gate_up: pool(&ex.packed[0]), down: pool(&ex.packed[1]), table }
 }
 
 /// The activations the expert kernels have, cycled through by the checks.
@@ -110,12 +163,14 @@ pub fn experts(g: &Gpu, rng: &mut Rng, e: usize, dim: usize, ff: usize, dt: DTyp
     let dn: Vec<Vec<&[u8]>> = blocks.iter().map(|b| vec![b[2].as_slice()]).collect();
     let vals = |i: usize| blocks.iter().map(|b| to_f32(dt, &b[i])).collect();
     let (b13, b2) = (rng.vec(e * 2 * ff, 10.0), rng.vec(e * dim, 1.0));
+    let packed = [pack_experts(dt, &gu).unwrap(), pack_experts(dt, &dn).unwrap()];
     Experts {
         w1: vals(0),
         w3: vals(1),
         w2: vals(2),
-        gate_up: g.upload_experts("gate|up", dt, &gu).unwrap(),
-        down: g.upload_experts("down", dt, &dn).unwrap(),
+        gate_up: g.upload_packed("gate|up", &packed[0]).unwrap(),
+        down: g.upload_packed("down", &packed[1]).unwrap(),
+        packed,
         b13_buf: upload_f32(g, "gate/up biases", &b13),
         b2_buf: upload_f32(g, "down biases", &b2),
         b13,
@@ -163,14 +218,21 @@ pub fn check_moe_gemv_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
         let ff = inner_dim(dt, ff);
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
-        let want: Vec<f32> = (0..t * k).flat_map(|a| act_ref(&x, a / k, ids[a], &ex, (dim, ff), act, bias)).collect();
+        let sl = slots(g, &mut rng, &ex, e, i % 2 == 1);
+        // Assignments of experts without a slot keep their (poisoned) rows.
+        let want: Vec<f32> = (0..t * k)
+            .flat_map(|a| match sl.present(ids[a]) {
+                true => act_ref(&x, a / k, ids[a], &ex, (dim, ff), act, bias),
+                false => vec![f32::NAN; ff],
+            })
+            .collect();
         let (xb, ib, ab) = (upload_f32(g, "x", &x), upload_u32(g, "ids", &ids), poisoned(g, "act", t * k * ff));
         let bb = bias.then_some(&ex.b13_buf);
-        let d = ops::moe_gemv_gate_up(g, &ex.gate_up, &xb, &ib, &ab, bb, &spec(dim, ff, k, e, act))
+        let d = ops::moe_gemv_gate_up(g, (&sl.gate_up, &sl.buf), &xb, &ib, &ab, bb, &spec(dim, ff, k, e, act))
             .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        let what = format!("moe_gemv_gate_up {dt:?} {act:?} bias={bias}");
-        close(&what, &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+        let what = format!("moe_gemv_gate_up {dt:?} {act:?} bias={bias} slots {:?}", sl.table);
+        close_kept(&what, &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
@@ -186,8 +248,10 @@ pub fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
         let act = rng.vec(t * k * ff, 1.0);
         let x0 = rng.vec(t * dim, 1.0);
         let (ids, ws) = routing(&mut rng, t, e, k);
+        let sl = slots(g, &mut rng, &ex, e, (i / 2) % 2 == 1); // with and without biases
         let mut want = x0.clone();
-        for a in 0..t * k {
+        // Experts without a slot add nothing (another round adds their share).
+        for a in (0..t * k).filter(|&a| sl.present(ids[a])) {
             let y = down_ref(&act[a * ff..(a + 1) * ff], ids[a], &ex, dim, ff, bias);
             let tt = a / k;
             want[tt * dim..(tt + 1) * dim].iter_mut().zip(&y).for_each(|(w, y)| *w += alpha * ws[a] * y);
@@ -195,10 +259,11 @@ pub fn check_moe_gemv_down(g: &Gpu, seed: u64) -> Result<(), String> {
         let (ab, ib, wb, xb) =
             (upload_f32(g, "act", &act), upload_u32(g, "ids", &ids), upload_f32(g, "w", &ws), upload_f32(g, "x", &x0));
         let es = spec(dim, ff, k, e, Act::SiluGlu);
-        let d = ops::moe_gemv_down(g, &ex.down, &ab, (&ib, &wb), &xb, bias.then_some(&ex.b2_buf), &es, alpha)
-            .map_err(|e| e.to_string())?;
+        let d =
+            ops::moe_gemv_down(g, (&sl.down, &sl.buf), &ab, (&ib, &wb), &xb, bias.then_some(&ex.b2_buf), &es, alpha)
+                .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        let what = format!("moe_gemv_down {dt:?} bias={bias} alpha={alpha}");
+        let what = format!("moe_gemv_down {dt:?} bias={bias} alpha={alpha} slots {:?}", sl.table);
         close(&what, &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-4)?;
     }
     Ok(())
@@ -240,9 +305,13 @@ pub fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
         let x = rng.vec(t * dim, 1.0);
         let (ids, _) = routing(&mut rng, t, e, k);
         let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
+        let sl = slots(g, &mut rng, &ex, e, i % 2 == 1);
         let want: Vec<f32> = sorted
             .iter()
-            .flat_map(|&a| act_ref(&x, a as usize / k, ids[a as usize], &ex, (dim, ff), act, bias))
+            .flat_map(|&a| match sl.present(ids[a as usize]) {
+                true => act_ref(&x, a as usize / k, ids[a as usize], &ex, (dim, ff), act, bias),
+                false => vec![f32::NAN; ff],
+            })
             .collect();
         let (xb, sb, stb, ab) = (
             upload_f32(g, "x", &x),
@@ -251,11 +320,11 @@ pub fn check_moe_gemm_gate_up(g: &Gpu, seed: u64) -> Result<(), String> {
             poisoned(g, "act", t * k * ff),
         );
         let bb = bias.then_some(&ex.b13_buf);
-        let d = ops::moe_gemm_gate_up(g, &ex.gate_up, &xb, (&sb, &stb), &ab, bb, &spec(dim, ff, k, e, act))
+        let d = ops::moe_gemm_gate_up(g, (&sl.gate_up, &sl.buf), &xb, (&sb, &stb), &ab, bb, &spec(dim, ff, k, e, act))
             .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        let what = format!("moe_gemm_gate_up {dt:?} {act:?} bias={bias}");
-        close(&what, &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
+        let what = format!("moe_gemm_gate_up {dt:?} {act:?} bias={bias} slots {:?}", sl.table);
+        close_kept(&what, &read_f32(g, &ab, t * k * ff), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
@@ -270,16 +339,21 @@ pub fn check_moe_gemm_down(g: &Gpu, seed: u64) -> Result<(), String> {
         let (ids, _) = routing(&mut rng, t, e, k);
         let (sorted, _, starts) = cpu::group_by_expert(&ids, e);
         let act = rng.vec(t * k * ff, 1.0); // rows in sorted order
+        let sl = slots(g, &mut rng, &ex, e, (i / 2) % 2 == 1); // with and without biases
         let want: Vec<f32> = (0..t * k)
-            .flat_map(|q| down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff, bias))
+            .flat_map(|q| match sl.present(ids[sorted[q] as usize]) {
+                true => down_ref(&act[q * ff..(q + 1) * ff], ids[sorted[q] as usize], &ex, dim, ff, bias),
+                false => vec![f32::NAN; dim],
+            })
             .collect();
         let (ab, stb, yb) =
             (upload_f32(g, "act", &act), upload_u32(g, "starts", &starts), poisoned(g, "y", t * k * dim));
         let es = spec(dim, ff, k, e, Act::SiluGlu);
-        let d = ops::moe_gemm_down(g, &ex.down, &ab, &stb, &yb, bias.then_some(&ex.b2_buf), &es)
+        let d = ops::moe_gemm_down(g, (&sl.down, &sl.buf), &ab, &stb, &yb, bias.then_some(&ex.b2_buf), &es)
             .map_err(|e| e.to_string())?;
         g.run(&[&d], t as u32);
-        close(&format!("moe_gemm_down {dt:?} bias={bias}"), &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
+        let what = format!("moe_gemm_down {dt:?} bias={bias} slots {:?}", sl.table);
+        close_kept(&what, &read_f32(g, &yb, t * k * dim), &want, 1e-5, 1e-4)?;
     }
     Ok(())
 }
@@ -303,4 +377,13 @@ pub fn check_moe_combine(g: &Gpu, seed: u64) -> Result<(), String> {
     let d = ops::moe_combine(g, &yb, &pb, &wb, &xb, dim, k, alpha).map_err(|e| e.to_string())?;
     g.run(&[&d], t as u32);
     close("moe_combine", &read_f32(g, &xb, t * dim), &want, 1e-5, 1e-5).map(|_| ())
+}
+
+/// `close`, where a NaN expected means the kernel must have left the poisoned value.
+pub fn close_kept(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<f32, String> {
+    if let Some(i) = want.iter().zip(got).position(|(w, g)| w.is_nan() && !g.is_nan()) {
+        return Err(format!("{what}: element {i} is {}, but its expert has no slot: it should be left alone", got[i]));
+    }
+    let (g, w): (Vec<f32>, Vec<f32>) = got.iter().zip(want).filter(|(_, w)| !w.is_nan()).map(|(g, w)| (*g, *w)).unzip();
+    close(what, &g, &w, atol, rtol)
 }

@@ -401,7 +401,6 @@ fn variant(w: &GpuWeight, act: Act) -> Variant {
 /// `w`: stacked experts, each its gate (W1) then up (W3) rows, [2 ff, dim]; `bias`
 /// [E, 2 ff]; `slots` [E] u32: each expert's block in `w` (the identity when all are
 /// resident), or NO_SLOT to leave its rows alone (src/gpu/paging.rs).
-
 pub fn moe_gemv_gate_up(
     g: &Gpu,
     (w, slots): (&GpuWeight, &Buffer),
