@@ -207,3 +207,84 @@ pub async fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport
         decode_kernels,
     })
 }
+
+/// One row of the expert-residency table (`webmoe bench --residency`): decode with a
+/// residency and policy, and what paging cost per generated token.
+#[derive(Clone, Debug, Serialize)]
+pub struct PagingRow {
+    /// Slots per MoE layer and the experts there are.
+    pub resident: usize,
+    pub experts: usize,
+    /// "all" (nothing paged), "none" (no reuse), "lru", "lru+prefetch".
+    pub mode: String,
+    pub decode_tokens_per_s: Stat,
+    /// Over the decode steps: needed experts found resident; predicted among needed.
+    pub hit_rate: f64,
+    pub prefetch_recall: Option<f64>,
+    pub mb_per_token: f64,
+    pub host_sync_ms_per_token: f64,
+    pub rounds_per_token: f64,
+    /// Decode rate the upload bytes alone allow over a 16 and a 32 GB/s link.
+    pub pcie16_tokens_per_s: Option<f64>,
+    pub pcie32_tokens_per_s: Option<f64>,
+}
+
+/// Decode only: per repetition, a prompt of `prompt_tokens` (untimed), then `gen_tokens`
+/// greedy steps with the token kept on the GPU; paging counters over the decode steps.
+pub async fn paged_decode(engine: &mut Engine, opts: &BenchOptions, mode: &str) -> Result<PagingRow> {
+    use crate::gpu::model::{Pred, Want};
+    let vocab = engine.vocab as u32;
+    if opts.prompt_tokens + opts.gen_tokens > engine.context || opts.gen_tokens == 0 || opts.reps == 0 {
+        return Err(Error::input("bench: prompt + generated tokens must fit the context, with 1 or more of each"));
+    }
+    let prompt: Vec<u32> = (0..opts.prompt_tokens as u32).map(|i| 1 + (i * 7919) % (vocab - 1)).collect();
+    let m = engine.gpu_model().ok_or_else(|| Error::input("bench runs the GPU kernels"))?;
+    let experts = m.cfg.max_experts();
+    let resident = m.residency().iter().map(|r| r.1).max().unwrap_or(experts);
+    let chunk = m.max_rows;
+    let mut rates = Vec::new();
+    let mut total = crate::gpu::paging::PagingStats::default();
+    // The first repetition warms up (pipelines, caches) and is not counted.
+    for rep in 0..=opts.reps {
+        m.reset();
+        let Pred::Token(mut t) = m.feed(&prompt, chunk, Want::Token).await? else {
+            return Err(Error::gpu("bench: no token"));
+        };
+        std::mem::take(&mut m.paging);
+        let t0 = Instant::now();
+        for _ in 0..opts.gen_tokens {
+            let Pred::Token(n) = m.feed(&[t], 1, Want::Token).await? else { return Err(Error::gpu("bench: no token")) };
+            t = n;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let s = std::mem::take(&mut m.paging);
+        if rep > 0 {
+            rates.push(opts.gen_tokens as f64 / secs);
+            total.hits += s.hits;
+            total.misses += s.misses;
+            total.upload_bytes += s.upload_bytes;
+            total.predicted_needed += s.predicted_needed;
+            total.needed_predictable += s.needed_predictable;
+            total.rounds += s.rounds;
+            total.sync_seconds += s.sync_seconds;
+            total.tokens += s.tokens;
+        }
+    }
+    let tokens = (opts.gen_tokens * opts.reps) as f64;
+    let bytes = total.upload_bytes as f64 / tokens;
+    let link = |gb: f64| (bytes > 0.0).then(|| gb * 1e9 / bytes);
+    Ok(PagingRow {
+        resident,
+        experts,
+        mode: mode.to_string(),
+        decode_tokens_per_s: Stat::of(rates),
+        hit_rate: if m.is_paged() { total.hit_rate() } else { 1.0 },
+        prefetch_recall: (total.needed_predictable > 0).then(|| total.recall()),
+        mb_per_token: bytes / 1e6,
+        host_sync_ms_per_token: 1e3 * total.sync_seconds / tokens,
+        rounds_per_token: total.rounds as f64 / tokens,
+        pcie16_tokens_per_s: link(16.0),
+        pcie32_tokens_per_s: link(32.0),
+    })
+    .inspect(|_| engine.reset())
+}

@@ -53,7 +53,7 @@ impl QuantArg {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ModelArgs {
     /// A .gguf file, a Hugging Face model directory (config.json + safetensors), or a
     /// packed model's manifest.json
@@ -222,6 +222,11 @@ enum Cmd {
         /// Print one JSON object
         #[arg(long)]
         json: bool,
+        /// Decode with 25/50/75/100% of each MoE layer's experts resident, without reuse,
+        /// with LRU and with LRU + prefetch: hit rate, prefetch recall, MB uploaded and
+        /// host-sync ms per token, tok/s against all-resident and what PCIe links allow
+        #[arg(long)]
+        residency: bool,
     },
     /// Write a packed web model: manifest.json and shards the browser uploads as they are
     Pack {
@@ -539,8 +544,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Chat { model, sample, system } => chat(&mut open(&model)?, &model.model, system, &sample.options())?,
         Cmd::Info { model } => info::info(&model)?,
-        Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json } => {
-            bench(&model, webmoe::bench::BenchOptions { prompt_tokens, gen_tokens, reps, kernels }, json)?
+        Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json, residency } => {
+            let opts = webmoe::bench::BenchOptions { prompt_tokens, gen_tokens, reps, kernels };
+            if residency { measure::residency_table(&model, &opts, json)? } else { bench(&model, opts, json)? }
         }
         Cmd::Pack { model, out, shard_mb, quant } => pack(&model, &out, shard_mb, quant)?,
     }

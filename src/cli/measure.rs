@@ -72,3 +72,67 @@ pub fn route(model: ModelArgs, file: &Path, max_tokens: Option<usize>, json: boo
     }
     Ok(())
 }
+
+/// `bench --residency`: decode with 25/50/75/100% of the experts resident per MoE layer,
+/// each (bar 100%) without reuse, with LRU and with LRU + lookahead prefetch, one model
+/// load per row, all in this run so the ratios compare like with like.
+pub fn residency_table(model: &ModelArgs, opts: &webmoe::bench::BenchOptions, json: bool) -> Result<()> {
+    use webmoe::gpu::paging::Policy;
+    let probe = open(model)?;
+    let info = probe.describe();
+    drop(probe);
+    let experts = info["experts"].as_u64().unwrap_or(0) as usize;
+    let k = info["experts_per_token"].as_u64().unwrap_or(0) as usize;
+    if experts <= 1 {
+        return Err(Error::input("bench --residency needs an MoE model"));
+    }
+    let mut rows = Vec::new();
+    for pct in [25, 50, 75, 100] {
+        let n = (experts * pct).div_ceil(100).max(k);
+        let modes: &[(&str, Policy, bool)] = if n >= experts {
+            &[("all", Policy::Lru, false)]
+        } else {
+            &[("none", Policy::NoReuse, false), ("lru", Policy::Lru, false), ("lru+prefetch", Policy::Lru, true)]
+        };
+        for &(mode, policy, prefetch) in modes {
+            let mut m = model.clone();
+            m.resident_experts = (n < experts).then_some(n);
+            m.gpu_memory = None;
+            m.expert_policy = policy;
+            m.prefetch = prefetch;
+            let mut engine = open(&m)?;
+            eprintln!("bench: {n} of {experts} experts resident, {mode}");
+            rows.push(block_on(webmoe::bench::paged_decode(&mut engine, opts, mode))?);
+        }
+    }
+    let all = rows.last().map_or(1.0, |r| r.decode_tokens_per_s.median);
+    if json {
+        let v = serde_json::json!({"model": model.model.display().to_string(), "prompt_tokens": opts.prompt_tokens,
+            "gen_tokens": opts.gen_tokens, "reps": opts.reps, "rows": rows});
+        println!("{v}");
+        return Ok(());
+    }
+    println!("model {} ({experts} experts, top-{k}); decode {} tokens after {}, median of {}", model.model.display(), opts.gen_tokens, opts.prompt_tokens, opts.reps);
+    println!("| resident | mode | hit rate | prefetch recall | MB/token | host sync ms/token | rounds/token | decode tok/s | vs all | 16 GB/s bound | 32 GB/s bound |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".into(), f);
+        println!(
+            "| {}/{} ({}%) | {} | {:.1}% | {} | {:.3} | {:.2} | {:.1} | {:.2} | {:.2}x | {} | {} |",
+            r.resident,
+            r.experts,
+            100 * r.resident / r.experts,
+            r.mode,
+            100.0 * r.hit_rate,
+            opt(r.prefetch_recall, &|x| format!("{:.1}%", 100.0 * x)),
+            r.mb_per_token,
+            r.host_sync_ms_per_token,
+            r.rounds_per_token,
+            r.decode_tokens_per_s.median,
+            r.decode_tokens_per_s.median / all,
+            opt(r.pcie16_tokens_per_s, &|x| format!("{x:.0} tok/s")),
+            opt(r.pcie32_tokens_per_s, &|x| format!("{x:.0} tok/s")),
+        );
+    }
+    Ok(())
+}
