@@ -14,14 +14,27 @@ export interface LoadProgress {
  *  'auto' (where the model already is; else OPFS for models over 2 GB; else the Cache API). */
 export type StorageBackend = 'auto' | 'cache' | 'opfs';
 
-export interface LoadOptions {
+/** How many of an MoE's experts stay on the GPU (default: all). The rest are uploaded when
+ *  a layer's router asks for them; logits are the same as with every expert resident. */
+export interface ResidencyOptions {
+  /** Expert slots per MoE layer (at least the model's top-k). */
+  residentExperts?: number;
+  /** Bytes the model may allocate on the GPU: the skeleton, then the KV cache, then as many experts per layer as fit. */
+  gpuMemory?: number;
+  /** Which resident expert gives way (default 'lru'); 'pinned:N' keeps the N most used; 'none' reuses nothing. */
+  expertPolicy?: 'lru' | 'lfu' | 'none' | `pinned:${number}`;
+  /** Lookahead: the next layer's router on this layer's residual picks experts to upload early. */
+  prefetch?: boolean;
+}
+
+export interface LoadOptions extends ResidencyOptions {
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
   /** Overrides the engine's `storage` for this load. */
   storage?: StorageBackend;
 }
 
-export interface EngineOptions {
+export interface EngineOptions extends ResidencyOptions {
   /** KV cache length in tokens (default: min(max_position_embeddings, 4096)). */
   context?: number;
   /** Most prompt tokens per forward step (1 runs every token through the decode kernels). */
@@ -96,6 +109,28 @@ export interface CompletionStats {
   expertCounts: number[][];
   /** MoE models: per MoE layer, routing over this completion's tokens (`webmoe route`'s numbers). */
   routing: LayerRouting[];
+  /** Expert paging over this completion (null when every expert is resident). */
+  paging: PagingStats | null;
+}
+
+export interface PagingStats {
+  steps: number;
+  tokens: number;
+  /** Needed experts found resident / uploaded, per layer and step. */
+  hits: number;
+  misses: number;
+  hitRate: number;
+  upload_bytes: number;
+  mbPerToken: number;
+  /** Seconds (and ms per token) the host waited for routers' ids. */
+  sync_seconds: number;
+  hostSyncMsPerToken: number;
+  /** Lookahead: experts uploaded early, and the share of needed experts it predicted. */
+  prefetched: number;
+  prefetchRecall: number | null;
+  /** Layer runs split into rounds (more experts needed than slots), and rounds in all. */
+  split_layers: number;
+  rounds: number;
 }
 
 export interface LayerRouting {

@@ -126,6 +126,7 @@ class Engine {
   #storage = null;
   /** Why the device was lost, until the engine has been rebuilt on a new one. */
   #lost = null;
+  #residency = null;
   /** Timings and counts of the last completion. */
   lastStats = null;
   /** Devices lost and recovered from: [{reason, restoredTokens, model, seconds}]. */
@@ -135,6 +136,7 @@ class Engine {
     this.#inner = inner;
     this.#adapterInfo = adapterInfo;
     this.#options = options;
+    this.#residency = options.residency ?? null;
     this.chat = { completions: { create: (req) => this.#create(req) } };
   }
 
@@ -200,8 +202,11 @@ class Engine {
     this.deviceResets.push({ reason, restoredTokens: model ? tokens.length : 0, model, seconds: (performance.now() - t0) / 1000 });
   }
 
-  async #loadInto(url, { onProgress, signal, storage }) {
+  async #loadInto(url, { onProgress, signal, storage, residency }) {
     this.#model = null;
+    // Expert residency: the load's own, else the engine's (createEngine), else all resident.
+    this.#residency = residency ?? this.#residency;
+    this.#inner.setResidency(this.#residency ?? {});
     if (/manifest\.json(\?|#|$)/.test(url)) {
       const abs = new URL(url, globalThis.location?.href).href;
       const m = await ensureModel(abs, { onProgress, signal, storage: storage ?? this.#options.storage ?? 'auto' });
@@ -229,14 +234,16 @@ class Engine {
    * phase 'download', 'verify', 'wait' (another tab is fetching a shard) or 'upload'.
    * `storage` ('auto', 'cache' or 'opfs') overrides the engine's for a packed model.
    */
-  load(url, { onProgress, signal, storage } = {}) {
+  load(url, { onProgress, signal, storage, residentExperts, gpuMemory, expertPolicy, prefetch } = {}) {
     if (typeof url !== 'string' || url.length === 0) {
       return Promise.reject(new TypeError('load(url): url must be a non-empty string'));
     }
     const cb = typeof onProgress === 'function' ? onProgress : null;
     return this.#serial(async () => {
       if (signal?.aborted) throw abortError();
-      await this.#loadInto(url, { onProgress: cb, signal, storage });
+      const given = [residentExperts, gpuMemory, expertPolicy, prefetch].some((v) => v !== undefined);
+      const residency = given ? { residentExperts, gpuMemory, expertPolicy, prefetch } : undefined;
+      await this.#loadInto(url, { onProgress: cb, signal, storage, residency });
     }, { reload: false });
   }
 
@@ -296,6 +303,15 @@ class Engine {
         // tokens kept their first-choice expert (same_first, beside same_first_random) or
         // shared one (overlap, overlap_random), and LRU hit rates by cache size (lru).
         routing: r.routing ?? [],
+        // Expert paging over this request, when some experts are not resident: hits and
+        // misses, bytes uploaded, host-sync seconds, lookahead recall (null otherwise).
+        paging: r.paging ? {
+          ...r.paging,
+          hitRate: r.paging.hits / Math.max(1, r.paging.hits + r.paging.misses),
+          mbPerToken: r.paging.upload_bytes / 1e6 / Math.max(1, r.paging.tokens),
+          hostSyncMsPerToken: (1000 * r.paging.sync_seconds) / Math.max(1, r.paging.tokens),
+          prefetchRecall: r.paging.needed_predictable > 0 ? r.paging.predicted_needed / r.paging.needed_predictable : null,
+        } : null,
       };
       if (signal?.aborted) throw abortError();
       return r;
@@ -386,6 +402,10 @@ class Engine {
  * options: { context?: number (KV cache length), prefillChunk?: number,
  *            gemvLanes?: 8 | 16 | 32 (decode-matmul shape; default: chosen for the adapter),
  *            kv?: 'f32' | 'f16' (KV cache storage; f16 halves its memory),
+ *            residentExperts?: number (experts kept on the GPU per MoE layer; the rest
+ *              are uploaded when the router asks for them), gpuMemory?: number (bytes the
+ *              model may allocate on the GPU), expertPolicy?: 'lru' | 'lfu' | 'pinned:N' |
+ *              'none', prefetch?: boolean (lookahead: also load(url, {...}) options),
  *            storage?: 'auto' | 'cache' | 'opfs' (where packed models are kept; 'auto':
  *              where the model already is, else OPFS over 2 GB, else the Cache API),
  *            wasmUrl?: string | URL }
@@ -406,7 +426,9 @@ export async function createEngine(options = {}) {
   } catch {
     // Adapter info is cosmetic.
   }
-  return new Engine(inner, info, { ...gpuOptions, storage: options.storage });
+  const { residentExperts, gpuMemory, expertPolicy, prefetch } = options;
+  const residency = { residentExperts, gpuMemory, expertPolicy, prefetch };
+  return new Engine(inner, info, { ...gpuOptions, storage: options.storage, residency });
 }
 
 export { createWorkerEngine } from './worker-client.js';

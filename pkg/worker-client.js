@@ -56,8 +56,8 @@ class WorkerEngine {
     this.#adapter = r.adapter;
   }
 
-  async load(url, { onProgress, signal, storage } = {}) {
-    await this.#call('load', [url, { storage }], { signal, onEvent: (e, p) => e === 'progress' && onProgress?.(p) });
+  async load(url, { onProgress, signal, storage, residentExperts, gpuMemory, expertPolicy, prefetch } = {}) {
+    await this.#call('load', [url, { storage, residentExperts, gpuMemory, expertPolicy, prefetch }], { signal, onEvent: (e, p) => e === 'progress' && onProgress?.(p) });
     this.#model = url;
   }
 

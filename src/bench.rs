@@ -8,6 +8,8 @@ use crate::engine::{Engine, Event, GenerateOptions};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::kernels::ops;
+use crate::gpu::model::Want;
+use crate::gpu::paging::PagingStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use web_time::Instant;
@@ -229,62 +231,59 @@ pub struct PagingRow {
     pub pcie32_tokens_per_s: Option<f64>,
 }
 
-/// Decode only: per repetition, a prompt of `prompt_tokens` (untimed), then `gen_tokens`
-/// greedy steps with the token kept on the GPU; paging counters over the decode steps.
-pub async fn paged_decode(engine: &mut Engine, opts: &BenchOptions, mode: &str) -> Result<PagingRow> {
-    use crate::gpu::model::{Pred, Want};
-    let vocab = engine.vocab as u32;
-    if opts.prompt_tokens + opts.gen_tokens > engine.context || opts.gen_tokens == 0 || opts.reps == 0 {
-        return Err(Error::input("bench: prompt + generated tokens must fit the context, with 1 or more of each"));
+/// One decode repetition for the residency table: `tokens[..prompt]` as the prompt
+/// (untimed), then each of the next `gen_tokens` fed one step at a time (the same inputs
+/// for every residency: text, not each run's own greedy choices, which a random-weight
+/// model repeats). Returns the decode rate and the paging counters of the decode steps.
+pub async fn decode_rep(engine: &mut Engine, tokens: &[u32], prompt: usize) -> Result<(f64, PagingStats)> {
+    if prompt == 0 || tokens.len() <= prompt || tokens.len() > engine.context {
+        return Err(Error::input("bench: the prompt and the decoded tokens must fit the context, with 1 or more of each"));
     }
-    let prompt: Vec<u32> = (0..opts.prompt_tokens as u32).map(|i| 1 + (i * 7919) % (vocab - 1)).collect();
+    engine.reset();
+    let m = engine.gpu_model().ok_or_else(|| Error::input("bench runs the GPU kernels"))?;
+    let chunk = m.max_rows;
+    m.feed(&tokens[..prompt], chunk, Want::Token).await?;
+    std::mem::take(&mut m.paging);
+    let t0 = Instant::now();
+    for &t in &tokens[prompt..] {
+        m.feed(&[t], 1, Want::Token).await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let s = std::mem::take(&mut m.paging);
+    engine.reset();
+    Ok(((tokens.len() - prompt) as f64 / secs, s))
+}
+
+/// A residency table row from its repetitions (`decode_rep`).
+pub fn paging_row(engine: &mut Engine, mode: &str, reps: &[(f64, PagingStats)]) -> Result<PagingRow> {
     let m = engine.gpu_model().ok_or_else(|| Error::input("bench runs the GPU kernels"))?;
     let experts = m.cfg.max_experts();
     let resident = m.residency().iter().map(|r| r.1).max().unwrap_or(experts);
-    let chunk = m.max_rows;
-    let mut rates = Vec::new();
-    let mut total = crate::gpu::paging::PagingStats::default();
-    // The first repetition warms up (pipelines, caches) and is not counted.
-    for rep in 0..=opts.reps {
-        m.reset();
-        let Pred::Token(mut t) = m.feed(&prompt, chunk, Want::Token).await? else {
-            return Err(Error::gpu("bench: no token"));
-        };
-        std::mem::take(&mut m.paging);
-        let t0 = Instant::now();
-        for _ in 0..opts.gen_tokens {
-            let Pred::Token(n) = m.feed(&[t], 1, Want::Token).await? else { return Err(Error::gpu("bench: no token")) };
-            t = n;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let s = std::mem::take(&mut m.paging);
-        if rep > 0 {
-            rates.push(opts.gen_tokens as f64 / secs);
-            total.hits += s.hits;
-            total.misses += s.misses;
-            total.upload_bytes += s.upload_bytes;
-            total.predicted_needed += s.predicted_needed;
-            total.needed_predictable += s.needed_predictable;
-            total.rounds += s.rounds;
-            total.sync_seconds += s.sync_seconds;
-            total.tokens += s.tokens;
-        }
+    let mut t = PagingStats::default();
+    for (_, s) in reps {
+        t.hits += s.hits;
+        t.misses += s.misses;
+        t.upload_bytes += s.upload_bytes;
+        t.predicted_needed += s.predicted_needed;
+        t.needed_predictable += s.needed_predictable;
+        t.rounds += s.rounds;
+        t.sync_seconds += s.sync_seconds;
+        t.tokens += s.tokens;
     }
-    let tokens = (opts.gen_tokens * opts.reps) as f64;
-    let bytes = total.upload_bytes as f64 / tokens;
+    let tokens = t.tokens.max(1) as f64;
+    let bytes = t.upload_bytes as f64 / tokens;
     let link = |gb: f64| (bytes > 0.0).then(|| gb * 1e9 / bytes);
     Ok(PagingRow {
         resident,
         experts,
         mode: mode.to_string(),
-        decode_tokens_per_s: Stat::of(rates),
-        hit_rate: if m.is_paged() { total.hit_rate() } else { 1.0 },
-        prefetch_recall: (total.needed_predictable > 0).then(|| total.recall()),
+        decode_tokens_per_s: Stat::of(reps.iter().map(|r| r.0).collect()),
+        hit_rate: if m.is_paged() { t.hit_rate() } else { 1.0 },
+        prefetch_recall: (t.needed_predictable > 0).then(|| t.recall()),
         mb_per_token: bytes / 1e6,
-        host_sync_ms_per_token: 1e3 * total.sync_seconds / tokens,
-        rounds_per_token: total.rounds as f64 / tokens,
+        host_sync_ms_per_token: 1e3 * t.sync_seconds / tokens,
+        rounds_per_token: t.rounds as f64 / tokens,
         pcie16_tokens_per_s: link(16.0),
         pcie32_tokens_per_s: link(32.0),
     })
-    .inspect(|_| engine.reset())
 }

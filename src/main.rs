@@ -227,6 +227,9 @@ enum Cmd {
         /// host-sync ms per token, tok/s against all-resident and what PCIe links allow
         #[arg(long)]
         residency: bool,
+        /// With --residency: decode the tokens of this text (default: a fixed spread of ids)
+        #[arg(long, requires = "residency")]
+        file: Option<std::path::PathBuf>,
     },
     /// Write a packed web model: manifest.json and shards the browser uploads as they are
     Pack {
@@ -544,9 +547,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Chat { model, sample, system } => chat(&mut open(&model)?, &model.model, system, &sample.options())?,
         Cmd::Info { model } => info::info(&model)?,
-        Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json, residency } => {
+        Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json, residency, file } => {
             let opts = webmoe::bench::BenchOptions { prompt_tokens, gen_tokens, reps, kernels };
-            if residency { measure::residency_table(&model, &opts, json)? } else { bench(&model, opts, json)? }
+            if residency { measure::residency_table(&model, &opts, file.as_deref(), json)? } else { bench(&model, opts, json)? }
         }
         Cmd::Pack { model, out, shard_mb, quant } => pack(&model, &out, shard_mb, quant)?,
     }

@@ -5,6 +5,7 @@
 
 use crate::chat::Message;
 use crate::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
+use crate::gpu::paging::{Policy, Residency};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::Progress;
 use crate::pack::{Assembler, Manifest};
@@ -169,6 +170,29 @@ impl WebEngine {
         })
     }
 
+    /// `{ residentExperts?, gpuMemory?, expertPolicy?, prefetch? }` for the next load:
+    /// experts kept on the GPU per MoE layer, a GPU byte budget, 'lru' | 'lfu' |
+    /// 'pinned:N' | 'none', lookahead prefetch (src/gpu/paging.rs).
+    #[wasm_bindgen(js_name = setResidency)]
+    pub fn set_residency(&self, options: JsValue) -> Result<(), JsValue> {
+        let mut s = self.state.try_borrow_mut().map_err(|_| err("engine is busy"))?;
+        let get = |k: &str| Reflect::get(&options, &k.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
+        let policy = match get("expertPolicy").map(|v| v.as_string()) {
+            None => Policy::Lru,
+            Some(Some(p)) => Policy::parse(&p).map_err(err)?,
+            Some(None) => return Err(err("options.expertPolicy must be a string")),
+        };
+        let gpu_memory = match get("gpuMemory").map(|v| v.as_f64()) {
+            None => None,
+            Some(Some(b)) if b >= 1.0 && b.fract() == 0.0 && b < 9e15 => Some(b as u64),
+            Some(_) => return Err(err("options.gpuMemory must be a positive whole number of bytes")),
+        };
+        let prefetch = get("prefetch").map(|v| v.as_bool() == Some(true)).unwrap_or(false);
+        let experts = opt_usize(&options, "residentExperts")?;
+        s.opts.residency = Residency { experts, gpu_memory, policy, prefetch };
+        Ok(())
+    }
+
     fn begin_load(&self, url: &str) -> Result<(Arc<Gpu>, EngineOptions), JsValue> {
         let mut s = self.state.try_borrow_mut().map_err(|_| err("engine is busy"))?;
         // Replacing a model: drop the old one first so its GPU memory is free.
@@ -286,6 +310,7 @@ impl WebEngine {
                     _ => return Err(err("give messages, prompt or prompt_ids")),
                 };
                 let opts = req.options(engine.context)?;
+                engine.take_paging_stats();
                 // This request's routing (the tokens it prefills and generates), read back
                 // with each step's token: no read-back of its own.
                 engine.record_routes(false);
@@ -300,8 +325,11 @@ impl WebEngine {
                     .await
                     .map_err(err)?;
                 let routing = engine.record_routes(false).map(|t| t.stats()).unwrap_or_default();
+                // Expert paging over this request (null when every expert is resident).
+                let paging = engine.take_paging_stats();
                 Ok(serde_json::json!({
                     "routing": routing,
+                    "paging": paging,
                     "text": g.text,
                     "finish_reason": g.finish.as_str(),
                     "prompt_tokens": g.prompt_tokens,

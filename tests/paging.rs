@@ -2,7 +2,7 @@
 //! experts, from top-k up, with each victim policy and with lookahead prefetch on and
 //! off, the logits over a prefill and 64 decode steps equal the all-resident model's
 //! (max|Δ| <= 1e-5) on every MoE fixture and on the learned-routing model; the counters
-//! add up; --gpu-memory keeps the counted GPU bytes within the budget and refuses a budget
+//! add up; --gpu-memory keeps the counted GPU bytes within the budget (and paging allocates nothing per step), and refuses a budget
 //! below the skeleton plus top-k experts per layer, saying the minimum.
 
 mod common;
@@ -218,9 +218,18 @@ fn gpu_memory_budget_is_kept() {
     println!("all resident: {all} bytes; budget {budget}: {} bytes, slots {slots:?}", m.gpu_bytes);
     assert!(m.gpu_bytes <= budget, "{} bytes counted over a budget of {budget}", m.gpu_bytes);
     assert!(m.is_paged() && slots.iter().all(|&(_, n, e)| n >= 2 && n < e), "{slots:?}");
+    // Paging creates no GPU buffers per step: uploads go into the pools, ids through one
+    // read-back buffer made at load.
+    let before = g.allocations().0;
     let got = block_on(en.logits(&prompt)).unwrap();
     let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(d <= TOL, "budgeted logits: max|Δ| {d}");
+    let m = en.gpu_model().unwrap();
+    for _ in 0..6 {
+        block_on(m.feed(&[3], 1, Want::Token)).unwrap();
+    }
+    assert_eq!(g.allocations().0, before, "GPU buffers created while paging");
+    assert!(en.take_paging_stats().unwrap().misses > 0);
 
     let tiny = Residency { gpu_memory: Some(all / 10), ..Default::default() };
     let err = engine(tiny).err().expect("a tenth of the model must be refused").to_string();

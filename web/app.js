@@ -114,6 +114,12 @@ function showStats() {
     item('same first expert as the previous token', `${pct(mean((l) => l.same_first))} (random ${pct(mean((l) => l.same_first_random))})`);
     item('LRU hit rate with half the experts', pct(mean(half)));
   }
+  if (s.paging) {
+    // Experts paged in from host memory (a load with residentExperts or gpuMemory).
+    const p = s.paging;
+    item('expert cache hits', `${(100 * p.hitRate).toFixed(0)}% (${p.misses} uploads)`);
+    item('uploaded per token', `${p.mbPerToken.toFixed(2)} MB, host waits ${p.hostSyncMsPerToken.toFixed(1)} ms`);
+  }
 }
 
 async function load() {
@@ -125,7 +131,13 @@ async function load() {
   setStatus($('load-status'), '');
   const t0 = performance.now();
   try {
+    // ?resident=N (experts per MoE layer on the GPU), ?gpuMemory=BYTES, ?prefetch=1.
+    const q = new URLSearchParams(location.search);
+    const num = (k) => (q.has(k) ? Number(q.get(k)) : undefined);
     await engine.load(url, {
+      residentExperts: num('resident'),
+      gpuMemory: num('gpuMemory'),
+      prefetch: q.get('prefetch') === '1' || undefined,
       signal: loadCtl.signal,
       onProgress: (p) => {
         const frac = p.total ? p.loaded / p.total : 0;

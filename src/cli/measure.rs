@@ -74,45 +74,71 @@ pub fn route(model: ModelArgs, file: &Path, max_tokens: Option<usize>, json: boo
 }
 
 /// `bench --residency`: decode with 25/50/75/100% of the experts resident per MoE layer,
-/// each (bar 100%) without reuse, with LRU and with LRU + lookahead prefetch, one model
-/// load per row, all in this run so the ratios compare like with like.
-pub fn residency_table(model: &ModelArgs, opts: &webmoe::bench::BenchOptions, json: bool) -> Result<()> {
+/// each (bar 100%) without reuse, with LRU and with LRU + lookahead prefetch. Every
+/// configuration is loaded at once and the repetitions take turns, so that a noisy
+/// machine slows them alike; all decode the same tokens (of `file`, else a fixed spread).
+pub fn residency_table(model: &ModelArgs, opts: &webmoe::bench::BenchOptions, file: Option<&Path>, json: bool) -> Result<()> {
     use webmoe::gpu::paging::Policy;
+    let mut engines: Vec<(String, webmoe::engine::Engine)> = Vec::new();
     let probe = open(model)?;
     let info = probe.describe();
-    drop(probe);
     let experts = info["experts"].as_u64().unwrap_or(0) as usize;
     let k = info["experts_per_token"].as_u64().unwrap_or(0) as usize;
     if experts <= 1 {
         return Err(Error::input("bench --residency needs an MoE model"));
     }
-    let mut rows = Vec::new();
-    for pct in [25, 50, 75, 100] {
+    let need = opts.prompt_tokens + opts.gen_tokens;
+    let tokens: Vec<u32> = match file {
+        Some(f) => probe.encode(&read_text(f)?)?.into_iter().take(need).collect(),
+        None => (0..need as u32).map(|i| 1 + (i * 7919) % (probe.vocab as u32 - 1)).collect(),
+    };
+    if tokens.len() < need {
+        return Err(Error::input(format!("the text has {} tokens; the bench needs {need}", tokens.len())));
+    }
+    engines.push(("all".into(), probe));
+    for pct in [25, 50, 75] {
         let n = (experts * pct).div_ceil(100).max(k);
-        let modes: &[(&str, Policy, bool)] = if n >= experts {
-            &[("all", Policy::Lru, false)]
-        } else {
-            &[("none", Policy::NoReuse, false), ("lru", Policy::Lru, false), ("lru+prefetch", Policy::Lru, true)]
-        };
-        for &(mode, policy, prefetch) in modes {
+        if n >= experts {
+            continue;
+        }
+        for (mode, policy, prefetch) in [("none", Policy::NoReuse, false), ("lru", Policy::Lru, false), ("lru+prefetch", Policy::Lru, true)] {
             let mut m = model.clone();
-            m.resident_experts = (n < experts).then_some(n);
-            m.gpu_memory = None;
-            m.expert_policy = policy;
-            m.prefetch = prefetch;
-            let mut engine = open(&m)?;
-            eprintln!("bench: {n} of {experts} experts resident, {mode}");
-            rows.push(block_on(webmoe::bench::paged_decode(&mut engine, opts, mode))?);
+            (m.resident_experts, m.gpu_memory, m.expert_policy, m.prefetch) = (Some(n), None, policy, prefetch);
+            eprintln!("bench: loading with {n} of {experts} experts resident, {mode}");
+            engines.push((mode.into(), open(&m)?));
         }
     }
+    // A warm-up repetition each, then the timed ones in turns.
+    let mut reps: Vec<Vec<(f64, webmoe::gpu::paging::PagingStats)>> = vec![Vec::new(); engines.len()];
+    for rep in 0..=opts.reps {
+        for (i, (_, e)) in engines.iter_mut().enumerate() {
+            let r = block_on(webmoe::bench::decode_rep(e, &tokens, opts.prompt_tokens))?;
+            if rep > 0 {
+                reps[i].push(r);
+            }
+        }
+        eprintln!("bench: repetition {rep} of {} done", opts.reps);
+    }
+    let mut rows = Vec::new();
+    for ((mode, e), r) in engines.iter_mut().zip(&reps) {
+        rows.push(webmoe::bench::paging_row(e, mode, r)?);
+    }
+    rows.rotate_left(1); // all-resident last
     let all = rows.last().map_or(1.0, |r| r.decode_tokens_per_s.median);
     if json {
         let v = serde_json::json!({"model": model.model.display().to_string(), "prompt_tokens": opts.prompt_tokens,
-            "gen_tokens": opts.gen_tokens, "reps": opts.reps, "rows": rows});
+            "gen_tokens": opts.gen_tokens, "reps": opts.reps, "text": file.map(|f| f.display().to_string()), "rows": rows});
         println!("{v}");
         return Ok(());
     }
-    println!("model {} ({experts} experts, top-{k}); decode {} tokens after {}, median of {}", model.model.display(), opts.gen_tokens, opts.prompt_tokens, opts.reps);
+    let what = file.map_or("a fixed spread of token ids".to_string(), |f| f.display().to_string());
+    println!(
+        "model {} ({experts} experts, top-{k}); decode {} tokens of {what} after {}, median of {}",
+        model.model.display(),
+        opts.gen_tokens,
+        opts.prompt_tokens,
+        opts.reps
+    );
     println!("| resident | mode | hit rate | prefetch recall | MB/token | host sync ms/token | rounds/token | decode tok/s | vs all | 16 GB/s bound | 32 GB/s bound |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {

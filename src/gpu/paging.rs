@@ -96,7 +96,7 @@ pub struct Round {
 }
 
 /// Counters over everything run since the last `take` (bench, lastStats).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct PagingStats {
     pub steps: u64,
     pub tokens: u64,

@@ -86,7 +86,33 @@ try {
     await engine.load(fixtures.find(([n]) => n === 'learned-moe')[1]);
     const done = await engine.chat.completions.create({ prompt: 'In the beginning was the Word', max_tokens: 8, temperature: 0 });
     const routing = { usage: done.usage, stats: engine.lastStats };
-    return { out, errors, routing };
+
+    // Expert residency: the learned-routing MoE with 2 of 8 experts per layer on the GPU
+    // (LRU, with and without lookahead prefetch, and a pinned hot set), and the first MoE
+    // fixture with top-k slots: logits of a prompt and 64 more tokens, through the grouped
+    // GEMMs (chunk 256) and token by token through the decode kernels (chunk 1), equal to
+    // the all-resident model's.
+    const paged = [];
+    const lm = fixtures.find(([n]) => n === 'learned-moe (packed)')[1];
+    const ids = Array.from({ length: 12 + 64 }, (_, i) => 1 + ((i * 7919) % 4000));
+    const moe = fixtures.find(([n]) => n === 'mixtral-e8-top2-swa5');
+    const short = Array.from({ length: 48 }, (_, i) => 1 + ((i * 31) % 60));
+    for (const prefillChunk of [256, 1]) {
+      const e = await createEngine({ prefillChunk });
+      const runs = [[lm, ids, {}], [lm, ids, { residentExperts: 2 }], [lm, ids, { residentExperts: 2, prefetch: true }],
+        [lm, ids, { residentExperts: 4, expertPolicy: 'pinned:2' }], [moe[1], short, {}], [moe[1], short, { residentExperts: 2, prefetch: true }]];
+      let want = null;
+      for (const [url, toks, opts] of runs) {
+        await e.load(url, opts);
+        const l = await e.logits(toks);
+        if (!opts.residentExperts) { want = l; continue; }
+        let d = 0;
+        for (let i = 0; i < l.length; i++) d = Math.max(d, Math.abs(l[i] - want[i]) || (l[i] === want[i] ? 0 : Infinity));
+        const s = await e.chat.completions.create({ prompt: 'In the beginning', max_tokens: 6, temperature: 0 }).then(() => e.lastStats.paging);
+        paged.push({ url, prefillChunk, opts, maxDiff: d, n: l.length, paging: s });
+      }
+    }
+    return { out, errors, routing, paged };
   }, fixtures);
 
   console.log(`adapter: ${results.out[0]?.adapter}`);
@@ -112,6 +138,14 @@ try {
     l.lru.length === l.experts - l.k + 1 && l.same_first >= 0 && l.same_first <= 1);
   expect(consistent, `lastStats.routing: ${r.length} layers over ${fed} tokens, same first ` +
     r.map((l) => (100 * l.same_first).toFixed(0) + '%').join(' ') + ` (random ${(100 * (r[0]?.same_first_random ?? 0)).toFixed(1)}%)`);
+  for (const p of results.paged) {
+    const s = p.paging;
+    expect(p.maxDiff <= 1e-5 && p.n > 0 && s && s.misses > 0 && s.tokens > 0,
+      `paged ${p.url.split('/').slice(-2, -1)} ${JSON.stringify(p.opts)} chunk ${p.prefillChunk}: max|Δ| ${p.maxDiff.toExponential(2)} over ${p.n} logits; ` +
+      `lastStats.paging: hit rate ${(100 * (s?.hitRate ?? 0)).toFixed(0)}%, ${(s?.mbPerToken ?? 0).toFixed(3)} MB/token, host waits ${(s?.hostSyncMsPerToken ?? 0).toFixed(1)} ms/token` +
+      (s?.prefetchRecall != null ? `, prefetch recall ${(100 * s.prefetchRecall).toFixed(0)}%` : ''));
+  }
+  if (results.paged.length !== 8) { failed = true; console.log('FAIL not every paged run ran'); }
   if (results.out.length !== fixtures.length * 3) { failed = true; console.log('FAIL not every fixture ran'); }
 } finally {
   await browser.close();
