@@ -169,3 +169,37 @@ fn perplexity_prints_one_json_object() {
         "{err}"
     );
 }
+
+/// Expert residency from the command line: the same logits with 2 of 8 experts resident
+/// (and prefetch), a budget too small refused in one line with the minimum, and
+/// `bench --residency` printing its rows as JSON.
+#[test]
+fn residency_options() {
+    let dir = fixtures_dir().join("mixtral-e8-top2-swa5");
+    let r = reference(&dir);
+    let (model, tokens) = (dir.to_str().unwrap(), csv(&r.tokens));
+    let run = |extra: &[&str]| {
+        let mut a = vec!["logits", "--model", model, "--tokens", &tokens];
+        a.extend_from_slice(extra);
+        let out = webmoe(&a);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect::<Vec<f64>>()
+    };
+    let all = run(&[]);
+    for extra in [&["--resident-experts", "2"][..], &["--resident-experts", "3", "--prefetch", "--expert-policy", "lfu"], &["--gpu-memory", "600K"]] {
+        let got = run(extra);
+        let d = got.iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(d <= 1e-5, "{extra:?}: max|Δ| {d}");
+    }
+    let out = webmoe(&["logits", "--model", model, "--tokens", "1,2", "--gpu-memory", "64K"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("at least"), "{err}");
+    let out = webmoe(&["bench", "--model", model, "--residency", "--prompt-tokens", "4", "--gen-tokens", "4", "--reps", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 10, "3 residencies x 3 modes + all resident");
+    assert!(rows.iter().all(|r| r["decode_tokens_per_s"]["median"].as_f64().unwrap() > 0.0));
+    assert_eq!(rows.iter().filter(|r| r["mode"] == "none").filter(|r| r["hit_rate"] == 0.0).count(), 3);
+}
