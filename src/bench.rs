@@ -237,7 +237,9 @@ pub struct PagingRow {
 /// model repeats). Returns the decode rate and the paging counters of the decode steps.
 pub async fn decode_rep(engine: &mut Engine, tokens: &[u32], prompt: usize) -> Result<(f64, PagingStats)> {
     if prompt == 0 || tokens.len() <= prompt || tokens.len() > engine.context {
-        return Err(Error::input("bench: the prompt and the decoded tokens must fit the context, with 1 or more of each"));
+        return Err(Error::input(
+            "bench: the prompt and the decoded tokens must fit the context, with 1 or more of each",
+        ));
     }
     engine.reset();
     let m = engine.gpu_model().ok_or_else(|| Error::input("bench runs the GPU kernels"))?;

@@ -189,6 +189,11 @@ impl Engine {
             Some(c) => c,
             None => max_pos.min(DEFAULT_CONTEXT),
         };
+        if cpu.is_some() && opts.residency != Residency::default() {
+            return Err(Error::input(
+                "--resident-experts, --gpu-memory, --expert-policy and --prefetch apply to the GPU (the CPU reference keeps every expert)",
+            ));
+        }
         let template = match &tokenizer {
             Some(t) => match &t.chat_template {
                 Some(src) => Some(ChatTemplate::new(src, &t.bos_token, &t.eos_token)?),

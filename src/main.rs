@@ -549,7 +549,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Info { model } => info::info(&model)?,
         Cmd::Bench { model, prompt_tokens, gen_tokens, reps, kernels, json, residency, file } => {
             let opts = webmoe::bench::BenchOptions { prompt_tokens, gen_tokens, reps, kernels };
-            if residency { measure::residency_table(&model, &opts, file.as_deref(), json)? } else { bench(&model, opts, json)? }
+            if residency {
+                measure::residency_table(&model, &opts, file.as_deref(), json)?
+            } else {
+                bench(&model, opts, json)?
+            }
         }
         Cmd::Pack { model, out, shard_mb, quant } => pack(&model, &out, shard_mb, quant)?,
     }

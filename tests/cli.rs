@@ -184,10 +184,19 @@ fn residency_options() {
         let out = webmoe(&a);
         assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        v["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect::<Vec<f64>>()
+        v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect::<Vec<f64>>()
     };
     let all = run(&[]);
-    for extra in [&["--resident-experts", "2"][..], &["--resident-experts", "3", "--prefetch", "--expert-policy", "lfu"], &["--gpu-memory", "600K"]] {
+    for extra in [
+        &["--resident-experts", "2"][..],
+        &["--resident-experts", "3", "--prefetch", "--expert-policy", "lfu"],
+        &["--gpu-memory", "600K"],
+    ] {
         let got = run(extra);
         let d = got.iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(d <= 1e-5, "{extra:?}: max|Δ| {d}");
@@ -195,7 +204,19 @@ fn residency_options() {
     let out = webmoe(&["logits", "--model", model, "--tokens", "1,2", "--gpu-memory", "64K"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("at least"), "{err}");
-    let out = webmoe(&["bench", "--model", model, "--residency", "--prompt-tokens", "4", "--gen-tokens", "4", "--reps", "1", "--json"]);
+    let out = webmoe(&[
+        "bench",
+        "--model",
+        model,
+        "--residency",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "4",
+        "--reps",
+        "1",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let rows = v["rows"].as_array().unwrap();

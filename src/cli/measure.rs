@@ -77,7 +77,12 @@ pub fn route(model: ModelArgs, file: &Path, max_tokens: Option<usize>, json: boo
 /// each (bar 100%) without reuse, with LRU and with LRU + lookahead prefetch. Every
 /// configuration is loaded at once and the repetitions take turns, so that a noisy
 /// machine slows them alike; all decode the same tokens (of `file`, else a fixed spread).
-pub fn residency_table(model: &ModelArgs, opts: &webmoe::bench::BenchOptions, file: Option<&Path>, json: bool) -> Result<()> {
+pub fn residency_table(
+    model: &ModelArgs,
+    opts: &webmoe::bench::BenchOptions,
+    file: Option<&Path>,
+    json: bool,
+) -> Result<()> {
     use webmoe::gpu::paging::Policy;
     let mut engines: Vec<(String, webmoe::engine::Engine)> = Vec::new();
     let probe = open(model)?;
@@ -101,7 +106,9 @@ pub fn residency_table(model: &ModelArgs, opts: &webmoe::bench::BenchOptions, fi
         if n >= experts {
             continue;
         }
-        for (mode, policy, prefetch) in [("none", Policy::NoReuse, false), ("lru", Policy::Lru, false), ("lru+prefetch", Policy::Lru, true)] {
+        for (mode, policy, prefetch) in
+            [("none", Policy::NoReuse, false), ("lru", Policy::Lru, false), ("lru+prefetch", Policy::Lru, true)]
+        {
             let mut m = model.clone();
             (m.resident_experts, m.gpu_memory, m.expert_policy, m.prefetch) = (Some(n), None, policy, prefetch);
             eprintln!("bench: loading with {n} of {experts} experts resident, {mode}");
@@ -139,7 +146,9 @@ pub fn residency_table(model: &ModelArgs, opts: &webmoe::bench::BenchOptions, fi
         opts.prompt_tokens,
         opts.reps
     );
-    println!("| resident | mode | hit rate | prefetch recall | MB/token | host sync ms/token | rounds/token | decode tok/s | vs all | 16 GB/s bound | 32 GB/s bound |");
+    println!(
+        "| resident | mode | hit rate | prefetch recall | MB/token | host sync ms/token | rounds/token | decode tok/s | vs all | 16 GB/s bound | 32 GB/s bound |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".into(), f);

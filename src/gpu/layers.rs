@@ -192,8 +192,9 @@ pub(super) type Pool = (GpuWeight, GpuWeight, Buffer);
 
 /// Sizes and makes each MoE layer's slot pools once the skeleton is on the GPU: N slots
 /// per layer from `res.experts` and what `res.gpu_memory` leaves after `fixed` bytes (all
-/// that is allocated whatever the residency). A layer whose experts all fit is uploaded
-/// whole instead. Returns the paged layers and each layer's pools.
+/// that is allocated whatever the residency), and no more than one binding holds (a pool
+/// is capped there, not split). A layer whose experts all fit is uploaded whole instead.
+/// Returns the paged layers and each layer's pools.
 pub(super) fn place_experts(
     up: &mut Uploader,
     c: &ModelConfig,
@@ -229,6 +230,16 @@ pub(super) fn place_experts(
             continue;
         };
         let l = li as u32;
+        // Each pool is one binding: no more slots than the adapter binds in one buffer.
+        let max_bind = up.gpu.limits.max_storage_buffer_binding_size;
+        let widest = gu.expert_stride.max(dn.expert_stride) as u64 * 4;
+        let n = n.min((max_bind / widest.max(1)) as usize);
+        if n < m.top_k {
+            return Err(Error::gpu(format!(
+                "layer {li}: {} experts of {widest} bytes do not fit one binding of {max_bind} bytes (max_storage_buffer_binding_size)",
+                m.top_k
+            )));
+        }
         if n >= m.experts {
             let (a, b) = (up.src.describe(Slot::GateUp(l)), up.src.describe(Slot::Down(l)));
             lb.experts = Experts::Resident(up.upload(&a, &gu)?, up.upload(&b, &dn)?);

@@ -108,7 +108,8 @@ try {
         if (!opts.residentExperts) { want = l; continue; }
         let d = 0;
         for (let i = 0; i < l.length; i++) d = Math.max(d, Math.abs(l[i] - want[i]) || (l[i] === want[i] ? 0 : Infinity));
-        const s = await e.chat.completions.create({ prompt: 'In the beginning', max_tokens: 6, temperature: 0 }).then(() => e.lastStats.paging);
+        // lastStats.paging after a completion (the learned model has a tokenizer).
+        const s = url === lm ? await e.chat.completions.create({ prompt: 'In the beginning', max_tokens: 6, temperature: 0 }).then(() => e.lastStats.paging) : undefined;
         paged.push({ url, prefillChunk, opts, maxDiff: d, n: l.length, paging: s });
       }
     }
@@ -140,9 +141,9 @@ try {
     r.map((l) => (100 * l.same_first).toFixed(0) + '%').join(' ') + ` (random ${(100 * (r[0]?.same_first_random ?? 0)).toFixed(1)}%)`);
   for (const p of results.paged) {
     const s = p.paging;
-    expect(p.maxDiff <= 1e-5 && p.n > 0 && s && s.misses > 0 && s.tokens > 0,
-      `paged ${p.url.split('/').slice(-2, -1)} ${JSON.stringify(p.opts)} chunk ${p.prefillChunk}: max|Δ| ${p.maxDiff.toExponential(2)} over ${p.n} logits; ` +
-      `lastStats.paging: hit rate ${(100 * (s?.hitRate ?? 0)).toFixed(0)}%, ${(s?.mbPerToken ?? 0).toFixed(3)} MB/token, host waits ${(s?.hostSyncMsPerToken ?? 0).toFixed(1)} ms/token` +
+    expect(p.maxDiff <= 1e-5 && p.n > 0 && (s === undefined || (s && s.misses > 0 && s.tokens > 0)),
+      `paged ${p.url.split('/').slice(-2, -1)} ${JSON.stringify(p.opts)} chunk ${p.prefillChunk}: max|Δ| ${p.maxDiff.toExponential(2)} over ${p.n} logits` +
+      (s ? `; lastStats.paging: hit rate ${(100 * s.hitRate).toFixed(0)}%, ${s.mbPerToken.toFixed(3)} MB/token, host waits ${s.hostSyncMsPerToken.toFixed(1)} ms/token` : '') +
       (s?.prefetchRecall != null ? `, prefetch recall ${(100 * s.prefetchRecall).toFixed(0)}%` : ''));
   }
   if (results.paged.length !== 8) { failed = true; console.log('FAIL not every paged run ran'); }
