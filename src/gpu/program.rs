@@ -25,7 +25,7 @@ use super::paging::{PagedLayer, Residency};
 use crate::config::rope_table;
 use crate::error::{Error, Result};
 use crate::model::Progress;
-use crate::model::plan::{Act, FfnPlan, QkNorm, RopePlan};
+use crate::model::plan::{Act, FfnPlan, MoePlan, QkNorm, RopePlan};
 use crate::tensor::DType;
 use crate::weights::{Slot, WeightSource};
 use wgpu::Buffer;
@@ -380,15 +380,7 @@ pub(super) fn build(
                 }
                 FfnPlan::Moe(m) => {
                     let (r, ids) = lb.router.as_ref().ok_or_else(|| Error::input("router"))?;
-                    let gate = m.shared.as_ref().is_some_and(|sh| sh.gated);
-                    let rspec = RouterSpec {
-                        dim: d,
-                        experts: m.experts,
-                        k: m.top_k,
-                        layer: li,
-                        plan: &m.router,
-                        shared_gate: gate,
-                    };
+                    let rspec = router_spec(d, m, li);
                     let shared_out = s.shared_gate.as_ref();
                     let outs = (ids, &s.weights, &s.hist, shared_out);
                     // xn = rmsnorm(x) fused into the router, then routing.
@@ -399,15 +391,7 @@ pub(super) fn build(
                         let (nl, nm) =
                             (&layers[li + 1], c.plan[li + 1].moe().ok_or_else(|| Error::input("lookahead"))?);
                         let (nr, _) = nl.router.as_ref().ok_or_else(|| Error::input("lookahead router"))?;
-                        let ngate = nm.shared.as_ref().is_some_and(|sh| sh.gated);
-                        let nspec = RouterSpec {
-                            dim: d,
-                            experts: nm.experts,
-                            k: nm.top_k,
-                            layer: li + 1,
-                            plan: &nm.router,
-                            shared_gate: ngate,
-                        };
+                        let nspec = router_spec(d, nm, li + 1);
                         let outs = (pids, &la.weights, &la.hist, Some(&la.shared));
                         prog.push(ops::router(g, nr, (&nl.ffn_norm, c.eps), &s.x, &la.xn, outs, &nspec)?);
                         let at = paged
@@ -529,6 +513,12 @@ pub(super) fn build(
         buffers: up.buffers,
         weight_bytes: up.bytes,
     })
+}
+
+/// Layer `layer`'s router as the router kernel takes it.
+fn router_spec(dim: usize, m: &MoePlan, layer: usize) -> RouterSpec<'_> {
+    let shared_gate = m.shared.as_ref().is_some_and(|sh| sh.gated);
+    RouterSpec { dim, experts: m.experts, k: m.top_k, layer, plan: &m.router, shared_gate }
 }
 
 /// y += rs · w · down(act(gate xn, up xn)) for a dense FFN run as one expert, with
