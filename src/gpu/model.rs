@@ -111,10 +111,10 @@ impl GpuModel {
     ) -> Result<Self> {
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::build(gpu.clone(), src, (ctx, kv), res, progress);
+        let built = super::program::build(&gpu, src, (ctx, kv), res, progress);
         let oom_err = oom.pop().await;
         let val_err = validation.pop().await;
-        let model = built?;
+        let model = Self::from_built(gpu, src.config().clone(), ctx, res, built?);
         if let Some(e) = oom_err {
             return Err(Error::gpu(format!("out of GPU memory while loading the model: {e}")));
         }
@@ -124,16 +124,9 @@ impl GpuModel {
         Ok(model)
     }
 
-    fn build(
-        gpu: Arc<Gpu>,
-        src: &dyn WeightSource,
-        (ctx, kv): (usize, DType),
-        res: &Residency,
-        progress: Option<&Progress>,
-    ) -> Result<Self> {
-        let b = super::program::build(&gpu, src, (ctx, kv), res, progress)?;
-        Ok(GpuModel {
-            cfg: src.config().clone(),
+    fn from_built(gpu: Arc<Gpu>, cfg: ModelConfig, ctx: usize, res: &Residency, b: super::program::Built) -> Self {
+        GpuModel {
+            cfg,
             ctx,
             max_rows: b.max_rows,
             pos: 0,
@@ -157,7 +150,7 @@ impl GpuModel {
             paging: PagingStats::default(),
             tick: 0,
             gpu,
-        })
+        }
     }
 
     /// Whether some MoE layer keeps fewer experts on the GPU than it has.
