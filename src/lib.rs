@@ -16,6 +16,7 @@ pub mod error;
 pub mod fuzz;
 pub mod gguf;
 pub mod gpu;
+pub mod lazy;
 pub mod model;
 pub mod pack;
 pub mod perplexity;

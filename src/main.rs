@@ -10,7 +10,7 @@ use std::time::Instant;
 use webmoe::chat::Message;
 use webmoe::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
 use webmoe::model::{ModelFiles, Progress};
-use webmoe::platform::{DirSource, block_on};
+use webmoe::platform::{DirSource, block_on, ModelSource};
 use webmoe::sampling::SamplingParams;
 use webmoe::tensor::DType;
 use webmoe::{Error, Result};
@@ -88,6 +88,11 @@ struct ModelArgs {
     /// Predict the next layer's experts from this layer's residual and upload them early
     #[arg(long)]
     prefetch: bool,
+    /// A packed model's manifest.json packed with --expert-files: load the skeleton, and
+    /// read each expert from its file when the router first asks for it (the experts need
+    /// not fit in host memory either)
+    #[arg(long)]
+    lazy_experts: bool,
 }
 
 /// "123", "64K", "512M", "2G" (binary multiples).
@@ -245,6 +250,10 @@ enum Cmd {
         /// Quantize f32/f16/bf16 weights first
         #[arg(long, value_enum)]
         quant: Option<QuantArg>,
+        /// Each expert in a file of its own, so a page can load it when the router first
+        /// asks for it (`load(url, {experts: 'lazy'})`, `--lazy-experts`)
+        #[arg(long)]
+        expert_files: bool,
     },
     /// Perplexity of a text, measured as llama.cpp's llama-perplexity measures it: windows
     /// of --context tokens (default 512), each starting with BOS, scored on its second half
@@ -334,7 +343,15 @@ fn open(a: &ModelArgs) -> Result<Engine> {
         },
         progress: Some(progress.clone()),
     };
-    let engine = block_on(Engine::load(&DirSource::new(&a.model).with_progress(progress), opts, None));
+    let src = DirSource::new(&a.model).with_progress(progress);
+    let engine = if a.lazy_experts {
+        let name = src.single_file().filter(|f| f.ends_with(".json")).map(str::to_string).ok_or_else(|| {
+            Error::input(format!("--lazy-experts: {} is not a packed model's manifest.json", a.model.display()))
+        })?;
+        block_on(async { Engine::from_packed(webmoe::pack::load_lazy(Rc::new(src), &name).await?, opts, None).await })
+    } else {
+        block_on(Engine::load(&src, opts, None))
+    };
     bar.finish_and_clear();
     engine
 }
@@ -442,7 +459,13 @@ fn bench(m: &ModelArgs, opts: webmoe::bench::BenchOptions, json: bool) -> Result
     Ok(())
 }
 
-fn pack(model: &std::path::Path, out: &std::path::Path, shard_mb: usize, quant: Option<QuantArg>) -> Result<()> {
+fn pack(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    shard_mb: usize,
+    quant: Option<QuantArg>,
+    expert_files: bool,
+) -> Result<()> {
     let (bar, progress) = progress_bar();
     let mut files = block_on(ModelFiles::load(&DirSource::new(model).with_progress(progress.clone())))?;
     if let Some(q) = quant.map(QuantArg::dtype) {
@@ -450,7 +473,8 @@ fn pack(model: &std::path::Path, out: &std::path::Path, shard_mb: usize, quant: 
     }
     let tokenizer = webmoe::tokenizer::Tokenizer::from_model(&files)?.map(|t| t.to_spec()).transpose()?;
     let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (manifest, shards) = webmoe::pack::pack(&files, &name, tokenizer, shard_mb.max(1) << 20, Some(&progress))?;
+    let opts = webmoe::pack::PackOptions { shard_bytes: shard_mb.max(1) << 20, expert_files };
+    let (manifest, shards) = webmoe::pack::pack_with(&files, &name, tokenizer, opts, Some(&progress))?;
     bar.finish_and_clear();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out.display(), e))?;
     for (info, bytes) in manifest.shards.iter().zip(&shards) {
@@ -555,7 +579,7 @@ fn run(cli: Cli) -> Result<()> {
                 bench(&model, opts, json)?
             }
         }
-        Cmd::Pack { model, out, shard_mb, quant } => pack(&model, &out, shard_mb, quant)?,
+        Cmd::Pack { model, out, shard_mb, quant, expert_files } => pack(&model, &out, shard_mb, quant, expert_files)?,
     }
     Ok(())
 }

@@ -39,6 +39,11 @@ pub struct ShardInfo {
     pub bytes: u64,
     /// Lower-case hex.
     pub sha256: String,
+    /// [layer, expert] when the shard holds one expert alone (its gate/up and down blocks,
+    /// `webmoe pack --expert-files`): it can be fetched and verified by itself, when the
+    /// router first asks for it (src/lazy.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert: Option<[u32; 2]>,
 }
 
 /// One GPU buffer: its layout, and where its bytes are (pieces in order).
@@ -80,28 +85,56 @@ fn dtype_of(name: &str) -> Result<DType> {
 struct ShardWriter {
     limit: usize,
     shards: Vec<Vec<u8>>,
+    /// Per shard: the [layer, expert] it holds alone, if it is an expert's own file.
+    experts: Vec<Option<[u32; 2]>>,
 }
 
 impl ShardWriter {
+    /// Starts a shard of its own for one expert: nothing else goes in it, and it is never
+    /// split, whatever its size.
+    fn expert_shard(&mut self, layer: u32, e: u32, blocks: [&[u8]; 2], pieces: [&mut Vec<Piece>; 2]) {
+        let shard = self.shards.len() as u32;
+        let mut bytes = Vec::with_capacity(blocks[0].len() + blocks[1].len());
+        for (b, p) in blocks.into_iter().zip(pieces) {
+            p.push(Piece { shard, offset: bytes.len() as u64, length: b.len() as u64, expert: Some(e) });
+            bytes.extend_from_slice(b);
+        }
+        self.shards.push(bytes);
+        self.experts.push(Some([layer, e]));
+    }
+
+    fn new_shard(&mut self) {
+        self.shards.push(Vec::new());
+        self.experts.push(None);
+    }
+
     /// Starts a new shard unless `n` bytes fit the current one (or could fit no shard).
     fn keep_together(&mut self, n: usize) {
-        let room = self.shards.last().map_or(0, |s| self.limit.saturating_sub(s.len()));
+        let room = self.room();
         if n > room && n <= self.limit {
-            self.shards.push(Vec::new());
+            self.new_shard();
+        }
+    }
+
+    /// Bytes the current shard takes still (none in an expert's own shard).
+    fn room(&self) -> usize {
+        match (self.shards.last(), self.experts.last()) {
+            (Some(s), Some(None)) => self.limit.saturating_sub(s.len()),
+            _ => 0,
         }
     }
 
     fn put(&mut self, mut bytes: &[u8], expert: Option<u32>, pieces: &mut Vec<Piece>) {
         // A unit that fits a shard is never split; start a new shard when it does not fit.
-        let room = self.shards.last().map_or(0, |s| self.limit.saturating_sub(s.len()));
+        let room = self.room();
         if bytes.len() > room && bytes.len() <= self.limit || self.shards.is_empty() {
-            self.shards.push(Vec::new());
+            self.new_shard();
         }
         while !bytes.is_empty() {
             let cur = self.shards.len() - 1;
-            let room = self.limit.saturating_sub(self.shards[cur].len());
+            let room = self.room();
             if room == 0 {
-                self.shards.push(Vec::new());
+                self.new_shard();
                 continue;
             }
             let n = bytes.len().min(room);
@@ -135,8 +168,28 @@ pub fn pack(
     shard_bytes: usize,
     progress: Option<&crate::model::Progress>,
 ) -> Result<(Manifest, Vec<Vec<u8>>)> {
+    pack_with(src, source_name, tokenizer, PackOptions { shard_bytes, expert_files: false }, progress)
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PackOptions {
+    /// Shards of about this size (a unit larger than that is split).
+    pub shard_bytes: usize,
+    /// Each expert in a file of its own (`expert-LLL-EEE.bin`), for loading experts when
+    /// the router first asks for them (`load(url, {experts: 'lazy'})`).
+    pub expert_files: bool,
+}
+
+pub fn pack_with(
+    src: &dyn WeightSource,
+    source_name: &str,
+    tokenizer: Option<TokenizerSpec>,
+    opts: PackOptions,
+    progress: Option<&crate::model::Progress>,
+) -> Result<(Manifest, Vec<Vec<u8>>)> {
     let cfg = src.config().clone();
-    let mut w = ShardWriter { limit: shard_bytes.max(4096).next_multiple_of(4), shards: Vec::new() };
+    let limit = opts.shard_bytes.max(4096).next_multiple_of(4);
+    let mut w = ShardWriter { limit, shards: Vec::new(), experts: Vec::new() };
     let mut tensors = Vec::new();
     let slots = Slot::all(&cfg);
     for (i, &slot) in slots.iter().enumerate() {
@@ -152,6 +205,11 @@ pub fn pack(
                 let (us, ds) = (up.expert_stride as usize * 4, down.expert_stride as usize * 4);
                 let (mut up_pieces, mut down_pieces) = (Vec::new(), Vec::new());
                 for e in 0..up.experts as usize {
+                    if opts.expert_files {
+                        let blocks = [&up.bytes[e * us..(e + 1) * us], &down.bytes[e * ds..(e + 1) * ds]];
+                        w.expert_shard(l, e as u32, blocks, [&mut up_pieces, &mut down_pieces]);
+                        continue;
+                    }
                     w.keep_together(us + ds);
                     w.put(&up.bytes[e * us..(e + 1) * us], Some(e as u32), &mut up_pieces);
                     w.put(&down.bytes[e * ds..(e + 1) * ds], Some(e as u32), &mut down_pieces);
@@ -171,8 +229,17 @@ pub fn pack(
     let shards = w.shards;
     let infos: Vec<ShardInfo> = shards
         .iter()
+        .zip(&w.experts)
         .enumerate()
-        .map(|(i, s)| ShardInfo { file: format!("shard-{i:05}.bin"), bytes: s.len() as u64, sha256: sha256_hex(s) })
+        .map(|(i, (s, &expert))| ShardInfo {
+            file: match expert {
+                Some([l, e]) => format!("expert-{l:03}-{e:03}.bin"),
+                None => format!("shard-{i:05}.bin"),
+            },
+            bytes: s.len() as u64,
+            sha256: sha256_hex(s),
+            expert,
+        })
         .collect();
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -270,6 +337,8 @@ impl Manifest {
                 ));
             }
         }
+        // Experts' own files hold exactly their expert.
+        crate::lazy::expert_files(&m)?;
         Ok(m)
     }
 }
@@ -338,7 +407,19 @@ impl Assembler {
     }
 
     pub fn finish(self) -> Result<PackedModel> {
-        if let Some(i) = self.seen.iter().position(|s| !s) {
+        self.finish_with(None)
+    }
+
+    /// The skeleton only (every shard but the experts' own files, src/lazy.rs): the
+    /// experts come through `fetch` when the router first asks for them.
+    pub fn finish_lazy(self, fetch: crate::lazy::FetchShard) -> Result<PackedModel> {
+        let lazy = crate::lazy::LazyExperts::new(&self.manifest, fetch)?;
+        self.finish_with(Some(std::rc::Rc::new(lazy)))
+    }
+
+    fn finish_with(self, lazy: Option<std::rc::Rc<crate::lazy::LazyExperts>>) -> Result<PackedModel> {
+        let needed = |i: usize| lazy.is_none() || crate::lazy::is_skeleton(&self.manifest.shards[i]);
+        if let Some(i) = (0..self.seen.len()).find(|&i| !self.seen[i] && needed(i)) {
             return Err(Error::io(&self.manifest.shards[i].file, "was never added"));
         }
         let mut buffers = HashMap::new();
@@ -357,7 +438,7 @@ impl Assembler {
                 },
             );
         }
-        Ok(PackedModel { manifest: self.manifest, buffers: std::cell::RefCell::new(buffers) })
+        Ok(PackedModel { manifest: self.manifest, buffers: std::cell::RefCell::new(buffers), lazy })
     }
 }
 
@@ -366,6 +447,7 @@ impl Assembler {
 pub struct PackedModel {
     pub manifest: Manifest,
     buffers: std::cell::RefCell<HashMap<Slot, PackedBuffer>>,
+    lazy: Option<std::rc::Rc<crate::lazy::LazyExperts>>,
 }
 
 impl WeightSource for PackedModel {
@@ -375,6 +457,19 @@ impl WeightSource for PackedModel {
     fn buffer(&self, slot: Slot) -> Result<Option<PackedBuffer>> {
         Ok(self.buffers.borrow_mut().remove(&slot))
     }
+    fn lazy_experts(&self) -> Option<std::rc::Rc<crate::lazy::LazyExperts>> {
+        self.lazy.clone()
+    }
+}
+
+/// Shard `s` from `src`, checked against its SHA-256.
+async fn read_verified<S: crate::platform::ModelSource>(src: &S, s: &ShardInfo) -> Result<Vec<u8>> {
+    let bytes = src.read(&s.file).await?.ok_or_else(|| Error::io(src.describe(&s.file), "not found"))?;
+    let got = sha256_hex(&bytes);
+    if got != s.sha256 {
+        return Err(Error::io(src.describe(&s.file), format!("SHA-256 {got} does not match the manifest's {}", s.sha256)));
+    }
+    Ok(bytes)
 }
 
 /// Reads and verifies a packed model from a source whose single file is its manifest.
@@ -384,15 +479,27 @@ pub async fn load<S: crate::platform::ModelSource>(src: &S, manifest_name: &str)
     let shards = manifest.shards.clone();
     let mut a = Assembler::new(manifest);
     for (i, s) in shards.iter().enumerate() {
-        let bytes = src.read(&s.file).await?.ok_or_else(|| Error::io(src.describe(&s.file), "not found"))?;
-        let got = sha256_hex(&bytes);
-        if got != s.sha256 {
-            return Err(Error::io(
-                src.describe(&s.file),
-                format!("SHA-256 {got} does not match the manifest's {}", s.sha256),
-            ));
-        }
-        a.add_shard(i, &bytes)?;
+        a.add_shard(i, &read_verified(src, s).await?)?;
     }
     a.finish()
+}
+
+/// The skeleton of a packed model (packed with `--expert-files`) now, each expert read
+/// from `src` and verified when the router first asks for it (src/lazy.rs).
+pub async fn load_lazy<S: crate::platform::ModelSource + 'static>(
+    src: std::rc::Rc<S>,
+    manifest_name: &str,
+) -> Result<PackedModel> {
+    let m = src.read(manifest_name).await?.ok_or_else(|| Error::io(src.describe(manifest_name), "not found"))?;
+    let manifest = Manifest::parse(&m)?;
+    let shards = manifest.shards.clone();
+    let mut a = Assembler::new(manifest);
+    for (i, s) in shards.iter().enumerate().filter(|(_, s)| crate::lazy::is_skeleton(s)) {
+        a.add_shard(i, &read_verified(&*src, s).await?)?;
+    }
+    let fetch: crate::lazy::FetchShard = Box::new(move |i| {
+        let (src, s) = (src.clone(), shards[i].clone());
+        Box::pin(async move { read_verified(&*src, &s).await })
+    });
+    a.finish_lazy(fetch)
 }

@@ -220,6 +220,11 @@ pub trait WeightSource {
     fn describe(&self, slot: Slot) -> String {
         slot.name()
     }
+    /// Experts fetched one at a time when the router first asks for them (a packed model
+    /// loaded lazily, src/lazy.rs); `buffer` then gives the experts' layouts with no bytes.
+    fn lazy_experts(&self) -> Option<std::rc::Rc<crate::lazy::LazyExperts>> {
+        None
+    }
 }
 
 /// Rows of `data` ([heads * d] rows of equal size) reordered so that row h*d + 2i is row

@@ -5,7 +5,7 @@
 
 use super::Gpu;
 use super::kernels::{GpuWeight, ops};
-use super::paging::{self, NO_SLOT, PagedLayer, Residency};
+use super::paging::{self, HostExperts, NO_SLOT, PagedLayer, Residency};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::plan::{FfnPlan, QkNorm, SharedExpert};
@@ -193,7 +193,8 @@ pub(super) type Pool = (GpuWeight, GpuWeight, Buffer);
 /// Sizes and makes each MoE layer's slot pools once the skeleton is on the GPU: N slots
 /// per layer from `res.experts` and what `res.gpu_memory` leaves after `fixed` bytes (all
 /// that is allocated whatever the residency), and no more than one binding holds (a pool
-/// is capped there, not split). A layer whose experts all fit is uploaded whole instead.
+/// is capped there, not split). A layer whose experts all fit is uploaded whole instead,
+/// unless its experts are fetched lazily: then its pool holds them all as they come.
 /// Returns the paged layers and each layer's pools.
 pub(super) fn place_experts(
     up: &mut Uploader,
@@ -240,11 +241,13 @@ pub(super) fn place_experts(
                 m.top_k
             )));
         }
-        if n >= m.experts {
+        let lazy = up.src.lazy_experts();
+        if n >= m.experts && lazy.is_none() {
             let (a, b) = (up.src.describe(Slot::GateUp(l)), up.src.describe(Slot::Down(l)));
             lb.experts = Experts::Resident(up.upload(&a, &gu)?, up.upload(&b, &dn)?);
             continue;
         }
+        let n = n.min(m.experts);
         let mut pool = |b: &PackedBuffer, what: &str| -> Result<GpuWeight> {
             let buf =
                 up.scratch(&format!("layer {li} {what} pool of {n} experts"), n * b.expert_stride as usize * 4)?;
@@ -254,8 +257,12 @@ pub(super) fn place_experts(
         let (pgu, pdn) = (pool(&gu, "gate/up")?, pool(&dn, "down")?);
         let table = up.words(&format!("layer {li} slot table"), &vec![NO_SLOT; m.experts])?;
         pools[li] = Some((pgu.clone(), pdn.clone(), table.clone()));
-        let host = [(gu.bytes, gu.expert_stride as usize * 4), (dn.bytes, dn.expert_stride as usize * 4)];
-        paged.push(PagedLayer::new(li, m.experts, n, host, [pgu.buf, pdn.buf], table));
+        let strides = [gu.expert_stride as usize * 4, dn.expert_stride as usize * 4];
+        let host = match lazy {
+            Some(l) => HostExperts::Lazy(l),
+            None => HostExperts::Memory([gu.bytes, dn.bytes]),
+        };
+        paged.push(PagedLayer::new(li, m.experts, n, (host, strides), [pgu.buf, pdn.buf], table));
     }
     Ok((paged, pools))
 }

@@ -59,6 +59,8 @@ pub struct GpuModel {
     pub paging: PagingStats,
     predictions: Vec<Option<Vec<u32>>>,
     tick: u64,
+    /// Every paged layer's table names all its experts (src/gpu/paging.rs `complete`).
+    tables_full: bool,
     /// The token id the last argmax left in the token buffer, not yet fed.
     on_gpu: Option<u32>,
 }
@@ -149,6 +151,7 @@ impl GpuModel {
             residency: res.clone(),
             paging: PagingStats::default(),
             tick: 0,
+            tables_full: false,
             gpu,
         }
     }
@@ -274,6 +277,15 @@ impl GpuModel {
         if self.paged.is_empty() {
             return Ok(self.submit_step(tokens, n, path, head, 0));
         }
+        // Lazily loaded layers whose pools now hold every expert: their full tables go up
+        // once, and steps run in one submission again, with no read-back.
+        if self.paged.iter().all(|l| l.complete()) {
+            if !self.tables_full {
+                self.paged.iter().for_each(|l| self.gpu.queue.write_buffer(&l.table, 0, bytemuck::cast_slice(l.full_table())));
+                self.tables_full = true;
+            }
+            return Ok(self.submit_step(tokens, n, path, head, 0));
+        }
         let g = self.gpu.clone();
         let staging = self.page_staging.clone().ok_or_else(|| Error::gpu("paging read-back buffer"))?;
         self.write_step(tokens, n);
@@ -329,7 +341,7 @@ impl GpuModel {
             let layer = &mut self.paged[site.paged];
             let rounds = layer.plan(ids, tick, policy, &mut self.paging)?;
             for (i, round) in rounds.iter().enumerate() {
-                layer.write(&g, &round.uploads, Some(&round.table));
+                layer.write(&g, &round.uploads, Some(&round.table)).await?;
                 if i + 1 < rounds.len() {
                     encode(site.experts.clone(), &[]);
                 }
@@ -339,7 +351,7 @@ impl GpuModel {
                 let pred: Vec<u32> = words[n * site.k..].to_vec();
                 let next = &mut self.paged[*at];
                 let ups = next.prefetch(&pred, tick, policy, &mut self.paging)?;
-                next.write(&g, &ups, None);
+                next.write(&g, &ups, None).await?;
                 self.predictions[*at] = Some(pred);
             }
             from = site.split;

@@ -70,15 +70,24 @@ pub struct Residency {
     pub prefetch: bool,
 }
 
-/// One paged MoE layer: its GPU pools and table, the experts' bytes on the host, and
-/// which expert each slot holds.
+/// Where a paged layer's experts come from when they are uploaded.
+pub enum HostExperts {
+    /// Host copies [E][stride] of the packed gate/up and down blocks.
+    Memory([Vec<u8>; 2]),
+    /// Fetched (and verified) when first needed, from the experts' own files (src/lazy.rs).
+    Lazy(std::rc::Rc<crate::lazy::LazyExperts>),
+}
+
+/// One paged MoE layer: its GPU pools and table, where the experts' bytes are, and which
+/// expert each slot holds.
 pub struct PagedLayer {
     /// Index in the layer plan.
     pub layer: usize,
     pub experts: usize,
     pub slots: usize,
-    /// Host copies [E][stride] of the packed gate/up and down blocks, and their strides.
-    pub host: [(Vec<u8>, usize); 2],
+    pub host: HostExperts,
+    /// Bytes of one expert's gate/up and down blocks.
+    pub strides: [usize; 2],
     /// GPU pools [slots][stride] (gate/up, down) and the slot table [E] u32.
     pub pools: [Buffer; 2],
     pub table: Buffer,
@@ -131,7 +140,7 @@ impl PagedLayer {
         layer: usize,
         experts: usize,
         slots: usize,
-        host: [(Vec<u8>, usize); 2],
+        (host, strides): (HostExperts, [usize; 2]),
         pools: [Buffer; 2],
         table: Buffer,
     ) -> Self {
@@ -140,6 +149,7 @@ impl PagedLayer {
             experts,
             slots,
             host,
+            strides,
             pools,
             table,
             holder: vec![None; slots],
@@ -151,7 +161,7 @@ impl PagedLayer {
 
     /// The bytes one slot takes on the GPU (gate/up and down).
     pub fn slot_bytes(&self) -> u64 {
-        (self.host[0].1 + self.host[1].1) as u64
+        (self.strides[0] + self.strides[1]) as u64
     }
 
     /// A victim among `free` slots (those no expert of the current round holds).
@@ -272,17 +282,45 @@ impl PagedLayer {
         Ok(uploads)
     }
 
-    /// Queues the uploads and the table (before the submission that reads them).
-    pub fn write(&self, g: &super::Gpu, uploads: &[(u32, u32)], table: Option<&[u32]>) {
-        for &(slot, e) in uploads {
-            for (i, (bytes, stride)) in self.host.iter().enumerate() {
-                let src = &bytes[e as usize * stride..(e as usize + 1) * stride];
-                g.queue.write_buffer(&self.pools[i], slot as u64 * *stride as u64, src);
+    /// Queues the uploads and the table (before the submission that reads them); lazy
+    /// experts are fetched first.
+    pub async fn write(&self, g: &super::Gpu, uploads: &[(u32, u32)], table: Option<&[u32]>) -> Result<()> {
+        let put = |slot: u32, i: usize, src: &[u8]| {
+            g.queue.write_buffer(&self.pools[i], slot as u64 * self.strides[i] as u64, src);
+        };
+        match &self.host {
+            HostExperts::Memory(host) => {
+                for &(slot, e) in uploads {
+                    for (i, bytes) in host.iter().enumerate() {
+                        let st = self.strides[i];
+                        put(slot, i, &bytes[e as usize * st..(e as usize + 1) * st]);
+                    }
+                }
+            }
+            HostExperts::Lazy(src) => {
+                let ids: Vec<u32> = uploads.iter().map(|u| u.1).collect();
+                for (&(slot, _), blocks) in uploads.iter().zip(src.get(self.layer, &ids).await?) {
+                    for (i, b) in blocks.iter().enumerate() {
+                        put(slot, i, b);
+                    }
+                }
             }
         }
         if let Some(t) = table {
             g.queue.write_buffer(&self.table, 0, bytemuck::cast_slice(t));
         }
+        Ok(())
+    }
+
+    /// Whether every expert of the layer is resident (a lazily loaded layer whose pool
+    /// holds them all, once each has been fetched).
+    pub fn complete(&self) -> bool {
+        self.slot_of.iter().all(|&s| s != NO_SLOT)
+    }
+
+    /// The table naming every resident expert's slot.
+    pub fn full_table(&self) -> &[u32] {
+        &self.slot_of
     }
 
     /// Whether expert `e` is resident now.

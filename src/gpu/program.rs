@@ -215,7 +215,9 @@ pub(super) fn build(
     let k_sum: usize = c.plan.iter().filter_map(|l| l.moe().map(|m| m.top_k)).sum();
     let trace_bytes = ((max_rows * k_sum * 4) as u64).next_multiple_of(256);
     let staging = g.staging("logits and routing read-back", trace_bytes + (max_rows * c.vocab * 4) as u64);
-    let paging = c.is_moe() && (res.experts.is_some() || res.gpu_memory.is_some());
+    // Lazily loaded experts are always paged: they reach the GPU as the router asks.
+    let lazy = src.lazy_experts().is_some();
+    let paging = c.is_moe() && (res.experts.is_some() || res.gpu_memory.is_some() || lazy);
     let lookahead = if paging && res.prefetch {
         Some(Lookahead {
             xn: up.scratch("lookahead normed hidden", decode_rows * d * 4)?,
