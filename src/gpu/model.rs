@@ -161,6 +161,35 @@ impl GpuModel {
         !self.paged.is_empty()
     }
 
+    /// Lazily loaded experts (src/lazy.rs): how many were fetched, and their bytes.
+    pub fn lazy_fetched(&self) -> Option<(u64, u64)> {
+        self.paged.iter().find_map(|l| match &l.host {
+            super::paging::HostExperts::Lazy(src) => Some(src.fetched.get()),
+            super::paging::HostExperts::Memory(_) => None,
+        })
+    }
+
+    /// A background fill of lazily loaded experts: fetches and uploads up to `max` experts
+    /// not yet resident into the free slots of pools that hold every expert (no eviction,
+    /// so nothing a step needs moves). Returns how many such experts are still missing;
+    /// at 0 with every layer complete, steps run without read-backs.
+    pub async fn fill_experts(&mut self, max: usize) -> Result<usize> {
+        let mut left = max;
+        for l in self.paged.iter_mut() {
+            let ups = l.fill(left);
+            left -= ups.len();
+            if !ups.is_empty() {
+                l.write(&self.gpu, &ups, None).await?;
+            }
+        }
+        Ok(self.paged.iter().map(|l| l.unfilled()).sum())
+    }
+
+    /// Whether every paged layer holds all its experts (steps then run without read-backs).
+    pub fn all_resident(&self) -> bool {
+        self.paged.iter().all(|l| l.complete())
+    }
+
     /// Slots per paged layer ((plan layer, slots, experts)).
     pub fn residency(&self) -> Vec<(usize, usize, usize)> {
         self.paged.iter().map(|p| (p.layer, p.slots, p.experts)).collect()
@@ -286,6 +315,7 @@ impl GpuModel {
             }
             return Ok(self.submit_step(tokens, n, path, head, 0));
         }
+        self.tables_full = false;
         let g = self.gpu.clone();
         let staging = self.page_staging.clone().ok_or_else(|| Error::gpu("paging read-back buffer"))?;
         self.write_step(tokens, n);

@@ -318,6 +318,29 @@ impl PagedLayer {
         self.slot_of.iter().all(|&s| s != NO_SLOT)
     }
 
+    /// Places up to `max` experts that are not resident yet in empty slots (a pool that
+    /// holds every expert, filled in the background); returns the (slot, expert) uploads.
+    pub fn fill(&mut self, max: usize) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for e in 0..self.experts as u32 {
+            if out.len() >= max {
+                break;
+            }
+            let Some(s) = self.holder.iter().position(Option::is_none) else { break };
+            if self.slot_of[e as usize] == NO_SLOT {
+                self.holder[s] = Some(e);
+                self.slot_of[e as usize] = s as u32;
+                out.push((s as u32, e));
+            }
+        }
+        out
+    }
+
+    /// Experts a fill would still upload (none when the pool cannot hold them all).
+    pub fn unfilled(&self) -> usize {
+        if self.slots < self.experts { 0 } else { self.slot_of.iter().filter(|&&s| s == NO_SLOT).count() }
+    }
+
     /// The table naming every resident expert's slot.
     pub fn full_table(&self) -> &[u32] {
         &self.slot_of
