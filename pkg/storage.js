@@ -136,26 +136,55 @@ async function choose(kind, url, totalBytes) {
  * counts bytes over the whole model (stored shards count as loaded). `storage`: 'auto'
  * (default), 'cache' or 'opfs'. Resolves to {manifest, text, fetched: shards this call
  * downloaded, storage: the backend's name, read(i): shard i's bytes}.
+ *
+ * `experts: 'lazy'` (a model packed with `webmoe pack --expert-files`): only the skeleton
+ * (every shard that is not an expert's own file) is made sure of; the result's `experts`
+ * (an ExpertStore) fetches each expert's file when the engine first asks for it, and
+ * fills in the rest in the background.
  */
-export async function ensureModel(manifestUrl, { onProgress, signal, concurrency = 4, storage = 'auto' } = {}) {
+export async function ensureModel(manifestUrl, { onProgress, signal, concurrency = 4, storage = 'auto', experts = 'eager' } = {}) {
+  if (experts !== 'eager' && experts !== 'lazy') throw new TypeError(`experts '${experts}': expected 'eager' or 'lazy'`);
   const url = abs(manifestUrl);
   const { manifest, text } = await getManifest(url, backendsOf(storage).map((b) => backend(b, url)), signal);
   const name = await choose(storage, url, manifest.total_bytes);
-  const store = backend(name, url);
+  const model = { url, manifest, text, name, store: backend(name, url) };
+  const lazy = experts === 'lazy';
+  if (lazy && !manifest.shards.some((s) => s.expert)) {
+    throw new Error(`${url}: experts: 'lazy' needs a model packed with an expert per file (webmoe pack --expert-files)`);
+  }
+  const wanted = lazy ? manifest.shards.filter((s) => !s.expert) : manifest.shards;
+  const fetched = await ensureShards(model, wanted, { onProgress, signal, concurrency, manifest: true });
+  const read = (i) => readShard(model, manifest.shards[i]);
+  return { manifest, text, fetched, storage: name, read, experts: lazy ? new ExpertStore(model) : null };
+}
+
+async function readShard(model, s) {
+  const bytes = await model.store.read(s);
+  if (!bytes) throw new Error(`shard ${s.file} is not stored`);
+  return bytes;
+}
+
+// Downloads, verifies and stores whichever of `shards` are not stored yet (also writing
+// the manifest when `manifest`); progress counts bytes over `shards`. Resolves to how many
+// shards it downloaded.
+async function ensureShards(model, shards, { onProgress, signal, concurrency = 4, manifest = false, onStored } = {}) {
+  const { url, text, name, store } = model;
   const missing = [];
   let have = 0;
-  for (const s of manifest.shards) {
+  for (const s of shards) {
     if (await store.has(s)) have += s.bytes;
     else missing.push(s);
   }
-  const total = manifest.total_bytes;
+  const total = shards.reduce((n, s) => n + s.bytes, 0);
   const room = missing.length ? await available() : Infinity;
   if (total - have > room) throw new StorageQuotaError(total - have, room, name);
   if (missing.length) navigator.storage?.persist?.().catch(() => {});
-  try {
-    await store.writeManifest(text);
-  } catch (e) {
-    throw isQuota(e) ? new StorageQuotaError(total - have, await available(), name, e) : e;
+  if (manifest) {
+    try {
+      await store.writeManifest(text);
+    } catch (e) {
+      throw isQuota(e) ? new StorageQuotaError(total - have, await available(), name, e) : e;
+    }
   }
   let loaded = have;
   let stored = have;
@@ -180,6 +209,7 @@ export async function ensureModel(manifestUrl, { onProgress, signal, concurrency
       await store.write(s, bytes);
       stored += s.bytes;
       fetched++;
+      onStored?.(s, bytes.length);
     } catch (e) {
       loaded -= got;
       if (!isQuota(e)) throw e;
@@ -219,12 +249,97 @@ export async function ensureModel(manifestUrl, { onProgress, signal, concurrency
     throw new StorageQuotaError(total - stored, room, name, e, { file: s.file, bytes: s.bytes });
   }
   if (failure) throw failure;
-  const read = async (i) => {
-    const bytes = await store.read(manifest.shards[i]);
-    if (!bytes) throw new Error(`shard ${manifest.shards[i].file} is not stored`);
-    return bytes;
+  return fetched;
+}
+
+/**
+ * A lazily loaded model's experts, each in a file of its own: `get(i)` resolves to expert
+ * shard i's bytes, from storage, or downloaded, SHA-256-checked and stored first (the
+ * engine asks when the router first needs the expert); `fill()` stores every expert not
+ * stored yet, a few at a time, so that a reload needs no download at all. Counts: experts
+ * stored of `total`, bytes downloaded, and `complete`.
+ */
+export class ExpertStore {
+  #model;
+  #stored = new Set();
+  #known = false;
+  #fill = null;
+  #listeners = new Set();
+  total;
+  /** Bytes of expert files downloaded by this store (on demand and by the fill). */
+  fetchedBytes = 0;
+  /** Expert files downloaded when the engine asked for them (not by the fill). */
+  onDemand = 0;
+
+  constructor(model) {
+    this.#model = model;
+    this.shards = model.manifest.shards.map((s, i) => [s, i]).filter(([s]) => s.expert);
+    this.total = this.shards.length;
+    this.totalBytes = this.shards.reduce((n, [s]) => n + s.bytes, 0);
+  }
+
+  get stored() {
+    return this.#stored.size;
+  }
+
+  get complete() {
+    return this.#known && this.#stored.size === this.total;
+  }
+
+  /** Calls `fn({phase: 'experts', loaded, total, complete})` as experts are stored. */
+  onProgress(fn) {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  #report(file) {
+    for (const fn of this.#listeners) fn({ phase: 'experts', file, loaded: this.stored, total: this.total, complete: this.complete });
+  }
+
+  /** Which experts are stored already (once; stores from then on are counted as they happen). */
+  async refresh() {
+    if (this.#known) return;
+    for (const [s, i] of this.shards) if (await this.#model.store.has(s)) this.#stored.add(i);
+    this.#known = true;
+    this.#report('');
+  }
+
+  #onStored = (s, bytes) => {
+    this.fetchedBytes += bytes;
+    this.#stored.add(this.#model.manifest.shards.indexOf(s));
+    this.#report(s.file);
   };
-  return { manifest, text, fetched, storage: name, read };
+
+  /** Expert shard `i`'s bytes (stored first if it was not). */
+  async get(i) {
+    const s = this.#model.manifest.shards[i];
+    if (!s?.expert) throw new Error(`shard ${i} is not an expert's own file`);
+    if (!this.#stored.has(i)) {
+      const n = await ensureShards(this.#model, [s], { concurrency: 1, onStored: this.#onStored });
+      this.onDemand += n;
+      this.#stored.add(i);
+    }
+    return readShard(this.#model, s);
+  }
+
+  /**
+   * Stores every expert not stored yet, `concurrency` at a time (default 2, leaving room
+   * for the engine's own requests). Resolves when all are stored; calling it again while
+   * it runs returns the same promise.
+   */
+  fill({ concurrency = 2, signal } = {}) {
+    this.#fill ??= (async () => {
+      await this.refresh();
+      const missing = this.shards.filter(([, i]) => !this.#stored.has(i)).map(([s]) => s);
+      await ensureShards(this.#model, missing, { concurrency, signal, onStored: this.#onStored });
+      for (const [, i] of this.shards) this.#stored.add(i);
+      this.#report('');
+    })().catch((e) => {
+      this.#fill = null;
+      throw e;
+    });
+    return this.#fill;
+  }
 }
 
 function backendsOf(storage) {

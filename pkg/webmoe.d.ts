@@ -1,13 +1,29 @@
 /** Progress of a model load. */
 export interface LoadProgress {
   /** 'download' and 'verify' (packed models, bytes over the whole model), 'wait' (another
-   *  tab is fetching this shard), 'upload' (to the GPU). */
-  phase: 'download' | 'verify' | 'wait' | 'upload' | 'quantize' | 'read';
+   *  tab is fetching this shard), 'upload' (to the GPU), 'experts' (lazily loaded experts:
+   *  `loaded` of `total` experts stored; it goes on after the load, through the fill). */
+  phase: 'download' | 'verify' | 'wait' | 'upload' | 'quantize' | 'read' | 'experts';
   /** The file (or layer) being worked on. */
   file: string;
   loaded: number;
   /** 0 when unknown (a server without Content-Length). */
   total: number;
+  /** Phase 'experts': every expert is stored. */
+  complete?: boolean;
+}
+
+/** Lazily loaded experts (`load(url, {experts: 'lazy'})`). */
+export interface ExpertsStatus {
+  /** Expert files stored, of `total`. */
+  stored: number;
+  total: number;
+  totalBytes: number;
+  /** Bytes of expert files downloaded since the load (on demand and by the fill). */
+  fetchedBytes: number;
+  /** Expert files downloaded because the router asked for them. */
+  onDemand: number;
+  complete: boolean;
 }
 
 /** Where packed models are kept: the Cache API, the Origin Private File System, or
@@ -32,6 +48,14 @@ export interface LoadOptions extends ResidencyOptions {
   signal?: AbortSignal;
   /** Overrides the engine's `storage` for this load. */
   storage?: StorageBackend;
+  /** 'lazy' (a model packed with `webmoe pack --expert-files`): the load resolves once the
+   *  skeleton is stored and on the GPU; each expert is fetched (SHA-256-checked, stored)
+   *  when the router first asks for it, and the rest are filled in the background. */
+  experts?: 'eager' | 'lazy';
+  /** When the background fill starts (default 'after-answer'; 'off': at `fillExperts()`). */
+  fill?: 'after-answer' | 'now' | 'off';
+  /** Expert files the fill downloads at once (default 2). */
+  fillConcurrency?: number;
 }
 
 export interface EngineOptions extends ResidencyOptions {
@@ -111,6 +135,8 @@ export interface CompletionStats {
   routing: LayerRouting[];
   /** Expert paging over this completion (null when every expert is resident). */
   paging: PagingStats | null;
+  /** Lazily loaded experts when the first text came, and after the completion. */
+  experts: { atFirstToken: ExpertsStatus | null; now: ExpertsStatus } | null;
 }
 
 export interface PagingStats {
@@ -211,6 +237,13 @@ export interface Engine {
   readonly deviceResets?: DeviceReset[];
   /** Test hook: destroys the GPU device now, as a driver reset would. */
   _destroyDeviceForTest(): void;
+  /** Lazily loaded experts (null for a model loaded whole); a method in worker engines. */
+  readonly experts?: ExpertsStatus | null;
+  /** Starts (or joins) the background fill of lazily loaded experts; resolves once every
+   *  expert is stored and on the GPU. Null for a model loaded whole. */
+  fillExperts(): Promise<ExpertsStatus> | null;
+  /** Bytes of wasm memory: it only grows, so this is the heap's high-water mark. */
+  readonly wasmMemoryBytes?: number | null;
 }
 
 /** Creates an engine on this page's WebGPU device. Rejects when WebGPU is unavailable. */

@@ -13,11 +13,17 @@ import { ensureModel, hasModel, deleteModel, listModels, StorageQuotaError } fro
 export { hasModel, deleteModel, listModels, StorageQuotaError };
 
 let ready = null;
+let exports = null;
+
+/** The wasm module's memory, once it is instantiated. */
+function wasmMemory() {
+  return exports?.memory ?? null;
+}
 
 /** Loads and instantiates the .wasm once (from next to this file unless `wasmUrl` is given). */
 function initOnce(wasmUrl) {
   if (!ready) {
-    ready = init(wasmUrl ? { module_or_path: wasmUrl } : undefined).catch((e) => {
+    ready = init(wasmUrl ? { module_or_path: wasmUrl } : undefined).then((x) => (exports = x)).catch((e) => {
       ready = null;
       throw e;
     });
@@ -127,6 +133,13 @@ class Engine {
   /** Why the device was lost, until the engine has been rebuilt on a new one. */
   #lost = null;
   #residency = null;
+  /** The last load's options that a reload on a new device repeats. */
+  #loadOpts = {};
+  /** Lazily loaded experts (an ExpertStore), their background fill, and its settings. */
+  #experts = null;
+  #fill = null;
+  #fillMode = 'after-answer';
+  #fillConcurrency = 2;
   /** Timings and counts of the last completion. */
   lastStats = null;
   /** Devices lost and recovered from: [{reason, restoredTokens, model, seconds}]. */
@@ -195,29 +208,92 @@ class Engine {
     const model = reload ? this.#model : null;
     this.#model = null;
     if (model) {
-      await this.#loadInto(model, {});
+      await this.#loadInto(model, this.#loadOpts);
       if (tokens.length) await this.#inner.restore(tokens);
     }
     this.#lost = null;
     this.deviceResets.push({ reason, restoredTokens: model ? tokens.length : 0, model, seconds: (performance.now() - t0) / 1000 });
   }
 
-  async #loadInto(url, { onProgress, signal, storage, residency }) {
+  async #loadInto(url, { onProgress, signal, storage, residency, experts = 'eager', fill = 'after-answer', fillConcurrency = 2 }) {
     this.#model = null;
+    this.#experts = null;
+    this.#fill = null;
+    this.#loadOpts = { storage, experts, fill, fillConcurrency };
     // Expert residency: the load's own, else the engine's (createEngine), else all resident.
     this.#residency = residency ?? this.#residency;
     this.#inner.setResidency(this.#residency ?? {});
     if (/manifest\.json(\?|#|$)/.test(url)) {
       const abs = new URL(url, globalThis.location?.href).href;
-      const m = await ensureModel(abs, { onProgress, signal, storage: storage ?? this.#options.storage ?? 'auto' });
+      const m = await ensureModel(abs, { onProgress, signal, storage: storage ?? this.#options.storage ?? 'auto', experts });
       if (signal?.aborted) throw abortError();
-      await this.#inner.loadPacked(abs, m.text, (i) => m.read(i), onProgress);
+      const getExpert = m.experts ? (i) => m.experts.get(i) : undefined;
+      await this.#inner.loadPacked(abs, m.text, (i) => m.read(i), onProgress, getExpert);
       this.#storage = m.storage;
+      if (m.experts) {
+        // Experts stored out of the total, as they are stored (on demand and by the fill).
+        if (onProgress) m.experts.onProgress(onProgress);
+        await m.experts.refresh();
+        this.#experts = m.experts;
+        this.#fillMode = fill;
+        this.#fillConcurrency = fillConcurrency;
+        if (fill === 'now') this.#startFill();
+      }
     } else {
       await this.#inner.load(url, onProgress);
       this.#storage = null;
     }
     this.#model = url;
+  }
+
+  // After an answer: the background fill starts, unless it waits for fillExperts().
+  #answered() {
+    if (this.#experts && this.#fillMode === 'after-answer') queueMicrotask(() => this.#startFill()?.catch(() => {}));
+  }
+
+  // The background fill of lazily loaded experts: every expert file stored (a few at a
+  // time, so that the experts a reply asks for are not kept waiting), then uploaded to
+  // the GPU a few experts per call, between the engine's other calls.
+  #startFill() {
+    const store = this.#experts;
+    if (!store || this.#fill) return this.#fill;
+    const inner = () => this.#inner;
+    this.#fill = (async () => {
+      await store.fill({ concurrency: this.#fillConcurrency });
+      for (;;) {
+        if (this.#experts !== store) return; // another model was loaded meanwhile
+        const left = await this.#serial(() => inner().fillExperts(4));
+        if (left === 0) break;
+      }
+      return this.experts;
+    })();
+    this.#fill.catch(() => {
+      if (this.#experts === store) this.#fill = null;
+    });
+    return this.#fill;
+  }
+
+  /**
+   * Lazily loaded experts (`load(url, {experts: 'lazy'})`): {stored, total, storedBytes?,
+   * fetchedBytes, onDemand, complete}; null for a model loaded whole.
+   */
+  get experts() {
+    const s = this.#experts;
+    return s ? { stored: s.stored, total: s.total, totalBytes: s.totalBytes, fetchedBytes: s.fetchedBytes, onDemand: s.onDemand, complete: s.complete } : null;
+  }
+
+  /**
+   * The background fill of lazily loaded experts: starts it now unless it runs already,
+   * and resolves (to `experts`) once every expert is stored and on the GPU. Null for a
+   * model loaded whole.
+   */
+  fillExperts() {
+    return this.#experts ? this.#startFill() : null;
+  }
+
+  /** Bytes of wasm memory (it only grows: the high-water mark of the engine's heap). */
+  get wasmMemoryBytes() {
+    return wasmMemory()?.buffer.byteLength ?? null;
   }
 
   /**
@@ -233,8 +309,14 @@ class Engine {
    * a .gguf file, or a Hugging Face directory. onProgress({phase, file, loaded, total}) with
    * phase 'download', 'verify', 'wait' (another tab is fetching a shard) or 'upload'.
    * `storage` ('auto', 'cache' or 'opfs') overrides the engine's for a packed model.
+   * `experts: 'lazy'` (a packed model with an expert per file): the load resolves once
+   * the skeleton is stored and on the GPU; each expert is fetched when the router first
+   * asks for it, and the rest are filled in the background (phase 'experts' progress
+   * counts experts stored): `fill` 'after-answer' (default: once the first reply is
+   * done), 'now', or 'off' (then `fillExperts()` starts it); `fillConcurrency` downloads
+   * at once (default 2).
    */
-  load(url, { onProgress, signal, storage, residentExperts, gpuMemory, expertPolicy, prefetch } = {}) {
+  load(url, { onProgress, signal, storage, residentExperts, gpuMemory, expertPolicy, prefetch, experts, fill, fillConcurrency } = {}) {
     if (typeof url !== 'string' || url.length === 0) {
       return Promise.reject(new TypeError('load(url): url must be a non-empty string'));
     }
@@ -243,7 +325,9 @@ class Engine {
       if (signal?.aborted) throw abortError();
       const given = [residentExperts, gpuMemory, expertPolicy, prefetch].some((v) => v !== undefined);
       const residency = given ? { residentExperts, gpuMemory, expertPolicy, prefetch } : undefined;
-      await this.#loadInto(url, { onProgress: cb, signal, storage, residency });
+      if (experts !== undefined && experts !== 'lazy' && experts !== 'eager') throw new TypeError(`load: experts '${experts}': expected 'lazy' or 'eager'`);
+      if (fill !== undefined && !['after-answer', 'now', 'off'].includes(fill)) throw new TypeError(`load: fill '${fill}': expected 'after-answer', 'now' or 'off'`);
+      await this.#loadInto(url, { onProgress: cb, signal, storage, residency, experts, fill, fillConcurrency });
     }, { reload: false });
   }
 
@@ -273,7 +357,11 @@ class Engine {
       return Promise.reject(new TypeError('generate: maxTokens must be a non-negative integer'));
     }
     const cb = typeof onToken === 'function' ? onToken : null;
-    return this.#serial(() => this.#inner.generate(ids, maxTokens, cb));
+    return this.#serial(async () => {
+      const out = await this.#inner.generate(ids, maxTokens, cb);
+      this.#answered();
+      return out;
+    });
   }
 
   // One completion; `onDelta(text)` returns false to stop. Resolves to the raw result.
@@ -282,7 +370,9 @@ class Engine {
       if (signal?.aborted) throw abortError();
       const t0 = performance.now();
       let first = null;
+      let atFirst = null;
       const raw = await this.#inner.complete(JSON.stringify(body), (d) => {
+        if (first === null) atFirst = this.experts;
         first ??= performance.now();
         if (signal?.aborted) return false;
         return onDelta(d) !== false;
@@ -305,6 +395,8 @@ class Engine {
         routing: r.routing ?? [],
         // Expert paging over this request, when some experts are not resident: hits and
         // misses, bytes uploaded, host-sync seconds, lookahead recall (null otherwise).
+        // Lazily loaded experts when the first text came, and now.
+        experts: this.#experts ? { atFirstToken: atFirst, now: this.experts } : null,
         paging: r.paging ? {
           ...r.paging,
           hitRate: r.paging.hits / Math.max(1, r.paging.hits + r.paging.misses),
@@ -313,6 +405,7 @@ class Engine {
           prefetchRecall: r.paging.needed_predictable > 0 ? r.paging.predicted_needed / r.paging.needed_predictable : null,
         } : null,
       };
+      this.#answered();
       if (signal?.aborted) throw abortError();
       return r;
     });
@@ -365,6 +458,8 @@ class Engine {
       const i = JSON.parse(this.#inner.info());
       i.adapter = this.adapter;
       i.storage = this.#storage;
+      i.experts = this.experts;
+      i.wasm_memory_bytes = this.wasmMemoryBytes;
       i.device_resets = this.deviceResets;
       return i;
     });
@@ -376,6 +471,8 @@ class Engine {
       this.#inner.unload();
       this.#model = null;
       this.#storage = null;
+      this.#experts = null;
+      this.#fill = null;
     }, { reload: false });
   }
 

@@ -56,9 +56,20 @@ class WorkerEngine {
     this.#adapter = r.adapter;
   }
 
-  async load(url, { onProgress, signal, storage, residentExperts, gpuMemory, expertPolicy, prefetch } = {}) {
-    await this.#call('load', [url, { storage, residentExperts, gpuMemory, expertPolicy, prefetch }], { signal, onEvent: (e, p) => e === 'progress' && onProgress?.(p) });
+  async load(url, { onProgress, signal, storage, residentExperts, gpuMemory, expertPolicy, prefetch, experts, fill, fillConcurrency } = {}) {
+    const opts = { storage, residentExperts, gpuMemory, expertPolicy, prefetch, experts, fill, fillConcurrency };
+    await this.#call('load', [url, opts], { signal, onEvent: (e, p) => e === 'progress' && onProgress?.(p) });
     this.#model = url;
+  }
+
+  /** Lazily loaded experts: {stored, total, fetchedBytes, onDemand, complete}, or null. */
+  experts() {
+    return this.#call('experts', []);
+  }
+
+  /** Starts (or joins) the background fill of lazily loaded experts; resolves when it is done. */
+  fillExperts() {
+    return this.#call('fillExperts', []);
   }
 
   logits(tokens) {

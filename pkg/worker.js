@@ -38,6 +38,12 @@ export function serveWorker(scope = globalThis) {
         case 'load':
           await need().load(args[0], { ...(args[1] ?? {}), signal: ac.signal, onProgress: (p) => post({ id, event: 'progress', data: p }) });
           break;
+        case 'experts':
+          result = need().experts;
+          break;
+        case 'fillExperts':
+          result = await need().fillExperts();
+          break;
         case 'logits':
           result = await need().logits(args[0]);
           transfer = [result.buffer];

@@ -30,6 +30,10 @@ target/release/webmoe pack --model "$(scripts/fetch-models.sh)" --out target/pac
 node tests/browser/chat.mjs
 # Failing parts: device loss mid-reply, storage quota, two tabs at once, OPFS.
 node tests/browser/resilience.mjs
+# Experts on demand: the synthetic Mixtral-shaped model (95 MiB), an expert per file,
+# loaded lazily, filled in the background, reloaded from storage.
+target/release/webmoe pack --model "$(scripts/synthetic.sh)" --out target/packed/synthetic-moe --expert-files >&2
+node tests/browser/lazy.mjs
 # The real Gemma 3 (262k vocabulary, K-quants and Q5_0) from a packed manifest.
 target/release/webmoe pack --model "$(scripts/fetch-models.sh gemma3)" --out target/packed/gemma3 >&2
 node tests/browser/real.mjs

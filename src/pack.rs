@@ -376,12 +376,19 @@ pub struct Assembler {
     pub manifest: Manifest,
     buffers: HashMap<Slot, Vec<u8>>,
     seen: Vec<bool>,
+    /// Tensors assembled elsewhere (on the GPU: src/gpu/assemble.rs), not here.
+    skipped: std::collections::HashSet<Slot>,
 }
 
 impl Assembler {
     pub fn new(manifest: Manifest) -> Assembler {
         let seen = vec![false; manifest.shards.len()];
-        Assembler { manifest, buffers: HashMap::new(), seen }
+        Assembler { manifest, buffers: HashMap::new(), seen, skipped: Default::default() }
+    }
+
+    /// Leaves `slots` out: their pieces are not copied, and the model has no bytes for them.
+    pub fn skip(&mut self, slots: &[Slot]) {
+        self.skipped.extend(slots.iter().copied());
     }
 
     /// Adds shard `i` (already verified against its SHA-256 by whoever fetched it).
@@ -395,6 +402,9 @@ impl Assembler {
             for p in &t.pieces {
                 if p.shard as usize == i {
                     let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format(MANIFEST, "bad slot"))?;
+                    if self.skipped.contains(&slot) {
+                        break;
+                    }
                     let buf = self.buffers.entry(slot).or_insert_with(|| vec![0; t.bytes as usize]);
                     buf[at as usize..(at + p.length) as usize]
                         .copy_from_slice(&bytes[p.offset as usize..(p.offset + p.length) as usize]);
@@ -417,7 +427,7 @@ impl Assembler {
         self.finish_with(Some(std::rc::Rc::new(lazy)))
     }
 
-    fn finish_with(self, lazy: Option<std::rc::Rc<crate::lazy::LazyExperts>>) -> Result<PackedModel> {
+    fn finish_with(mut self, lazy: Option<std::rc::Rc<crate::lazy::LazyExperts>>) -> Result<PackedModel> {
         let needed = |i: usize| lazy.is_none() || crate::lazy::is_skeleton(&self.manifest.shards[i]);
         if let Some(i) = (0..self.seen.len()).find(|&i| !self.seen[i] && needed(i)) {
             return Err(Error::io(&self.manifest.shards[i].file, "was never added"));
@@ -425,7 +435,10 @@ impl Assembler {
         let mut buffers = HashMap::new();
         for t in &self.manifest.tensors {
             let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format(MANIFEST, "bad slot"))?;
-            let bytes = self.buffers.get(&slot).cloned().unwrap_or_default();
+            if self.skipped.contains(&slot) {
+                continue;
+            }
+            let bytes = self.buffers.remove(&slot).unwrap_or_default();
             buffers.insert(
                 slot,
                 PackedBuffer {
@@ -438,7 +451,7 @@ impl Assembler {
                 },
             );
         }
-        Ok(PackedModel { manifest: self.manifest, buffers: std::cell::RefCell::new(buffers), lazy })
+        Ok(PackedModel { manifest: self.manifest, buffers: std::cell::RefCell::new(buffers), lazy, uploaded: Default::default() })
     }
 }
 
@@ -448,6 +461,14 @@ pub struct PackedModel {
     pub manifest: Manifest,
     buffers: std::cell::RefCell<HashMap<Slot, PackedBuffer>>,
     lazy: Option<std::rc::Rc<crate::lazy::LazyExperts>>,
+    /// Buffers already on the GPU (assembled there shard by shard).
+    uploaded: std::cell::RefCell<HashMap<Slot, crate::gpu::GpuWeight>>,
+}
+
+impl PackedModel {
+    pub fn set_uploaded(&mut self, on_gpu: HashMap<Slot, crate::gpu::GpuWeight>) {
+        self.uploaded = std::cell::RefCell::new(on_gpu);
+    }
 }
 
 impl WeightSource for PackedModel {
@@ -459,6 +480,9 @@ impl WeightSource for PackedModel {
     }
     fn lazy_experts(&self) -> Option<std::rc::Rc<crate::lazy::LazyExperts>> {
         self.lazy.clone()
+    }
+    fn uploaded(&self, slot: Slot) -> Option<crate::gpu::GpuWeight> {
+        self.uploaded.borrow_mut().remove(&slot)
     }
 }
 

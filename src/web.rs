@@ -8,7 +8,8 @@ use crate::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
 use crate::gpu::paging::{Policy, Residency};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::Progress;
-use crate::pack::{Assembler, Manifest};
+use crate::gpu::assemble::GpuAssembler;
+use crate::pack::Manifest;
 use crate::platform::HttpSource;
 use crate::sampling::SamplingParams;
 use crate::tensor::DType;
@@ -72,6 +73,16 @@ fn put_engine(state: &Rc<RefCell<State>>, engine: Engine) {
     if let Ok(mut s) = state.try_borrow_mut() {
         s.engine = Some(engine);
     }
+}
+
+/// The bytes a JS promise (or value) resolves to, copied into the heap.
+async fn js_bytes(p: JsValue) -> Result<Vec<u8>, JsValue> {
+    let v = JsFuture::from(Promise::resolve(&p)).await?;
+    Ok(Uint8Array::new(&v).to_vec())
+}
+
+fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).or_else(|| e.as_string()).unwrap_or_else(|| format!("{e:?}"))
 }
 
 /// `progress(phase, what, done, total)` as the JS object `{phase, file, loaded, total}`.
@@ -225,6 +236,10 @@ impl WebEngine {
 
     /// Loads a packed model: `manifest` is its manifest.json text, `get_shard(i)` resolves to
     /// shard i's bytes (already verified against the manifest's SHA-256 by the caller).
+    /// With `get_expert(i)` (a model packed with an expert per file), only the skeleton's
+    /// shards are asked for now; expert shard i is asked for through `get_expert` when the
+    /// router first needs it (src/lazy.rs). Each shard is dropped once its bytes are in
+    /// their buffers, so the heap holds the skeleton and one shard at most.
     #[wasm_bindgen(js_name = loadPacked)]
     pub fn load_packed(
         &self,
@@ -232,6 +247,7 @@ impl WebEngine {
         manifest: String,
         get_shard: Function,
         on_progress: Option<Function>,
+        get_expert: Option<Function>,
     ) -> Promise {
         let state = self.state.clone();
         let begun = self.begin_load(&url);
@@ -239,21 +255,51 @@ impl WebEngine {
             let (gpu, mut opts) = begun?;
             let manifest = Manifest::parse(manifest.as_bytes()).map_err(err)?;
             let progress = js_progress(on_progress);
-            let n = manifest.shards.len();
-            let mut a = Assembler::new(manifest);
-            for i in 0..n {
-                let p = get_shard.call1(&JsValue::NULL, &JsValue::from(i as u32))?;
-                let bytes = JsFuture::from(Promise::resolve(&p)).await?;
-                let bytes = Uint8Array::new(&bytes).to_vec();
+            let wanted: Vec<usize> = (0..manifest.shards.len())
+                .filter(|&i| get_expert.is_none() || crate::lazy::is_skeleton(&manifest.shards[i]))
+                .collect();
+            // Each shard goes straight into its GPU buffers and is dropped (only paged
+            // experts' host copies and buffers larger than a binding stay in the heap).
+            let r = &opts.residency;
+            let paged = get_expert.is_some() || r.experts.is_some() || r.gpu_memory.is_some();
+            let mut a = GpuAssembler::new(gpu.clone(), manifest, paged).map_err(err)?;
+            for (done, &i) in wanted.iter().enumerate() {
+                let bytes = js_bytes(get_shard.call1(&JsValue::NULL, &JsValue::from(i as u32))?).await?;
                 a.add_shard(i, &bytes).map_err(err)?;
                 if let Some(p) = &progress {
-                    p.report("upload", &a.manifest.shards[i].file, (i + 1) as u64, n as u64);
+                    p.report("upload", &a.manifest().shards[i].file, (done + 1) as u64, wanted.len() as u64);
                 }
             }
-            let packed = a.finish().map_err(err)?;
+            let fetch = get_expert.map(|f| -> crate::lazy::FetchShard {
+                Box::new(move |i| {
+                    let p = f.call1(&JsValue::NULL, &JsValue::from(i as u32));
+                    Box::pin(async move {
+                        let p = p.map_err(|e| crate::Error::input(js_message(&e)))?;
+                        js_bytes(p).await.map_err(|e| crate::Error::input(js_message(&e)))
+                    })
+                })
+            });
+            let packed = a.finish(fetch).map_err(err)?;
             opts.progress = progress;
             let engine = Engine::from_packed(packed, opts, Some(gpu)).await.map_err(err)?;
             Self::finish_load(&state, engine)
+        })
+    }
+
+    /// A background fill of lazily loaded experts: fetches and uploads up to `max` experts
+    /// the router has not asked for yet, into pools that hold every expert. Resolves to how
+    /// many are still missing (0: every step now runs without a read-back).
+    #[wasm_bindgen(js_name = fillExperts)]
+    pub fn fill_experts(&self, max: usize) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut engine = take_engine(&state)?;
+            let r = match engine.gpu_model() {
+                Some(m) => m.fill_experts(max).await,
+                None => Ok(0),
+            };
+            put_engine(&state, engine);
+            Ok(JsValue::from(r.map_err(err)? as u32))
         })
     }
 

@@ -225,6 +225,11 @@ pub trait WeightSource {
     fn lazy_experts(&self) -> Option<std::rc::Rc<crate::lazy::LazyExperts>> {
         None
     }
+    /// The buffer for `slot` when it is already on the GPU in the kernels' layout (a
+    /// packed model assembled there, src/gpu/assemble.rs); handed out once.
+    fn uploaded(&self, _slot: Slot) -> Option<crate::gpu::GpuWeight> {
+        None
+    }
 }
 
 /// Rows of `data` ([heads * d] rows of equal size) reordered so that row h*d + 2i is row

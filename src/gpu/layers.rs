@@ -18,11 +18,25 @@ pub(super) struct Uploader<'a> {
     pub src: &'a dyn WeightSource,
     pub buffers: Vec<Buffer>,
     pub bytes: u64,
+    /// Bytes of the buffers taken already on the GPU (allocated before the build began).
+    pub pre: u64,
 }
 
 impl Uploader<'_> {
+    /// A buffer the source assembled on the GPU already.
+    fn uploaded(&mut self, slot: Slot) -> Option<GpuWeight> {
+        let w = self.src.uploaded(slot)?;
+        self.bytes += w.buf.size();
+        self.pre += w.buf.size();
+        self.buffers.push(w.buf.clone());
+        Some(w)
+    }
+
     /// The weight buffer for `slot`, if the model has one.
     pub fn slot(&mut self, slot: Slot) -> Result<Option<GpuWeight>> {
+        if let Some(w) = self.uploaded(slot) {
+            return Ok(Some(w));
+        }
         let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
         self.upload(&self.src.describe(slot), &b).map(Some)
     }
@@ -42,6 +56,9 @@ impl Uploader<'_> {
         rows: usize,
         cols: usize,
     ) -> Result<Option<Vec<(GpuWeight, usize, usize)>>> {
+        if let Some(w) = self.uploaded(slot) {
+            return Ok(Some(vec![(w, 0, rows)]));
+        }
         let Some(b) = self.src.buffer(slot)? else { return Ok(None) };
         let max = self.gpu.limits.max_storage_buffer_binding_size as usize;
         let parts =

@@ -1,6 +1,7 @@
 //! The GPU side: device setup with the adapter's own limits, buffers that say which tensor
 //! did not fit, read-back, and the WGSL kernels (`kernels`) composed into a model (`model`).
 
+pub mod assemble;
 pub mod kernels;
 mod layers;
 pub mod model;

@@ -154,7 +154,7 @@ pub(super) fn build(
     }
     let kv16 = kv.kv16()?;
     let counted0 = g.allocations().1;
-    let mut up = Uploader { gpu: g, src, buffers: Vec::new(), bytes: 0 };
+    let mut up = Uploader { gpu: g, src, buffers: Vec::new(), bytes: 0, pre: 0 };
     let (d, hd) = (c.hidden, c.head_dim);
     let (k, e, ff) = (c.max_top_k(), c.max_experts(), c.max_ff());
     let qkv_w = c.q_dim() + 2 * c.kv_dim();
@@ -260,7 +260,7 @@ pub(super) fn build(
         let dispatches = (c.layers * 2 * 24 + 16 + embed.len() + 4 * lm_head.len()) as u64;
         let later =
             c.layers as u64 * (e + decode_rows * k) as u64 * 4 + 2 * (max_rows * k * 4) as u64 + dispatches * 256;
-        let fixed = g.allocations().1 - counted0 + later;
+        let fixed = g.allocations().1 - counted0 + up.pre + later;
         place_experts(&mut up, &c, &mut layers, res, fixed)?
     } else {
         (Vec::new(), (0..c.layers).map(|_| None).collect())
@@ -484,7 +484,7 @@ pub(super) fn build(
         head_last.push(last.with_grid(super::Grid { x, y: Rows::Fixed(1) }));
     }
     let argmax = ops::argmax(g, &logits, &tokens, c.vocab, Rows::Fixed(1))?;
-    let counted = g.allocations().1 - counted0;
+    let counted = g.allocations().1 - counted0 + up.pre;
     if let Some(budget) = res.gpu_memory
         && counted > budget
     {

@@ -1,0 +1,83 @@
+//! A packed model assembled straight into GPU buffers as its shards arrive (the page's
+//! `loadPacked`): each weight buffer is created from the manifest's sizes up front, and a
+//! shard's pieces are written into their buffers at once, so host memory holds one shard
+//! at a time instead of the whole model. The program builder then takes these buffers
+//! (`WeightSource::uploaded`) where it would have uploaded bytes. Buffers it needs the
+//! bytes of stay on the host: one larger than a binding (split into row ranges), experts
+//! that will be paged (their host copies feed the slot pools), and experts loaded lazily
+//! (they have no bytes here at all: src/lazy.rs).
+
+use super::{Gpu, GpuWeight};
+use crate::error::{Error, Result};
+use crate::pack::{Assembler, Manifest, PackedModel, TensorEntry};
+use crate::tensor::DType;
+use crate::weights::Slot;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct GpuAssembler {
+    gpu: Arc<Gpu>,
+    /// Buffers written on the GPU as their pieces arrive, by slot.
+    on_gpu: HashMap<Slot, GpuWeight>,
+    /// Everything else, assembled on the host.
+    host: Assembler,
+}
+
+/// Which tensors must stay on the host: `paged` when expert residency is asked for.
+fn keep_on_host(t: &TensorEntry, slot: Slot, max_binding: u64, paged_experts: bool) -> bool {
+    let experts = matches!(slot, Slot::GateUp(_) | Slot::Down(_));
+    let supported = DType::from_name(&t.dtype).is_some_and(|d| d.is_supported());
+    t.bytes > max_binding || (experts && paged_experts) || !supported || t.bytes == 0
+}
+
+impl GpuAssembler {
+    /// `paged_experts`: the experts go to slot pools (residency or lazy loading), so their
+    /// bytes are kept on the host (lazily loaded ones never arrive).
+    pub fn new(gpu: Arc<Gpu>, manifest: Manifest, paged_experts: bool) -> Result<GpuAssembler> {
+        let max = gpu.limits.max_storage_buffer_binding_size;
+        let mut on_gpu = HashMap::new();
+        for t in &manifest.tensors {
+            let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format("manifest.json", format!("tensor {}: unknown slot", t.slot)))?;
+            if keep_on_host(t, slot, max, paged_experts) {
+                continue;
+            }
+            let dtype = DType::from_name(&t.dtype).ok_or_else(|| Error::format("manifest.json", "bad storage type"))?;
+            let buf = gpu.storage(&t.slot, t.bytes)?;
+            on_gpu.insert(slot, GpuWeight { buf, dtype, s_off: t.s_off, h_off: t.h_off, expert_stride: t.expert_stride });
+        }
+        let mut host = Assembler::new(manifest);
+        host.skip(&on_gpu.keys().copied().collect::<Vec<_>>());
+        Ok(GpuAssembler { gpu, on_gpu, host })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.host.manifest
+    }
+
+    /// Adds shard `i` (verified by whoever fetched it): its pieces of GPU buffers are
+    /// written now, the rest kept on the host.
+    pub fn add_shard(&mut self, i: usize, bytes: &[u8]) -> Result<()> {
+        self.host.add_shard(i, bytes)?;
+        for t in &self.host.manifest.tensors {
+            let Some(w) = Slot::parse(&t.slot).and_then(|s| self.on_gpu.get(&s)) else { continue };
+            let mut at = 0u64;
+            for p in &t.pieces {
+                if p.shard as usize == i {
+                    self.gpu.write(&w.buf, at, &bytes[p.offset as usize..(p.offset + p.length) as usize]);
+                }
+                at += p.length;
+            }
+        }
+        Ok(())
+    }
+
+    /// The model, whole (`lazy`: None) or with its experts fetched when first needed.
+    pub fn finish(self, lazy: Option<crate::lazy::FetchShard>) -> Result<PackedModel> {
+        let mut m = match lazy {
+            Some(f) => self.host.finish_lazy(f)?,
+            None => self.host.finish()?,
+        };
+        m.set_uploaded(self.on_gpu);
+        Ok(m)
+    }
+}
