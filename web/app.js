@@ -114,6 +114,12 @@ function showStats() {
     item('same first expert as the previous token', `${pct(mean((l) => l.same_first))} (random ${pct(mean((l) => l.same_first_random))})`);
     item('LRU hit rate with half the experts', pct(mean(half)));
   }
+  if (s.experts) {
+    // Lazily loaded experts: what the first token waited for, and what is stored now.
+    const { atFirstToken: f, now } = s.experts;
+    if (f) item('expert bytes fetched at the first token', `${mb(f.fetchedBytes)} of ${mb(f.totalBytes)}`);
+    item('experts stored', `${now.stored} / ${now.total}${now.complete ? ' (complete)' : ''}`);
+  }
   if (s.paging) {
     // Experts paged in from host memory (a load with residentExperts or gpuMemory).
     const p = s.paging;
@@ -131,10 +137,13 @@ async function load() {
   setStatus($('load-status'), '');
   const t0 = performance.now();
   try {
-    // ?resident=N (experts per MoE layer on the GPU), ?gpuMemory=BYTES, ?prefetch=1.
+    // ?resident=N (experts per MoE layer on the GPU), ?gpuMemory=BYTES, ?prefetch=1,
+    // ?experts=lazy (a model packed with --expert-files: chat starts once the skeleton
+    // is stored; experts come as the router asks, the rest after the first answer).
     const q = new URLSearchParams(location.search);
     const num = (k) => (q.has(k) ? Number(q.get(k)) : undefined);
     await engine.load(url, {
+      experts: q.get('experts') === 'lazy' ? 'lazy' : undefined,
       residentExperts: num('resident'),
       gpuMemory: num('gpuMemory'),
       prefetch: q.get('prefetch') === '1' || undefined,
@@ -142,6 +151,11 @@ async function load() {
       onProgress: (p) => {
         const frac = p.total ? p.loaded / p.total : 0;
         $('progress-fill').style.width = `${(100 * frac).toFixed(1)}%`;
+        if (p.phase === 'experts') {
+          // Goes on after the load: experts stored as the router asks and by the fill.
+          $('progress-text').textContent = `experts stored: ${p.loaded} / ${p.total}${p.complete ? ' — all stored, next load needs no download' : ''}`;
+          return;
+        }
         const what = p.phase === 'upload' ? `uploading to the GPU (${p.file})` : p.phase === 'verify' ? `verifying ${p.file}` : `downloading ${p.file}`;
         $('progress-text').textContent = p.phase === 'upload' ? what : `${what} — ${mb(p.loaded)} / ${mb(p.total)}`;
       },
