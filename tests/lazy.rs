@@ -187,3 +187,48 @@ fn lazy_loading_refuses_what_it_cannot_verify() {
     let e = Manifest::parse(&serde_json::to_vec(&bad).unwrap()).err().expect("refused").to_string();
     assert!(e.contains("own file"), "{e}");
 }
+
+/// A fetch that fails (the network went away) fails its step with the fetcher's error;
+/// the experts it was to bring are not taken for resident, so the same step run again,
+/// once fetches work, gives the whole model's logits.
+#[test]
+fn a_failed_fetch_leaves_nothing_half_resident() {
+    use std::cell::Cell;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("mixtral-e8-top2-swa5");
+    let m = write_packed(&src, tmp.path(), true);
+    let prompt = reference(&src).tokens;
+    let want = {
+        let mut e = whole(tmp.path(), opts(64, 256, Residency::default()));
+        block_on(e.gpu_model().unwrap().logits(&prompt, 256)).unwrap()
+    };
+    for res in [Residency::default(), Residency { experts: Some(2), ..Default::default() }] {
+        let mut a = webmoe::pack::Assembler::new(m.clone());
+        for (i, s) in m.shards.iter().enumerate().filter(|(_, s)| s.expert.is_none()) {
+            a.add_shard(i, &std::fs::read(tmp.path().join(&s.file)).unwrap()).unwrap();
+        }
+        let (dir, shards) = (tmp.path().to_path_buf(), m.shards.clone());
+        let calls = Rc::new(Cell::new(0usize));
+        let seen = calls.clone();
+        let fetch: webmoe::lazy::FetchShard = Box::new(move |i| {
+            seen.set(seen.get() + 1);
+            let n = seen.get();
+            let path = dir.join(&shards[i].file);
+            Box::pin(async move {
+                if n == 3 {
+                    return Err(webmoe::Error::input("network error (test)"));
+                }
+                Ok(std::fs::read(path).unwrap())
+            })
+        });
+        let packed = a.finish_lazy(fetch).unwrap();
+        let mut en = block_on(Engine::from_packed(packed, opts(64, 256, res.clone()), Some(gpu()))).unwrap();
+        let m = en.gpu_model().unwrap();
+        let e = block_on(m.logits(&prompt, 256)).err().expect("the failed fetch fails the step").to_string();
+        assert!(e.contains("network error"), "{e}");
+        let got = block_on(m.logits(&prompt, 256)).expect("the step again");
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d <= TOL, "{:?} slots: after a failed fetch, max|Δ| {d}", res.experts);
+        assert!(calls.get() > 3);
+    }
+}

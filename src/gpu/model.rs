@@ -371,7 +371,11 @@ impl GpuModel {
             let layer = &mut self.paged[site.paged];
             let rounds = layer.plan(ids, tick, policy, &mut self.paging)?;
             for (i, round) in rounds.iter().enumerate() {
-                layer.write(&g, &round.uploads, Some(&round.table)).await?;
+                if let Err(e) = layer.write(&g, &round.uploads, Some(&round.table)).await {
+                    // The later rounds' uploads were planned but will not happen either.
+                    rounds[i..].iter().for_each(|r| layer.forget(&r.uploads));
+                    return Err(e);
+                }
                 if i + 1 < rounds.len() {
                     encode(site.experts.clone(), &[]);
                 }

@@ -283,8 +283,30 @@ impl PagedLayer {
     }
 
     /// Queues the uploads and the table (before the submission that reads them); lazy
-    /// experts are fetched first.
-    pub async fn write(&self, g: &super::Gpu, uploads: &[(u32, u32)], table: Option<&[u32]>) -> Result<()> {
+    /// experts are fetched first. When a fetch fails, the slots planned for the uploads
+    /// are marked empty again, so no later step takes an expert for resident that never
+    /// arrived.
+    pub async fn write(&mut self, g: &super::Gpu, uploads: &[(u32, u32)], table: Option<&[u32]>) -> Result<()> {
+        let r = self.put(g, uploads, table).await;
+        if r.is_err() {
+            self.forget(uploads);
+        }
+        r
+    }
+
+    /// Marks the slots of planned uploads empty (they did not happen: a fetch failed in
+    /// this round or an earlier one). Emptying a slot that does hold its expert is safe: it
+    /// is only uploaded again.
+    pub fn forget(&mut self, uploads: &[(u32, u32)]) {
+        for &(slot, e) in uploads {
+            if self.holder[slot as usize] == Some(e) {
+                self.holder[slot as usize] = None;
+                self.slot_of[e as usize] = NO_SLOT;
+            }
+        }
+    }
+
+    async fn put(&self, g: &super::Gpu, uploads: &[(u32, u32)], table: Option<&[u32]>) -> Result<()> {
         let put = |slot: u32, i: usize, src: &[u8]| {
             g.queue.write_buffer(&self.pools[i], slot as u64 * self.strides[i] as u64, src);
         };
