@@ -239,3 +239,40 @@ fn gpu_memory_budget_is_kept() {
     let err = engine(few).err().expect("1 slot for top-2 must be refused").to_string();
     assert!(err.contains("top-k"), "{err}");
 }
+
+/// Pools larger than one binding are split into parts, each bound by its own run of the
+/// expert kernels with its own slot table: on an adapter whose bindings hold 3 experts,
+/// 6 of 8 slots (parts of 3 and 3) and all 8 experts of a model loaded whole (parts of 3,
+/// 3 and 2, filled at load, never paging) give the same logits as one binding.
+#[test]
+fn pools_split_over_bindings() {
+    use webmoe::weights::{Slot, WeightSource};
+    let dir = fixtures_dir().join("learned-moe");
+    let files = load(&dir);
+    let gu = files.buffer(Slot::GateUp(0)).unwrap().unwrap();
+    let dn = files.buffer(Slot::Down(0)).unwrap().unwrap();
+    let widest = gu.expert_stride.max(dn.expert_stride) as u64 * 4;
+    let prompt = reference(&dir).tokens;
+    let ctx = prompt.len() + 8;
+    let mut g = fresh_gpu();
+    g.limits.max_storage_buffer_binding_size = 3 * widest + widest / 2;
+    let g = std::sync::Arc::new(g);
+    // The prompt through the grouped GEMMs (chunk 16) and token by token (decode kernels).
+    for (chunk, slots, pages) in [(16, Some(6), true), (16, None, false), (1, Some(6), true), (1, None, false)] {
+        let want = {
+            let mut e = engine(&files, chunk, ctx, Residency::default()).unwrap();
+            block_on(e.gpu_model().unwrap().logits(&prompt, chunk)).unwrap()
+        };
+        let res = Residency { experts: slots, ..Default::default() };
+        let opts = EngineOptions { prefill_chunk: chunk, context: Some(ctx), residency: res, ..Default::default() };
+        let mut e = block_on(Engine::from_files(&files, opts, Some(g.clone()))).expect("engine with split pools");
+        let m = e.gpu_model().unwrap();
+        assert!(m.is_paged(), "{slots:?}: experts over one binding are pooled");
+        let got = block_on(m.logits(&prompt, chunk)).unwrap();
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let s = e.take_paging_stats().unwrap();
+        println!("learned-moe, bindings of 3 experts, {slots:?} slots, chunk {chunk}: max|Δ| {d:.2e}, {} paged steps", s.steps);
+        assert!(d <= TOL, "{slots:?} slots over split pools, chunk {chunk}: max|Δ| {d}");
+        assert_eq!(s.steps > 0, pages, "{slots:?}: paging steps {}", s.steps);
+    }
+}

@@ -5,7 +5,7 @@
 
 use super::Gpu;
 use super::kernels::{GpuWeight, ops};
-use super::paging::{self, HostExperts, NO_SLOT, PagedLayer, Residency};
+use super::paging::{self, HostExperts, NO_SLOT, PagedLayer, PoolPart, Residency};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::plan::{FfnPlan, QkNorm, SharedExpert};
@@ -30,6 +30,11 @@ impl Uploader<'_> {
         self.pre += w.buf.size();
         self.buffers.push(w.buf.clone());
         Some(w)
+    }
+
+    /// The buffer for `slot` if the source assembled it on the GPU already.
+    pub fn slot_uploaded(&mut self, slot: Slot) -> Option<GpuWeight> {
+        self.uploaded(slot)
     }
 
     /// The weight buffer for `slot`, if the model has one.
@@ -160,13 +165,9 @@ pub(super) fn load_layer(
     let k_cache = up.scratch(&format!("layer {li} K cache"), kv_bytes)?;
     let v_cache = up.scratch(&format!("layer {li} V cache"), kv_bytes)?;
     let moe = lp.moe();
-    let experts = if host_experts && moe.is_some() {
-        let get = |s: Slot| {
-            up.src.buffer(s)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", s.name())))
-        };
-        Experts::Host(get(Slot::GateUp(l))?, get(Slot::Down(l))?)
-    } else {
-        Experts::Resident(up.need(Slot::GateUp(l))?, up.need(Slot::Down(l))?)
+    let experts = match moe {
+        Some(_) => moe_experts(up, l, host_experts)?,
+        None => Experts::Resident(up.need(Slot::GateUp(l))?, up.need(Slot::Down(l))?),
     };
     let (router, bias13, bias2, shared) = match &lp.ffn {
         FfnPlan::Dense(_) => (None, None, None, None),
@@ -204,22 +205,43 @@ pub(super) fn load_layer(
     })
 }
 
-/// A layer's pools as the expert kernels bind them: (gate/up, down, slot table).
+/// An MoE layer's experts: on the GPU whole when they fit one binding and no residency
+/// is asked for (`host_experts`); else on the host until their slot pools are made.
+fn moe_experts(up: &mut Uploader, l: u32, host_experts: bool) -> Result<Experts> {
+    if !host_experts {
+        // Assembled on the GPU already (a page's packed load).
+        if let Some(a) = up.slot_uploaded(Slot::GateUp(l)) {
+            return Ok(Experts::Resident(a, up.need(Slot::Down(l))?));
+        }
+    }
+    let get =
+        |s: Slot| up.src.buffer(s)?.ok_or_else(|| Error::input(format!("the model has no weights for {}", s.name())));
+    let (gu, dn) = (get(Slot::GateUp(l))?, get(Slot::Down(l))?);
+    let max = up.gpu.limits.max_storage_buffer_binding_size as usize;
+    if host_experts || gu.bytes.len() > max || dn.bytes.len() > max {
+        return Ok(Experts::Host(gu, dn));
+    }
+    let (a, b) = (up.src.describe(Slot::GateUp(l)), up.src.describe(Slot::Down(l)));
+    Ok(Experts::Resident(up.upload(&a, &gu)?, up.upload(&b, &dn)?))
+}
+
+/// One part of a layer's pool as the expert kernels bind it: (gate/up, down, slot table).
 pub(super) type Pool = (GpuWeight, GpuWeight, Buffer);
 
 /// Sizes and makes each MoE layer's slot pools once the skeleton is on the GPU: N slots
 /// per layer from `res.experts` and what `res.gpu_memory` leaves after `fixed` bytes (all
-/// that is allocated whatever the residency), and no more than one binding holds (a pool
-/// is capped there, not split). A layer whose experts all fit is uploaded whole instead,
-/// unless its experts are fetched lazily: then its pool holds them all as they come.
-/// Returns the paged layers and each layer's pools.
+/// that is allocated whatever the residency). A pool larger than one binding is split into
+/// parts of as many slots as a binding holds. A layer whose experts all fit one binding is
+/// uploaded whole instead, unless its experts are fetched lazily (then its pool holds them
+/// all as they come); one whose experts do not fit one binding gets a pool of all its
+/// experts in parts, filled now. Returns the paged layers and each layer's pool parts.
 pub(super) fn place_experts(
     up: &mut Uploader,
     c: &ModelConfig,
     layers: &mut [LayerBufs],
     res: &Residency,
     fixed: u64,
-) -> Result<(Vec<PagedLayer>, Vec<Option<Pool>>)> {
+) -> Result<(Vec<PagedLayer>, Vec<Option<Vec<Pool>>>)> {
     let moe: Vec<(usize, usize, u64)> = layers
         .iter()
         .zip(&c.plan)
@@ -234,8 +256,9 @@ pub(super) fn place_experts(
     if let Some(budget) = res.gpu_memory {
         n = n.min(paging::plan_slots(budget, fixed, &moe)?);
     }
+    let max_bind = up.gpu.limits.max_storage_buffer_binding_size;
     let mut paged = Vec::new();
-    let mut pools: Vec<Option<Pool>> = (0..c.layers).map(|_| None).collect();
+    let mut pools: Vec<Option<Vec<Pool>>> = (0..c.layers).map(|_| None).collect();
     for (li, lb) in layers.iter_mut().enumerate() {
         let Some(m) = c.plan[li].moe() else { continue };
         if n < m.top_k {
@@ -248,38 +271,51 @@ pub(super) fn place_experts(
             continue;
         };
         let l = li as u32;
-        // Each pool is one binding: no more slots than the adapter binds in one buffer.
-        let max_bind = up.gpu.limits.max_storage_buffer_binding_size;
-        let widest = gu.expert_stride.max(dn.expert_stride) as u64 * 4;
-        let n = n.min((max_bind / widest.max(1)) as usize);
-        if n < m.top_k {
-            return Err(Error::gpu(format!(
-                "layer {li}: {} experts of {widest} bytes do not fit one binding of {max_bind} bytes (max_storage_buffer_binding_size)",
-                m.top_k
-            )));
-        }
         let lazy = up.src.lazy_experts();
-        if n >= m.experts && lazy.is_none() {
+        let fits = gu.bytes.len() as u64 <= max_bind && dn.bytes.len() as u64 <= max_bind;
+        if n >= m.experts && lazy.is_none() && fits {
             let (a, b) = (up.src.describe(Slot::GateUp(l)), up.src.describe(Slot::Down(l)));
             lb.experts = Experts::Resident(up.upload(&a, &gu)?, up.upload(&b, &dn)?);
             continue;
         }
         let n = n.min(m.experts);
-        let mut pool = |b: &PackedBuffer, what: &str| -> Result<GpuWeight> {
-            let buf =
-                up.scratch(&format!("layer {li} {what} pool of {n} experts"), n * b.expert_stride as usize * 4)?;
-            up.bytes += buf.size();
-            Ok(GpuWeight { buf, dtype: b.dtype, s_off: b.s_off, h_off: b.h_off, expert_stride: b.expert_stride })
-        };
-        let (pgu, pdn) = (pool(&gu, "gate/up")?, pool(&dn, "down")?);
-        let table = up.words(&format!("layer {li} slot table"), &vec![NO_SLOT; m.experts])?;
-        pools[li] = Some((pgu.clone(), pdn.clone(), table.clone()));
+        // Slots per part: as many as one binding holds.
+        let widest = gu.expert_stride.max(dn.expert_stride) as u64 * 4;
+        let per = (max_bind / widest.max(1)) as usize;
+        if per == 0 {
+            return Err(Error::gpu(format!(
+                "layer {li}: one expert of {widest} bytes does not fit one binding of {max_bind} bytes (max_storage_buffer_binding_size)"
+            )));
+        }
+        let mut parts = Vec::new();
+        let mut layer_pools = Vec::new();
+        for first in (0..n).step_by(per) {
+            let k = per.min(n - first);
+            let mut pool = |b: &PackedBuffer, what: &str| -> Result<GpuWeight> {
+                let label = format!("layer {li} {what} pool, slots {first}..{}", first + k);
+                let buf = up.scratch(&label, k * b.expert_stride as usize * 4)?;
+                up.bytes += buf.size();
+                Ok(GpuWeight { buf, dtype: b.dtype, s_off: b.s_off, h_off: b.h_off, expert_stride: b.expert_stride })
+            };
+            let (pgu, pdn) = (pool(&gu, "gate/up")?, pool(&dn, "down")?);
+            let table = up.words(&format!("layer {li} slot table, slots {first}..{}", first + k), &vec![NO_SLOT; m.experts])?;
+            layer_pools.push((pgu.clone(), pdn.clone(), table.clone()));
+            parts.push(PoolPart { first: first as u32, slots: k as u32, pools: [pgu.buf, pdn.buf], table });
+        }
+        pools[li] = Some(layer_pools);
         let strides = [gu.expert_stride as usize * 4, dn.expert_stride as usize * 4];
         let host = match lazy {
             Some(l) => HostExperts::Lazy(l),
             None => HostExperts::Memory([gu.bytes, dn.bytes]),
         };
-        paged.push(PagedLayer::new(li, m.experts, n, (host, strides), [pgu.buf, pdn.buf], table));
+        let mut layer = PagedLayer::new(li, m.experts, (host, strides), parts);
+        // Every expert has a slot (they did not fit one binding): all go up now, and steps
+        // never page.
+        if n == m.experts && matches!(layer.host, HostExperts::Memory(_)) {
+            let ups = layer.fill(usize::MAX);
+            layer.put_memory(up.gpu, &ups);
+        }
+        paged.push(layer);
     }
     Ok((paged, pools))
 }

@@ -310,7 +310,7 @@ impl GpuModel {
         // once, and steps run in one submission again, with no read-back.
         if self.paged.iter().all(|l| l.complete()) {
             if !self.tables_full {
-                self.paged.iter().for_each(|l| self.gpu.queue.write_buffer(&l.table, 0, bytemuck::cast_slice(l.full_table())));
+                self.paged.iter().for_each(|l| l.write_tables(&self.gpu, l.full_table()));
                 self.tables_full = true;
             }
             return Ok(self.submit_step(tokens, n, path, head, 0));

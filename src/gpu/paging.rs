@@ -78,8 +78,21 @@ pub enum HostExperts {
     Lazy(std::rc::Rc<crate::lazy::LazyExperts>),
 }
 
-/// One paged MoE layer: its GPU pools and table, where the experts' bytes are, and which
-/// expert each slot holds.
+/// Part of a layer's slot pool: as many slots as one binding holds. A pool larger than
+/// one binding is split into parts, and the layer's expert kernels run once per part, each
+/// with its own slot table naming only the experts in its slots (like rounds), so every
+/// expert is computed once.
+pub struct PoolPart {
+    /// Slots `first..first + slots` of the layer: gate/up and down [slots][stride].
+    pub first: u32,
+    pub slots: u32,
+    pub pools: [Buffer; 2],
+    /// [E] u32: expert -> slot within this part, or NO_SLOT.
+    pub table: Buffer,
+}
+
+/// One paged MoE layer: its GPU pool parts and tables, where the experts' bytes are, and
+/// which expert each slot holds.
 pub struct PagedLayer {
     /// Index in the layer plan.
     pub layer: usize,
@@ -88,9 +101,7 @@ pub struct PagedLayer {
     pub host: HostExperts,
     /// Bytes of one expert's gate/up and down blocks.
     pub strides: [usize; 2],
-    /// GPU pools [slots][stride] (gate/up, down) and the slot table [E] u32.
-    pub pools: [Buffer; 2],
-    pub table: Buffer,
+    pub parts: Vec<PoolPart>,
     holder: Vec<Option<u32>>,
     slot_of: Vec<u32>,
     last_use: Vec<u64>,
@@ -136,22 +147,15 @@ impl PagingStats {
 }
 
 impl PagedLayer {
-    pub fn new(
-        layer: usize,
-        experts: usize,
-        slots: usize,
-        (host, strides): (HostExperts, [usize; 2]),
-        pools: [Buffer; 2],
-        table: Buffer,
-    ) -> Self {
+    pub fn new(layer: usize, experts: usize, (host, strides): (HostExperts, [usize; 2]), parts: Vec<PoolPart>) -> Self {
+        let slots = parts.iter().map(|p| p.slots as usize).sum();
         PagedLayer {
             layer,
             experts,
             slots,
             host,
             strides,
-            pools,
-            table,
+            parts,
             holder: vec![None; slots],
             slot_of: vec![NO_SLOT; experts],
             last_use: vec![0; experts],
@@ -308,17 +312,12 @@ impl PagedLayer {
 
     async fn put(&self, g: &super::Gpu, uploads: &[(u32, u32)], table: Option<&[u32]>) -> Result<()> {
         let put = |slot: u32, i: usize, src: &[u8]| {
-            g.queue.write_buffer(&self.pools[i], slot as u64 * self.strides[i] as u64, src);
+            if let Some(p) = self.parts.iter().find(|p| (p.first..p.first + p.slots).contains(&slot)) {
+                g.queue.write_buffer(&p.pools[i], (slot - p.first) as u64 * self.strides[i] as u64, src);
+            }
         };
         match &self.host {
-            HostExperts::Memory(host) => {
-                for &(slot, e) in uploads {
-                    for (i, bytes) in host.iter().enumerate() {
-                        let st = self.strides[i];
-                        put(slot, i, &bytes[e as usize * st..(e as usize + 1) * st]);
-                    }
-                }
-            }
+            HostExperts::Memory(_) => self.put_memory(g, uploads),
             HostExperts::Lazy(src) => {
                 let ids: Vec<u32> = uploads.iter().map(|u| u.1).collect();
                 for (&(slot, _), blocks) in uploads.iter().zip(src.get(self.layer, &ids).await?) {
@@ -329,9 +328,33 @@ impl PagedLayer {
             }
         }
         if let Some(t) = table {
-            g.queue.write_buffer(&self.table, 0, bytemuck::cast_slice(t));
+            self.write_tables(g, t);
         }
         Ok(())
+    }
+
+    /// Queues uploads from host memory (nothing to fetch: at once).
+    pub fn put_memory(&self, g: &super::Gpu, uploads: &[(u32, u32)]) {
+        let HostExperts::Memory(host) = &self.host else { return };
+        for &(slot, e) in uploads {
+            let Some(p) = self.parts.iter().find(|p| (p.first..p.first + p.slots).contains(&slot)) else { continue };
+            for (i, bytes) in host.iter().enumerate() {
+                let st = self.strides[i];
+                let at = (slot - p.first) as u64 * st as u64;
+                g.queue.write_buffer(&p.pools[i], at, &bytes[e as usize * st..(e as usize + 1) * st]);
+            }
+        }
+    }
+
+    /// Writes each part's table from `table` (expert -> layer slot, or NO_SLOT).
+    pub fn write_tables(&self, g: &super::Gpu, table: &[u32]) {
+        for p in &self.parts {
+            let local: Vec<u32> = table
+                .iter()
+                .map(|&s| if s != NO_SLOT && (p.first..p.first + p.slots).contains(&s) { s - p.first } else { NO_SLOT })
+                .collect();
+            g.queue.write_buffer(&p.table, 0, bytemuck::cast_slice(&local));
+        }
     }
 
     /// Whether every expert of the layer is resident (a lazily loaded layer whose pool

@@ -254,6 +254,8 @@ pub(super) fn build(
     };
 
     // --- the experts: whole, or a pool of slots per layer ---
+    // (Also when a layer's experts do not fit one binding: they stayed on the host.)
+    let paging = paging || layers.iter().any(|l| matches!(l.experts, Experts::Host(..)));
     let (paged, pools) = if paging {
         // What is still to come besides the pools: slot tables, predicted ids, the paging
         // read-back and the kernels' parameter blocks (an upper bound per dispatch).
@@ -307,14 +309,16 @@ pub(super) fn build(
             AttnSpec { heads: c.heads, kv_heads: c.kv_heads, head_dim: hd, ctx, window: a.window, scale: a.scale };
         let rs = c.residual_scale;
         let caches = Qkv { qkv: &s.qkv, k: &lb.k_cache, v: &lb.v_cache, kv16 };
-        // The experts as the kernels bind them: (gate/up, down, slot table).
-        let (w13, w2, slots) = match (&lb.experts, &pools[li]) {
-            (_, Some((a, b, t))) => (a, b, t),
-            (Experts::Resident(a, b), None) => (a, b, &s.identity),
+        // The experts as the kernels bind them: (gate/up, down, slot table), once per
+        // part of a pool split over bindings.
+        let parts: Vec<(&GpuWeight, &GpuWeight, &Buffer)> = match (&lb.experts, &pools[li]) {
+            (_, Some(p)) => p.iter().map(|(a, b, t)| (a, b, t)).collect(),
+            (Experts::Resident(a, b), None) => vec![(a, b, &s.identity)],
             (Experts::Host(..) | Experts::Pooled, None) => {
                 return Err(Error::input("experts left on the host without a pool"));
             }
         };
+        let (w13, w2) = (parts[0].0, parts[0].1);
         if let (Some((_, ids)), Some(m)) = (&lb.router, lp.moe()) {
             route_ids.push((ids.clone(), m.top_k));
         }
@@ -410,31 +414,19 @@ pub(super) fn build(
                         )?);
                     }
                     let split = prog.len();
-                    match path {
-                        Path::Prefill => {
-                            prog.push(ops::moe_gemm_gate_up(
-                                g,
-                                (w13, slots),
-                                &s.xn,
-                                (&s.sorted, &s.starts),
-                                &s.act,
-                                b13,
-                                &es,
-                            )?);
-                            prog.push(ops::moe_gemm_down(g, (w2, slots), &s.act, &s.starts, &s.ybuf, b2, &es)?);
-                        }
-                        Path::Decode => {
-                            prog.push(ops::moe_gemv_gate_up(g, (w13, slots), &s.xn, ids, &s.act, b13, &es)?);
-                            prog.push(ops::moe_gemv_down(
-                                g,
-                                (w2, slots),
-                                &s.act,
-                                (ids, &s.weights),
-                                target,
-                                b2,
-                                &es,
-                                ts,
-                            )?);
+                    // Each part computes the experts its table names (and leaves the rest).
+                    for &(w13, w2, slots) in &parts {
+                        match path {
+                            Path::Prefill => {
+                                let rows = (&s.sorted, &s.starts);
+                                prog.push(ops::moe_gemm_gate_up(g, (w13, slots), &s.xn, rows, &s.act, b13, &es)?);
+                                prog.push(ops::moe_gemm_down(g, (w2, slots), &s.act, &s.starts, &s.ybuf, b2, &es)?);
+                            }
+                            Path::Decode => {
+                                prog.push(ops::moe_gemv_gate_up(g, (w13, slots), &s.xn, ids, &s.act, b13, &es)?);
+                                let outs = (ids, &s.weights);
+                                prog.push(ops::moe_gemv_down(g, (w2, slots), &s.act, outs, target, b2, &es, ts)?);
+                            }
                         }
                     }
                     if let Some(at) = paged.iter().position(|p| p.layer == li) {
