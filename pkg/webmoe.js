@@ -227,7 +227,12 @@ class Engine {
       const abs = new URL(url, globalThis.location?.href).href;
       const m = await ensureModel(abs, { onProgress, signal, storage: storage ?? this.#options.storage ?? 'auto', experts });
       if (signal?.aborted) throw abortError();
-      const getExpert = m.experts ? (i) => m.experts.get(i) : undefined;
+      // Experts fetched when the router asks: lazily (their own files, stored as they
+      // come), or, when only some stay on the GPU, read back from storage, so the wasm
+      // heap never holds them all.
+      const r = this.#residency ?? {};
+      const paged = r.residentExperts !== undefined || r.gpuMemory !== undefined;
+      const getExpert = m.experts ? (i) => m.experts.get(i) : paged ? (i) => m.read(i) : undefined;
       await this.#inner.loadPacked(abs, m.text, (i) => m.read(i), onProgress, getExpert);
       this.#storage = m.storage;
       if (m.experts) {

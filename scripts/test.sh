@@ -33,6 +33,7 @@ node tests/browser/resilience.mjs
 # Experts on demand: the synthetic Mixtral-shaped model (95 MiB), an expert per file,
 # loaded lazily, filled in the background, reloaded from storage.
 target/release/webmoe pack --model "$(scripts/synthetic.sh)" --out target/packed/synthetic-moe --expert-files >&2
+target/release/webmoe pack --model tests/fixtures/learned-moe --out target/packed/learned-moe-experts --expert-files >&2
 node tests/browser/lazy.mjs
 # The real Gemma 3 (262k vocabulary, K-quants and Q5_0) from a packed manifest.
 target/release/webmoe pack --model "$(scripts/fetch-models.sh gemma3)" --out target/packed/gemma3 >&2

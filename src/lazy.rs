@@ -5,8 +5,10 @@
 //! norms, dense and shared FFNs, the LM head); every MoE layer is then paged
 //! (src/gpu/paging.rs), and an expert that is not resident is fetched through `FetchShard`:
 //! from browser storage or the network in the page (pkg/storage.js), from the model
-//! directory natively. Host memory holds the skeleton while it uploads, then only the
-//! experts one upload round needs.
+//! directory natively. A model packed without expert files works the same way, reading
+//! the shards that hold an expert (the page pages experts from storage so, never keeping
+//! them all in the wasm heap). Host memory holds the skeleton's shards one at a time while
+//! they upload, then only what one upload round needs.
 
 use crate::error::{Error, Result};
 use crate::pack::{Manifest, ShardInfo};
@@ -89,53 +91,118 @@ pub fn is_skeleton(s: &ShardInfo) -> bool {
     s.expert.is_none()
 }
 
-/// A lazily loaded model's experts: fetched from their own shards when first needed.
+/// Where one expert's gate/up and down blocks are: (shard, offset, length) pieces, in order.
+type Blocks = [Vec<(usize, u64, u64)>; 2];
+
+/// Every expert's pieces, from the manifest's expert tags: each expert's block must be
+/// whole, in order and at its place in the stacked tensor.
+fn expert_pieces(m: &Manifest) -> Result<HashMap<[u32; 2], Blocks>> {
+    let mut out: HashMap<[u32; 2], Blocks> = HashMap::new();
+    for t in &m.tensors {
+        let (l, which) = match Slot::parse(&t.slot) {
+            Some(Slot::GateUp(l)) => (l, 0),
+            Some(Slot::Down(l)) => (l, 1),
+            _ => continue,
+        };
+        let stride = t.expert_stride as u64 * 4;
+        let mut at = 0u64;
+        for p in &t.pieces {
+            let bad = |r: &str| Error::format(MANIFEST, format!("tensor {}: the piece at byte {at} {r}", t.slot));
+            let e = p.expert.ok_or_else(|| bad("names no expert"))?;
+            if stride == 0 || at / stride != e as u64 || at + p.length > (e as u64 + 1) * stride {
+                return Err(bad(&format!("is not within expert {e}'s block")));
+            }
+            out.entry([l, e]).or_default()[which].push((p.shard as usize, p.offset, p.length));
+            at += p.length;
+        }
+    }
+    Ok(out)
+}
+
+/// A model's experts fetched when first needed: from their own files (a model packed with
+/// `--expert-files`), or from the shards that hold them (then each fetch reads whole
+/// shards, as the page does when paging experts from storage).
 pub struct LazyExperts {
-    locs: HashMap<[u32; 2], ExpertLoc>,
+    blocks: HashMap<[u32; 2], Blocks>,
+    /// Bytes of each layer's gate/up and down blocks.
+    strides: HashMap<u32, [u64; 2]>,
     shards: Vec<ShardInfo>,
     fetch: FetchShard,
-    /// Experts fetched so far, and their bytes (lastStats, tests).
+    /// Experts fetched so far, and the bytes of the shards read for them (lastStats, tests).
     pub fetched: Cell<(u64, u64)>,
 }
 
 impl LazyExperts {
-    /// Every expert of every MoE layer must have a file of its own.
     pub fn new(m: &Manifest, fetch: FetchShard) -> Result<LazyExperts> {
-        let locs = expert_files(m)?;
-        for (l, lp) in m.config.plan.iter().enumerate() {
-            let Some(moe) = lp.moe() else { continue };
-            if let Some(e) = (0..moe.experts as u32).find(|&e| !locs.contains_key(&[l as u32, e])) {
-                return Err(Error::input(format!(
-                    "{} was not packed with an expert per file (layer {l} expert {e} has none), so its experts cannot be loaded lazily: pack it with `webmoe pack --expert-files`",
-                    m.source
-                )));
+        expert_files(m)?;
+        let blocks = expert_pieces(m)?;
+        let mut strides = HashMap::new();
+        for t in &m.tensors {
+            match Slot::parse(&t.slot) {
+                Some(Slot::GateUp(l)) => strides.entry(l).or_insert([0, 0])[0] = t.expert_stride as u64 * 4,
+                Some(Slot::Down(l)) => strides.entry(l).or_insert([0, 0])[1] = t.expert_stride as u64 * 4,
+                _ => {}
             }
         }
-        Ok(LazyExperts { locs, shards: m.shards.clone(), fetch, fetched: Cell::new((0, 0)) })
+        for (l, lp) in m.config.plan.iter().enumerate() {
+            let Some(moe) = lp.moe() else { continue };
+            let want = strides.get(&(l as u32)).copied().unwrap_or([0, 0]);
+            for e in 0..moe.experts as u32 {
+                let whole = blocks.get(&[l as u32, e]).is_some_and(|b| {
+                    (0..2).all(|i| b[i].iter().map(|p| p.2).sum::<u64>() == want[i] && want[i] > 0)
+                });
+                if !whole {
+                    return Err(Error::format(
+                        MANIFEST,
+                        format!("layer {l} expert {e}: the manifest does not say where all its bytes are"),
+                    ));
+                }
+            }
+        }
+        Ok(LazyExperts { blocks, strides, shards: m.shards.clone(), fetch, fetched: Cell::new((0, 0)) })
     }
 
-    /// The gate/up and down blocks of each of `experts` in layer `layer`, in order. All
-    /// fetches start before the first is awaited (in the page they overlap).
+    /// The gate/up and down blocks of each of `experts` in layer `layer`, in order. Each
+    /// shard they need is fetched once, and all fetches start before the first is awaited
+    /// (in the page they overlap).
     pub async fn get(&self, layer: usize, experts: &[u32]) -> Result<Vec<[Vec<u8>; 2]>> {
-        let mut started = Vec::with_capacity(experts.len());
+        let mut wanted: Vec<&Blocks> = Vec::with_capacity(experts.len());
         for &e in experts {
-            let loc = *self.locs.get(&[layer as u32, e]).ok_or_else(|| {
-                Error::input(format!("layer {layer} expert {e} has no file of its own in the manifest"))
-            })?;
-            started.push((loc, (self.fetch)(loc.shard)));
+            wanted.push(
+                self.blocks
+                    .get(&[layer as u32, e])
+                    .ok_or_else(|| Error::input(format!("layer {layer} has no expert {e} in the manifest")))?,
+            );
         }
-        let mut out = Vec::with_capacity(experts.len());
-        for (loc, fut) in started {
+        let mut shards: Vec<usize> = wanted.iter().flat_map(|b| b.iter().flatten().map(|p| p.0)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let started: Vec<(usize, ShardFuture)> = shards.iter().map(|&i| (i, (self.fetch)(i))).collect();
+        let mut got: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut read = 0u64;
+        for (i, fut) in started {
             let bytes = fut.await?;
-            let info = &self.shards[loc.shard];
+            let info = &self.shards[i];
             if bytes.len() as u64 != info.bytes {
                 return Err(Error::io(&info.file, format!("{} bytes, the manifest says {}", bytes.len(), info.bytes)));
             }
-            let cut = |(o, n): (u64, u64)| bytes[o as usize..(o + n) as usize].to_vec();
-            out.push([cut(loc.blocks[0]), cut(loc.blocks[1])]);
-            let (n, b) = self.fetched.get();
-            self.fetched.set((n + 1, b + info.bytes));
+            read += info.bytes;
+            got.insert(i, bytes);
         }
+        let stride = self.strides.get(&(layer as u32)).copied().unwrap_or([0, 0]);
+        let mut out = Vec::with_capacity(experts.len());
+        for b in wanted {
+            let block = |i: usize| {
+                let mut v = Vec::with_capacity(stride[i] as usize);
+                for &(s, o, n) in &b[i] {
+                    v.extend_from_slice(&got[&s][o as usize..(o + n) as usize]);
+                }
+                v
+            };
+            out.push([block(0), block(1)]);
+        }
+        let (n, bytes) = self.fetched.get();
+        self.fetched.set((n + experts.len() as u64, bytes + read));
         Ok(out)
     }
 }

@@ -88,9 +88,9 @@ struct ModelArgs {
     /// Predict the next layer's experts from this layer's residual and upload them early
     #[arg(long)]
     prefetch: bool,
-    /// A packed model's manifest.json packed with --expert-files: load the skeleton, and
-    /// read each expert from its file when the router first asks for it (the experts need
-    /// not fit in host memory either)
+    /// With a packed model's manifest.json: load the skeleton, and read each expert from
+    /// its file (packed with --expert-files; else from the shards that hold it) when the
+    /// router first asks for it, so the experts need not fit in host memory either
     #[arg(long)]
     lazy_experts: bool,
 }

@@ -378,12 +378,20 @@ pub struct Assembler {
     seen: Vec<bool>,
     /// Tensors assembled elsewhere (on the GPU: src/gpu/assemble.rs), not here.
     skipped: std::collections::HashSet<Slot>,
+    /// Tensors whose bytes are not kept (experts fetched when needed): layouts only.
+    layout_only: std::collections::HashSet<Slot>,
 }
 
 impl Assembler {
     pub fn new(manifest: Manifest) -> Assembler {
         let seen = vec![false; manifest.shards.len()];
-        Assembler { manifest, buffers: HashMap::new(), seen, skipped: Default::default() }
+        Assembler { manifest, buffers: HashMap::new(), seen, skipped: Default::default(), layout_only: Default::default() }
+    }
+
+    /// Keeps no bytes of `slots` (their pieces are not copied): the model gets their
+    /// layouts with empty bytes (lazily fetched experts).
+    pub fn layout_only(&mut self, slots: &[Slot]) {
+        self.layout_only.extend(slots.iter().copied());
     }
 
     /// Leaves `slots` out: their pieces are not copied, and the model has no bytes for them.
@@ -402,7 +410,7 @@ impl Assembler {
             for p in &t.pieces {
                 if p.shard as usize == i {
                     let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format(MANIFEST, "bad slot"))?;
-                    if self.skipped.contains(&slot) {
+                    if self.skipped.contains(&slot) || self.layout_only.contains(&slot) {
                         break;
                     }
                     let buf = self.buffers.entry(slot).or_insert_with(|| vec![0; t.bytes as usize]);

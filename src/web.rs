@@ -8,7 +8,7 @@ use crate::engine::{Device, Engine, EngineOptions, Event, GenerateOptions};
 use crate::gpu::paging::{Policy, Residency};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::Progress;
-use crate::gpu::assemble::GpuAssembler;
+use crate::gpu::assemble::{ExpertPlace, GpuAssembler};
 use crate::pack::Manifest;
 use crate::platform::HttpSource;
 use crate::sampling::SamplingParams;
@@ -236,9 +236,10 @@ impl WebEngine {
 
     /// Loads a packed model: `manifest` is its manifest.json text, `get_shard(i)` resolves to
     /// shard i's bytes (already verified against the manifest's SHA-256 by the caller).
-    /// With `get_expert(i)` (a model packed with an expert per file), only the skeleton's
-    /// shards are asked for now; expert shard i is asked for through `get_expert` when the
-    /// router first needs it (src/lazy.rs). Each shard is dropped once its bytes are in
+    /// With `get_expert(i)`, experts are not kept: shard i holding an expert is asked for
+    /// through `get_expert` when the router first needs it (src/lazy.rs), and the shards
+    /// that are experts' own files (a model packed with an expert per file) are not asked
+    /// for up front at all. Each shard is dropped once its bytes are in
     /// their buffers, so the heap holds the skeleton and one shard at most.
     #[wasm_bindgen(js_name = loadPacked)]
     pub fn load_packed(
@@ -258,11 +259,16 @@ impl WebEngine {
             let wanted: Vec<usize> = (0..manifest.shards.len())
                 .filter(|&i| get_expert.is_none() || crate::lazy::is_skeleton(&manifest.shards[i]))
                 .collect();
-            // Each shard goes straight into its GPU buffers and is dropped (only paged
-            // experts' host copies and buffers larger than a binding stay in the heap).
+            // Each shard goes straight into its GPU buffers and is dropped (only buffers
+            // larger than a binding stay in the heap); experts fetched through get_expert
+            // are not kept at all.
             let r = &opts.residency;
-            let paged = get_expert.is_some() || r.experts.is_some() || r.gpu_memory.is_some();
-            let mut a = GpuAssembler::new(gpu.clone(), manifest, paged).map_err(err)?;
+            let place = match (&get_expert, r.experts.is_some() || r.gpu_memory.is_some()) {
+                (Some(_), _) => ExpertPlace::Fetched,
+                (None, true) => ExpertPlace::Host,
+                (None, false) => ExpertPlace::Gpu,
+            };
+            let mut a = GpuAssembler::new(gpu.clone(), manifest, place).map_err(err)?;
             for (done, &i) in wanted.iter().enumerate() {
                 let bytes = js_bytes(get_shard.call1(&JsValue::NULL, &JsValue::from(i as u32))?).await?;
                 a.add_shard(i, &bytes).map_err(err)?;

@@ -52,7 +52,7 @@ fn packed_models_give_identical_logits() {
 /// the same logits as assembling on the host.
 #[test]
 fn models_assembled_on_the_gpu_give_identical_logits() {
-    use webmoe::gpu::assemble::GpuAssembler;
+    use webmoe::gpu::assemble::{ExpertPlace, GpuAssembler};
     use webmoe::gpu::paging::Residency;
     let tmp = tempfile::tempdir().unwrap();
     for dir in fixtures() {
@@ -62,7 +62,8 @@ fn models_assembled_on_the_gpu_give_identical_logits() {
         let want = block_on(engine_for(&out.join("manifest.json")).unwrap().logits(&r.tokens)).unwrap();
         let moe = m.config.is_moe();
         for paged in if moe { vec![false, true] } else { vec![false] } {
-            let mut a = GpuAssembler::new(gpu(), m.clone(), paged).unwrap();
+            let place = if paged { ExpertPlace::Host } else { ExpertPlace::Gpu };
+            let mut a = GpuAssembler::new(gpu(), m.clone(), place).unwrap();
             // In reverse: shards may come in any order.
             for (i, s) in m.shards.iter().enumerate().rev() {
                 a.add_shard(i, &std::fs::read(out.join(&s.file)).unwrap()).unwrap();

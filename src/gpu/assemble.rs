@@ -23,22 +23,38 @@ pub struct GpuAssembler {
     host: Assembler,
 }
 
-/// Which tensors must stay on the host: `paged` when expert residency is asked for.
-fn keep_on_host(t: &TensorEntry, slot: Slot, max_binding: u64, paged_experts: bool) -> bool {
-    let experts = matches!(slot, Slot::GateUp(_) | Slot::Down(_));
+/// Where a packed load's experts go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertPlace {
+    /// Into GPU buffers whole, as they arrive.
+    Gpu,
+    /// Host copies, for slot pools filled from memory (a residency, natively).
+    Host,
+    /// Nowhere: they are fetched when the router first asks (src/lazy.rs); layouts only.
+    Fetched,
+}
+
+fn is_experts(slot: Slot) -> bool {
+    matches!(slot, Slot::GateUp(_) | Slot::Down(_))
+}
+
+/// Which tensors are not assembled on the GPU.
+fn off_gpu(t: &TensorEntry, slot: Slot, max_binding: u64, experts: ExpertPlace) -> bool {
     let supported = DType::from_name(&t.dtype).is_some_and(|d| d.is_supported());
-    t.bytes > max_binding || (experts && paged_experts) || !supported || t.bytes == 0
+    t.bytes > max_binding || (is_experts(slot) && experts != ExpertPlace::Gpu) || !supported || t.bytes == 0
 }
 
 impl GpuAssembler {
-    /// `paged_experts`: the experts go to slot pools (residency or lazy loading), so their
-    /// bytes are kept on the host (lazily loaded ones never arrive).
-    pub fn new(gpu: Arc<Gpu>, manifest: Manifest, paged_experts: bool) -> Result<GpuAssembler> {
+    pub fn new(gpu: Arc<Gpu>, manifest: Manifest, experts: ExpertPlace) -> Result<GpuAssembler> {
         let max = gpu.limits.max_storage_buffer_binding_size;
         let mut on_gpu = HashMap::new();
+        let mut fetched = Vec::new();
         for t in &manifest.tensors {
             let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format("manifest.json", format!("tensor {}: unknown slot", t.slot)))?;
-            if keep_on_host(t, slot, max, paged_experts) {
+            if experts == ExpertPlace::Fetched && is_experts(slot) {
+                fetched.push(slot);
+            }
+            if off_gpu(t, slot, max, experts) {
                 continue;
             }
             let dtype = DType::from_name(&t.dtype).ok_or_else(|| Error::format("manifest.json", "bad storage type"))?;
@@ -47,6 +63,7 @@ impl GpuAssembler {
         }
         let mut host = Assembler::new(manifest);
         host.skip(&on_gpu.keys().copied().collect::<Vec<_>>());
+        host.layout_only(&fetched);
         Ok(GpuAssembler { gpu, on_gpu, host })
     }
 

@@ -319,10 +319,14 @@ impl PagedLayer {
         match &self.host {
             HostExperts::Memory(_) => self.put_memory(g, uploads),
             HostExperts::Lazy(src) => {
-                let ids: Vec<u32> = uploads.iter().map(|u| u.1).collect();
-                for (&(slot, _), blocks) in uploads.iter().zip(src.get(self.layer, &ids).await?) {
-                    for (i, b) in blocks.iter().enumerate() {
-                        put(slot, i, b);
+                // Two experts at a time: their fetches overlap, and host memory holds
+                // no more than two experts' shards (a prefill round can need them all).
+                for part in uploads.chunks(2) {
+                    let ids: Vec<u32> = part.iter().map(|u| u.1).collect();
+                    for (&(slot, _), blocks) in part.iter().zip(src.get(self.layer, &ids).await?) {
+                        for (i, b) in blocks.iter().enumerate() {
+                            put(slot, i, b);
+                        }
                     }
                 }
             }

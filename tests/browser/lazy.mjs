@@ -8,7 +8,10 @@
 //  - the fill (started after the first answer) stores every expert, progress counting
 //    experts stored; a reload after it makes no shard request at all;
 //  - the wasm memory's high-water mark stays far below the model's size (the whole
-//    model's load is measured beside it, in a page of its own).
+//    model's load is measured beside it, in a page of its own);
+//  - the learned-routing model in a worker engine: a chat completion's text equals the
+//    whole model's, its first token comes before all expert bytes, and with fill: 'off'
+//    experts come only on demand until fillExperts().
 // scripts/test.sh packs the model first (scripts/synthetic.sh makes it).
 import fs from 'node:fs';
 import path from 'node:path';
@@ -18,11 +21,14 @@ import { launch, forwardLogs } from './chromium.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const DIR = 'target/packed/synthetic-moe';
+const LEARNED = 'target/packed/learned-moe-experts';
 const URL_ = `/${DIR}/manifest.json`;
 const TOL = 1e-5;
-if (!fs.existsSync(path.join(ROOT, DIR, 'manifest.json'))) {
-  console.error(`${DIR} is missing: scripts/test.sh packs scripts/synthetic.sh's model with --expert-files first`);
-  process.exit(1);
+for (const d of [DIR, LEARNED, 'target/packed/fixtures/learned-moe']) {
+  if (!fs.existsSync(path.join(ROOT, d, 'manifest.json'))) {
+    console.error(`${d} is missing: scripts/test.sh packs the fixtures, learned-moe with --expert-files and scripts/synthetic.sh's model first`);
+    process.exit(1);
+  }
 }
 const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, DIR, 'manifest.json'), 'utf8'));
 const expertFiles = manifest.shards.filter((s) => s.expert);
@@ -65,8 +71,21 @@ try {
     const logits = Array.from(await engine.logits(prompt));
     const after = engine.wasmMemoryBytes;
     await engine.unload();
-    await deleteModel(url);
     return { ids, logits, before, after };
+  }, { url: URL_, prompt: PROMPT, gen: GEN });
+
+  // Two of eight experts per layer on the GPU, loaded whole into storage: the others are
+  // read back from storage when the router asks, never all held in the heap.
+  const paged = await inPage(async ({ url, prompt, gen }) => {
+    const { createEngine, deleteModel } = await import('/pkg/webmoe.js');
+    const engine = await createEngine({ context: 64 });
+    const before = engine.wasmMemoryBytes;
+    await engine.load(url, { residentExperts: 2 });
+    const ids = Array.from(await engine.generate(prompt, { maxTokens: gen }));
+    const after = engine.wasmMemoryBytes;
+    await engine.unload();
+    await deleteModel(url);
+    return { ids, before, after };
   }, { url: URL_, prompt: PROMPT, gen: GEN });
 
   // Lazily, from empty storage.
@@ -106,15 +125,43 @@ try {
   }, { url: URL_, prompt: PROMPT, gen: GEN });
   const reloadShards = shardRequests();
 
+  // The learned-routing model (its routing keeps to few experts), packed with an expert
+  // per file, in a worker engine: a chat completion's first token, and its text against
+  // the whole model's; the worker's fill.
+  const learned = await inPage(async ({ lazyUrl, wholeUrl }) => {
+    const { createEngine, createWorkerEngine, deleteModel } = await import('/pkg/webmoe.js');
+    const req = { prompt: 'John looked at the sea and said', max_tokens: 24, temperature: 0 };
+    await deleteModel(wholeUrl);
+    await deleteModel(lazyUrl);
+    const e = await createEngine();
+    await e.load(wholeUrl);
+    const want = (await e.chat.completions.create(req)).choices[0].message.content;
+    await e.unload();
+    const w = await createWorkerEngine(new Worker('/tests/browser/worker.js', { type: 'module' }));
+    await w.load(lazyUrl, { experts: 'lazy', fill: 'off' });
+    const before = await w.experts();
+    const got = (await w.chat.completions.create(req)).choices[0].message.content;
+    const atFirst = w.lastStats.experts.atFirstToken;
+    const afterAnswer = await w.experts();
+    const filled = await w.fillExperts();
+    w.terminate();
+    return { want, got, before, atFirst, afterAnswer, filled };
+  }, { lazyUrl: `/${LEARNED}/manifest.json`, wholeUrl: '/target/packed/fixtures/learned-moe/manifest.json' });
+
   const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
   const maxDiff = lazy.logits.reduce((m, x, i) => Math.max(m, Math.abs(x - whole.logits[i]) || (Number.isNaN(x) ? Infinity : 0)), 0);
   console.log(`model ${mb(manifest.total_bytes)}: ${expertFiles.length} expert files (${mb(expertBytes)}), skeleton ${mb(manifest.total_bytes - expertBytes)}`);
   console.log(`at the first token: ${lazy.atFirst?.stored} of ${expertFiles.length} experts stored, ${lazy.atFirst?.fetchedBytes} of ${expertBytes} expert bytes fetched (${(100 * lazy.atFirst?.fetchedBytes / expertBytes).toFixed(1)}%)`);
   console.log(`after the answer (${GEN} tokens): ${lazy.afterAnswer.stored} experts stored, ${lazy.afterAnswer.onDemand} fetched on demand`);
+  console.log(`wasm memory, 2 of 8 experts resident, paged from storage: ${mb(paged.before)} -> ${mb(paged.after)}`);
   console.log(`wasm memory: lazy ${mb(lazy.before)} at start, ${mb(lazy.afterLoad.memory)} after the load, ${mb(lazy.memory)} after the answer and the fill; whole model ${mb(whole.before)} -> ${mb(whole.after)}`);
   console.log(`ids whole ${whole.ids.join(',')} lazy ${lazy.ids.join(',')} reload ${reload.ids.join(',')}; logits max|Δ| ${maxDiff.toExponential(2)}`);
   console.log(`shard requests: lazy load + answer + fill ${lazyShards} (${lazyExpertRequests} expert files), reload ${reloadShards}`);
 
+  console.log(`learned-moe in a worker: first token after ${learned.atFirst.fetchedBytes} of ${learned.atFirst.totalBytes} expert bytes (${learned.atFirst.stored} of ${learned.atFirst.total} experts); ${learned.afterAnswer.stored} stored after the answer; text ${JSON.stringify(learned.got)}`);
+  check(learned.before.stored === 0 && learned.got === learned.want, 'learned-moe: the lazy worker engine\'s answer equals the whole model\'s');
+  check(learned.atFirst.fetchedBytes < learned.atFirst.totalBytes, 'learned-moe: the first token comes before all expert bytes are fetched');
+  check(learned.afterAnswer.onDemand === learned.afterAnswer.stored && learned.filled.complete && learned.filled.stored === learned.filled.total, 'learned-moe: with fill off, experts come only on demand until the fill is asked for, which completes');
   check(lazy.afterLoad.experts.stored === 0 && lazy.afterLoad.experts.total === expertFiles.length, 'the lazy load stores no expert');
   check(lazy.atFirst && lazy.atFirst.fetchedBytes > 0 && lazy.atFirst.fetchedBytes < expertBytes && lazy.atFirst.stored < expertFiles.length, 'the first token comes before all expert bytes are fetched');
   check(JSON.stringify(lazy.ids) === JSON.stringify(whole.ids), 'the lazy answer equals the whole model\'s');
@@ -130,6 +177,9 @@ try {
   // about one shard and its copy, never the model.
   const grown = lazy.memory - lazy.before;
   check(grown < manifest.total_bytes / 2, `the lazy heap grew by ${mb(grown)}, under half the model's ${mb(manifest.total_bytes)}`);
+  check(JSON.stringify(paged.ids) === JSON.stringify(whole.ids), 'with 2 of 8 experts resident, paged from storage, the answer equals the whole model\'s');
+  const grownPaged = paged.after - paged.before;
+  check(grownPaged < expertBytes / 2, `paging experts from storage grew the heap by ${mb(grownPaged)}, under half the experts' ${mb(expertBytes)}`);
   const grownWhole = whole.after - whole.before;
   check(grownWhole < manifest.total_bytes, `loading the whole model grew the heap by ${mb(grownWhole)}, under the model's ${mb(manifest.total_bytes)}`);
 } finally {
