@@ -35,7 +35,9 @@ pub struct ExpertLoc {
 /// shard holds exactly that expert's whole gate/up block and whole down block, and
 /// nothing else.
 pub fn expert_files(m: &Manifest) -> Result<HashMap<[u32; 2], ExpertLoc>> {
-    let mut found: HashMap<[u32; 2], (usize, [Option<(u64, u64)>; 2])> = HashMap::new();
+    // [layer, expert] -> (its shard, (offset, length) of gate/up and of down).
+    type Found = HashMap<[u32; 2], (usize, [Option<(u64, u64)>; 2])>;
+    let mut found: Found = HashMap::new();
     for t in &m.tensors {
         let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format(MANIFEST, format!("tensor {}: unknown slot", t.slot)))?;
         let (layer, which) = match slot {

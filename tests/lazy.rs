@@ -78,6 +78,14 @@ fn run(e: &mut Engine, prompt: &[u32], chunk: usize, next: Option<&[u32]>, steps
     (rows, fed)
 }
 
+/// The error's message (the call must fail).
+fn refused<T>(r: webmoe::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
 }
@@ -189,7 +197,7 @@ fn lazy_loading_refuses_what_it_cannot_verify() {
         std::fs::write(&p, b).unwrap();
     }
     let mut en = lazy(&out, opts(16, 256, Residency::default())).expect("the skeleton is intact");
-    let e = block_on(en.gpu_model().unwrap().logits(&[1, 2, 3], 256)).err().expect("refused").to_string();
+    let e = refused(block_on(en.gpu_model().unwrap().logits(&[1, 2, 3], 256)));
     assert!(e.contains("SHA-256") && e.contains("expert-"), "{e}");
     // A manifest whose expert file also holds another tensor's bytes is refused on parse.
     let mut bad = m.clone();
@@ -199,7 +207,7 @@ fn lazy_loading_refuses_what_it_cannot_verify() {
     t.pieces = vec![webmoe::pack::Piece { shard: i as u32, offset: at, length: n, expert: None }];
     bad.shards[i].bytes += n;
     bad.total_bytes += n;
-    let e = Manifest::parse(&serde_json::to_vec(&bad).unwrap()).err().expect("refused").to_string();
+    let e = refused(Manifest::parse(&serde_json::to_vec(&bad).unwrap()));
     assert!(e.contains("own file"), "{e}");
 }
 
@@ -239,7 +247,7 @@ fn a_failed_fetch_leaves_nothing_half_resident() {
         let packed = a.finish_lazy(fetch).unwrap();
         let mut en = block_on(Engine::from_packed(packed, opts(64, 256, res.clone()), Some(gpu()))).unwrap();
         let m = en.gpu_model().unwrap();
-        let e = block_on(m.logits(&prompt, 256)).err().expect("the failed fetch fails the step").to_string();
+        let e = refused(block_on(m.logits(&prompt, 256)));
         assert!(e.contains("network error"), "{e}");
         let got = block_on(m.logits(&prompt, 256)).expect("the step again");
         let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

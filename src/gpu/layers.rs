@@ -227,6 +227,8 @@ fn moe_experts(up: &mut Uploader, l: u32, host_experts: bool) -> Result<Experts>
 
 /// One part of a layer's pool as the expert kernels bind it: (gate/up, down, slot table).
 pub(super) type Pool = (GpuWeight, GpuWeight, Buffer);
+/// Per layer, its pool's parts (None: no pool).
+pub(super) type Pools = Vec<Option<Vec<Pool>>>;
 
 /// Sizes and makes each MoE layer's slot pools once the skeleton is on the GPU: N slots
 /// per layer from `res.experts` and what `res.gpu_memory` leaves after `fixed` bytes (all
@@ -241,7 +243,7 @@ pub(super) fn place_experts(
     layers: &mut [LayerBufs],
     res: &Residency,
     fixed: u64,
-) -> Result<(Vec<PagedLayer>, Vec<Option<Vec<Pool>>>)> {
+) -> Result<(Vec<PagedLayer>, Pools)> {
     let moe: Vec<(usize, usize, u64)> = layers
         .iter()
         .zip(&c.plan)
@@ -258,7 +260,7 @@ pub(super) fn place_experts(
     }
     let max_bind = up.gpu.limits.max_storage_buffer_binding_size;
     let mut paged = Vec::new();
-    let mut pools: Vec<Option<Vec<Pool>>> = (0..c.layers).map(|_| None).collect();
+    let mut pools: Pools = (0..c.layers).map(|_| None).collect();
     for (li, lb) in layers.iter_mut().enumerate() {
         let Some(m) = c.plan[li].moe() else { continue };
         if n < m.top_k {
