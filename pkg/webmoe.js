@@ -139,6 +139,10 @@ class Engine {
   #experts = null;
   #fill = null;
   #fillMode = 'after-answer';
+  /** Counts loads: background work of an earlier load stops when it changed. */
+  #loadTag = 0;
+  #expertsAbort = null;
+  #unlisten = null;
   #fillConcurrency = 2;
   /** Timings and counts of the last completion. */
   lastStats = null;
@@ -215,11 +219,21 @@ class Engine {
     this.deviceResets.push({ reason, restoredTokens: model ? tokens.length : 0, model, seconds: (performance.now() - t0) / 1000 });
   }
 
-  async #loadInto(url, { onProgress, signal, storage, residency, experts = 'eager', fill = 'after-answer', fillConcurrency = 2 }) {
-    this.#model = null;
+  // Ends what belongs to the loaded model's experts: the fill's downloads, its progress.
+  #endExperts() {
+    this.#expertsAbort?.abort(new DOMException('another model was loaded, or this one unloaded', 'AbortError'));
+    this.#expertsAbort = null;
+    this.#unlisten?.();
+    this.#unlisten = null;
     this.#experts = null;
     this.#fill = null;
-    this.#loadOpts = { storage, experts, fill, fillConcurrency };
+  }
+
+  async #loadInto(url, { onProgress, signal, storage, residency, experts = 'eager', fill = 'after-answer', fillConcurrency = 2 }) {
+    this.#model = null;
+    this.#endExperts();
+    const tag = ++this.#loadTag;
+    this.#loadOpts = { onProgress, storage, experts, fill, fillConcurrency };
     // Expert residency: the load's own, else the engine's (createEngine), else all resident.
     this.#residency = residency ?? this.#residency;
     this.#inner.setResidency(this.#residency ?? {});
@@ -235,14 +249,18 @@ class Engine {
       const getExpert = m.experts ? (i) => m.experts.get(i) : paged ? (i) => m.read(i) : undefined;
       await this.#inner.loadPacked(abs, m.text, (i) => m.read(i), onProgress, getExpert);
       this.#storage = m.storage;
+      this.#expertsAbort = new AbortController();
       if (m.experts) {
         // Experts stored out of the total, as they are stored (on demand and by the fill).
-        if (onProgress) m.experts.onProgress(onProgress);
+        if (onProgress) this.#unlisten = m.experts.onProgress(onProgress);
         await m.experts.refresh();
         this.#experts = m.experts;
         this.#fillMode = fill;
         this.#fillConcurrency = fillConcurrency;
         if (fill === 'now') this.#startFill();
+      } else if (getExpert) {
+        // A budget that holds every expert: they all go up now, in the background.
+        this.#fillGpu(tag).catch(() => {});
       }
     } else {
       await this.#inner.load(url, onProgress);
@@ -256,20 +274,29 @@ class Engine {
     if (this.#experts && this.#fillMode === 'after-answer') queueMicrotask(() => this.#startFill()?.catch(() => {}));
   }
 
+  // Uploads experts not yet on the GPU into pools that hold all of a layer's experts, a few
+  // per call between the engine's other calls, while the model loaded as `tag` is loaded.
+  async #fillGpu(tag) {
+    for (;;) {
+      const left = await this.#serial(() => {
+        if (this.#loadTag !== tag) throw new DOMException('another model was loaded, or this one unloaded', 'AbortError');
+        return this.#inner.fillExperts(4);
+      });
+      if (left === 0) return;
+    }
+  }
+
   // The background fill of lazily loaded experts: every expert file stored (a few at a
   // time, so that the experts a reply asks for are not kept waiting), then uploaded to
-  // the GPU a few experts per call, between the engine's other calls.
+  // the GPU. Rejects with an AbortError when another model is loaded first.
   #startFill() {
     const store = this.#experts;
     if (!store || this.#fill) return this.#fill;
-    const inner = () => this.#inner;
+    const tag = this.#loadTag;
+    const signal = this.#expertsAbort?.signal;
     this.#fill = (async () => {
-      await store.fill({ concurrency: this.#fillConcurrency });
-      for (;;) {
-        if (this.#experts !== store) return; // another model was loaded meanwhile
-        const left = await this.#serial(() => inner().fillExperts(4));
-        if (left === 0) break;
-      }
+      await store.fill({ concurrency: this.#fillConcurrency, signal });
+      await this.#fillGpu(tag);
       return this.experts;
     })();
     this.#fill.catch(() => {
@@ -476,8 +503,8 @@ class Engine {
       this.#inner.unload();
       this.#model = null;
       this.#storage = null;
-      this.#experts = null;
-      this.#fill = null;
+      this.#endExperts();
+      this.#loadTag++;
     }, { reload: false });
   }
 

@@ -18,6 +18,7 @@ class WorkerEngine {
   #calls = new Map();
   #adapter = '';
   #model = null;
+  #expertProgress = null;
   lastStats = null;
 
   constructor(worker) {
@@ -25,7 +26,11 @@ class WorkerEngine {
     worker.addEventListener('message', (ev) => {
       const { id, result, error, event, data } = ev.data ?? {};
       const call = this.#calls.get(id);
-      if (!call) return;
+      if (!call) {
+        // Lazily loaded experts go on being stored after the load resolved.
+        if (event === 'progress' && data?.phase === 'experts') this.#expertProgress?.(data);
+        return;
+      }
       if (event) {
         call.onEvent?.(event, data);
         return;
@@ -58,6 +63,7 @@ class WorkerEngine {
 
   async load(url, { onProgress, signal, storage, residentExperts, gpuMemory, expertPolicy, prefetch, experts, fill, fillConcurrency } = {}) {
     const opts = { storage, residentExperts, gpuMemory, expertPolicy, prefetch, experts, fill, fillConcurrency };
+    this.#expertProgress = onProgress ?? null;
     await this.#call('load', [url, opts], { signal, onEvent: (e, p) => e === 'progress' && onProgress?.(p) });
     this.#model = url;
   }

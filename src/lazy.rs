@@ -88,6 +88,13 @@ pub fn expert_files(m: &Manifest) -> Result<HashMap<[u32; 2], ExpertLoc>> {
     Ok(out)
 }
 
+/// The MoE layers' expert slots (gate/up and down): what a lazy load fetches when needed.
+/// A dense layer's FFN uses the same slots but is part of the skeleton.
+pub fn expert_slots(c: &crate::config::ModelConfig) -> Vec<Slot> {
+    let moe = c.plan.iter().enumerate().filter(|(_, lp)| lp.moe().is_some());
+    moe.flat_map(|(l, _)| [Slot::GateUp(l as u32), Slot::Down(l as u32)]).collect()
+}
+
 /// Whether shard `s` belongs to the skeleton (everything a lazy load fetches up front).
 pub fn is_skeleton(s: &ShardInfo) -> bool {
     s.expert.is_none()
@@ -100,8 +107,9 @@ type Blocks = [Vec<(usize, u64, u64)>; 2];
 /// whole, in order and at its place in the stacked tensor.
 fn expert_pieces(m: &Manifest) -> Result<HashMap<[u32; 2], Blocks>> {
     let mut out: HashMap<[u32; 2], Blocks> = HashMap::new();
+    let slots = expert_slots(&m.config);
     for t in &m.tensors {
-        let (l, which) = match Slot::parse(&t.slot) {
+        let (l, which) = match Slot::parse(&t.slot).filter(|s| slots.contains(s)) {
             Some(Slot::GateUp(l)) => (l, 0),
             Some(Slot::Down(l)) => (l, 1),
             _ => continue,

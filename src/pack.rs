@@ -204,8 +204,10 @@ pub fn pack_with(
                 };
                 let (us, ds) = (up.expert_stride as usize * 4, down.expert_stride as usize * 4);
                 let (mut up_pieces, mut down_pieces) = (Vec::new(), Vec::new());
+                // A dense layer's FFN (these slots, one "expert") is skeleton.
+                let own_files = opts.expert_files && cfg.plan.get(l as usize).is_some_and(|lp| lp.moe().is_some());
                 for e in 0..up.experts as usize {
-                    if opts.expert_files {
+                    if own_files {
                         let blocks = [&up.bytes[e * us..(e + 1) * us], &down.bytes[e * ds..(e + 1) * ds]];
                         w.expert_shard(l, e as u32, blocks, [&mut up_pieces, &mut down_pieces]);
                         continue;
@@ -299,6 +301,9 @@ impl Manifest {
                 return Err(bad(format!("pieces add up to {sum} bytes, not {}", t.bytes)));
             }
             for p in &t.pieces {
+                if p.offset % 4 != 0 || p.length % 4 != 0 {
+                    return Err(bad(format!("piece at {}+{} is not in whole 4-byte words", p.offset, p.length)));
+                }
                 spans.push((p.shard, p.offset, p.length, &t.slot));
                 let shard =
                     m.shards.get(p.shard as usize).ok_or_else(|| bad(format!("shard {} does not exist", p.shard)))?;
@@ -526,6 +531,8 @@ pub async fn load_lazy<S: crate::platform::ModelSource + 'static>(
     let manifest = Manifest::parse(&m)?;
     let shards = manifest.shards.clone();
     let mut a = Assembler::new(manifest);
+    // The experts' bytes come when needed, even from shards the skeleton shares.
+    a.layout_only(&crate::lazy::expert_slots(&a.manifest.config));
     for (i, s) in shards.iter().enumerate().filter(|(_, s)| crate::lazy::is_skeleton(s)) {
         a.add_shard(i, &read_verified(&*src, s).await?)?;
     }

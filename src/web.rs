@@ -256,6 +256,8 @@ impl WebEngine {
             let (gpu, mut opts) = begun?;
             let manifest = Manifest::parse(manifest.as_bytes()).map_err(err)?;
             let progress = js_progress(on_progress);
+            // A dense model has no experts to fetch.
+            let get_expert = get_expert.filter(|_| manifest.config.is_moe());
             let wanted: Vec<usize> = (0..manifest.shards.len())
                 .filter(|&i| get_expert.is_none() || crate::lazy::is_skeleton(&manifest.shards[i]))
                 .collect();

@@ -271,3 +271,36 @@ fn hostile_manifests_are_refused_by_name() {
     // The clean manifest itself parses (so each refusal above is the edit's doing).
     Manifest::parse(&serde_json::to_vec(&clean).unwrap()).unwrap();
 }
+
+/// An adapter whose bindings hold a layer's stacked down blocks but not its gate/up
+/// blocks: a page's load keeps both on the host (never one on the GPU and one not), the
+/// layer gets a pool of all its experts split over bindings, and the logits hold.
+#[test]
+fn experts_over_one_binding_are_assembled_together() {
+    use webmoe::gpu::assemble::{ExpertPlace, GpuAssembler};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures_dir().join("learned-moe");
+    let m = write_packed(&dir, tmp.path(), 1 << 20);
+    let size = |slot: &str| m.tensors.iter().find(|t| t.slot == slot).unwrap().bytes;
+    let (gu, dn) = (size("layer.0.experts.gate_up"), size("layer.0.experts.down"));
+    assert!(dn < gu);
+    let prompt = reference(&dir).tokens;
+    let opts = || EngineOptions { prefill_chunk: 16, context: Some(prompt.len() + 8), ..Default::default() };
+    let want = {
+        let mut e = block_on(Engine::load(&DirSource::new(tmp.path().join("manifest.json")), opts(), Some(gpu()))).unwrap();
+        block_on(e.logits(&prompt)).unwrap()
+    };
+    let mut g = fresh_gpu();
+    g.limits.max_storage_buffer_binding_size = (gu + dn) / 2;
+    let g = std::sync::Arc::new(g);
+    let mut a = GpuAssembler::new(g.clone(), m.clone(), ExpertPlace::Gpu).unwrap();
+    for (i, s) in m.shards.iter().enumerate() {
+        a.add_shard(i, &std::fs::read(tmp.path().join(&s.file)).unwrap()).unwrap();
+    }
+    let packed = a.finish(None).unwrap();
+    let mut e = block_on(Engine::from_packed(packed, opts(), Some(g))).unwrap();
+    assert!(e.gpu_model().unwrap().is_paged(), "a pool split over bindings");
+    let got = block_on(e.logits(&prompt)).unwrap();
+    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-5, "max|Δ| {d}");
+}

@@ -9,7 +9,7 @@
 
 use super::{Gpu, GpuWeight};
 use crate::error::{Error, Result};
-use crate::pack::{Assembler, Manifest, PackedModel, TensorEntry};
+use crate::pack::{Assembler, Manifest, PackedModel};
 use crate::tensor::DType;
 use crate::weights::Slot;
 use std::collections::HashMap;
@@ -34,33 +34,42 @@ pub enum ExpertPlace {
     Fetched,
 }
 
-fn is_experts(slot: Slot) -> bool {
-    matches!(slot, Slot::GateUp(_) | Slot::Down(_))
-}
-
-/// Which tensors are not assembled on the GPU.
-fn off_gpu(t: &TensorEntry, slot: Slot, max_binding: u64, experts: ExpertPlace) -> bool {
-    let supported = DType::from_name(&t.dtype).is_some_and(|d| d.is_supported());
-    t.bytes > max_binding || (is_experts(slot) && experts != ExpertPlace::Gpu) || !supported || t.bytes == 0
+/// Which tensors are not assembled on the GPU: too large for one binding, of a type no
+/// kernel reads, or experts that go elsewhere (`experts`: the MoE layers' expert slots);
+/// a layer's gate/up and down blocks go to the same place.
+fn off_gpu(m: &Manifest, max_binding: u64, place: ExpertPlace) -> Result<std::collections::HashSet<Slot>> {
+    let experts = crate::lazy::expert_slots(&m.config);
+    let mut off = std::collections::HashSet::new();
+    for t in &m.tensors {
+        let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format("manifest.json", format!("tensor {}: unknown slot", t.slot)))?;
+        let supported = DType::from_name(&t.dtype).is_some_and(|d| d.is_supported());
+        if t.bytes > max_binding || !supported || t.bytes == 0 || (experts.contains(&slot) && place != ExpertPlace::Gpu) {
+            off.insert(slot);
+        }
+    }
+    // Paired blocks (a layer's experts, or a dense FFN) stay together.
+    for t in &m.tensors {
+        match Slot::parse(&t.slot) {
+            Some(Slot::GateUp(l)) if off.contains(&Slot::Down(l)) => off.insert(Slot::GateUp(l)),
+            Some(Slot::Down(l)) if off.contains(&Slot::GateUp(l)) => off.insert(Slot::Down(l)),
+            _ => false,
+        };
+    }
+    Ok(off)
 }
 
 impl GpuAssembler {
     pub fn new(gpu: Arc<Gpu>, manifest: Manifest, experts: ExpertPlace) -> Result<GpuAssembler> {
         let max = gpu.limits.max_storage_buffer_binding_size;
+        let off = off_gpu(&manifest, max, experts)?;
         let mut on_gpu = HashMap::new();
-        let mut fetched = Vec::new();
         for t in &manifest.tensors {
-            let slot = Slot::parse(&t.slot).ok_or_else(|| Error::format("manifest.json", format!("tensor {}: unknown slot", t.slot)))?;
-            if experts == ExpertPlace::Fetched && is_experts(slot) {
-                fetched.push(slot);
-            }
-            if off_gpu(t, slot, max, experts) {
-                continue;
-            }
+            let Some(slot) = Slot::parse(&t.slot).filter(|s| !off.contains(s)) else { continue };
             let dtype = DType::from_name(&t.dtype).ok_or_else(|| Error::format("manifest.json", "bad storage type"))?;
             let buf = gpu.storage(&t.slot, t.bytes)?;
             on_gpu.insert(slot, GpuWeight { buf, dtype, s_off: t.s_off, h_off: t.h_off, expert_stride: t.expert_stride });
         }
+        let fetched = if experts == ExpertPlace::Fetched { crate::lazy::expert_slots(&manifest.config) } else { Vec::new() };
         let mut host = Assembler::new(manifest);
         host.skip(&on_gpu.keys().copied().collect::<Vec<_>>());
         host.layout_only(&fetched);

@@ -47,6 +47,10 @@ impl Uploader<'_> {
     }
 
     pub fn upload(&mut self, name: &str, b: &PackedBuffer) -> Result<GpuWeight> {
+        if b.bytes.is_empty() {
+            // A layout without bytes (experts fetched when needed) must never be uploaded.
+            return Err(Error::input(format!("tensor '{name}' has no bytes here (its bytes are fetched when needed)")));
+        }
         let w = self.gpu.upload_packed(name, b)?;
         self.bytes += w.buf.size();
         self.buffers.push(w.buf.clone());
@@ -316,6 +320,10 @@ pub(super) fn place_experts(
         if n == m.experts && matches!(layer.host, HostExperts::Memory(_)) {
             let ups = layer.fill(usize::MAX);
             layer.put_memory(up.gpu, &ups);
+            // They stay: no host copy is needed (without reuse, each step uploads again).
+            if res.policy != paging::Policy::NoReuse {
+                layer.host = HostExperts::Dropped;
+            }
         }
         paged.push(layer);
     }

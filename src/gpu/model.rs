@@ -165,7 +165,7 @@ impl GpuModel {
     pub fn lazy_fetched(&self) -> Option<(u64, u64)> {
         self.paged.iter().find_map(|l| match &l.host {
             super::paging::HostExperts::Lazy(src) => Some(src.fetched.get()),
-            super::paging::HostExperts::Memory(_) => None,
+            super::paging::HostExperts::Memory(_) | super::paging::HostExperts::Dropped => None,
         })
     }
 

@@ -76,6 +76,8 @@ pub enum HostExperts {
     Memory([Vec<u8>; 2]),
     /// Fetched (and verified) when first needed, from the experts' own files (src/lazy.rs).
     Lazy(std::rc::Rc<crate::lazy::LazyExperts>),
+    /// None kept: every expert was uploaded for good (a pool of all experts filled at load).
+    Dropped,
 }
 
 /// Part of a layer's slot pool: as many slots as one binding holds. A pool larger than
@@ -318,6 +320,10 @@ impl PagedLayer {
         };
         match &self.host {
             HostExperts::Memory(_) => self.put_memory(g, uploads),
+            HostExperts::Dropped if uploads.is_empty() => {}
+            HostExperts::Dropped => {
+                return Err(Error::gpu(format!("layer {}: an expert left its slot, but no copy of it was kept", self.layer)));
+            }
             HostExperts::Lazy(src) => {
                 // Two experts at a time: their fetches overlap, and host memory holds
                 // no more than two experts' shards (a prefill round can need them all).

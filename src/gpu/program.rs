@@ -260,8 +260,23 @@ pub(super) fn build(
         // What is still to come besides the pools: slot tables, predicted ids, the paging
         // read-back and the kernels' parameter blocks (an upper bound per dispatch).
         let dispatches = (c.layers * 2 * 24 + 16 + embed.len() + 4 * lm_head.len()) as u64;
-        let later =
-            c.layers as u64 * (e + decode_rows * k) as u64 * 4 + 2 * (max_rows * k * 4) as u64 + dispatches * 256;
+        // A pool split over bindings adds a table and 4 expert dispatches (2 paths) per part:
+        // bounded by the parts all of a layer's experts would take.
+        let max_bind = g.limits.max_storage_buffer_binding_size.max(1);
+        let extra_parts: u64 = layers
+            .iter()
+            .map(|l| match &l.experts {
+                Experts::Host(a, b) => {
+                    let widest = a.expert_stride.max(b.expert_stride) as u64 * 4;
+                    (a.experts as u64 * widest).div_ceil(max_bind).saturating_sub(1)
+                }
+                _ => 0,
+            })
+            .sum();
+        let later = c.layers as u64 * (e + decode_rows * k) as u64 * 4
+            + 2 * (max_rows * k * 4) as u64
+            + dispatches * 256
+            + extra_parts * (e as u64 * 4 + 8 * 256);
         let fixed = g.allocations().1 - counted0 + up.pre + later;
         place_experts(&mut up, &c, &mut layers, res, fixed)?
     } else {
