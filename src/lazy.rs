@@ -24,17 +24,9 @@ pub type ShardFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>>>>;
 /// Fetches shard `i` of the manifest; the bytes must already match its SHA-256.
 pub type FetchShard = Box<dyn Fn(usize) -> ShardFuture>;
 
-/// Where one expert's blocks are: its shard, and (offset, length) of gate/up and of down.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ExpertLoc {
-    pub shard: usize,
-    pub blocks: [(u64, u64); 2],
-}
-
-/// The experts that have shards of their own, by [layer, expert]; checks that each such
-/// shard holds exactly that expert's whole gate/up block and whole down block, and
-/// nothing else.
-pub fn expert_files(m: &Manifest) -> Result<HashMap<[u32; 2], ExpertLoc>> {
+/// Checks that each expert's own shard (`ShardInfo::expert`) holds exactly that expert's
+/// whole gate/up block and whole down block, nothing else, and that no expert has two.
+pub fn expert_files(m: &Manifest) -> Result<()> {
     // [layer, expert] -> (its shard, (offset, length) of gate/up and of down).
     type Found = HashMap<[u32; 2], (usize, [Option<(u64, u64)>; 2])>;
     let mut found: Found = HashMap::new();
@@ -68,24 +60,21 @@ pub fn expert_files(m: &Manifest) -> Result<HashMap<[u32; 2], ExpertLoc>> {
             entry.1[which] = Some((p.offset, p.length));
         }
     }
-    let mut out = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, sh) in m.shards.iter().enumerate() {
         let Some(tag) = sh.expert else { continue };
-        let whole = match found.get(&tag) {
-            Some(&(s, [Some(a), Some(b)])) if s == i && a.1 + b.1 == sh.bytes => Some(ExpertLoc { shard: i, blocks: [a, b] }),
-            _ => None,
-        };
-        let loc = whole.ok_or_else(|| {
-            Error::format(
+        let whole = matches!(found.get(&tag), Some(&(s, [Some(a), Some(b)])) if s == i && a.1 + b.1 == sh.bytes);
+        if !whole {
+            return Err(Error::format(
                 MANIFEST,
                 format!("{}: expert {} of layer {}'s file does not hold exactly its gate/up and down blocks", sh.file, tag[1], tag[0]),
-            )
-        })?;
-        if out.insert(tag, loc).is_some() {
+            ));
+        }
+        if !seen.insert(tag) {
             return Err(Error::format(MANIFEST, format!("expert {} of layer {} has two files", tag[1], tag[0])));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The MoE layers' expert slots (gate/up and down): what a lazy load fetches when needed.
@@ -143,8 +132,8 @@ pub struct LazyExperts {
 }
 
 impl LazyExperts {
+    /// `m` was checked by `Manifest::parse` (expert files included).
     pub fn new(m: &Manifest, fetch: FetchShard) -> Result<LazyExperts> {
-        expert_files(m)?;
         let blocks = expert_pieces(m)?;
         let mut strides = HashMap::new();
         for t in &m.tensors {

@@ -24,17 +24,12 @@ pub(super) struct Uploader<'a> {
 
 impl Uploader<'_> {
     /// A buffer the source assembled on the GPU already.
-    fn uploaded(&mut self, slot: Slot) -> Option<GpuWeight> {
+    pub fn uploaded(&mut self, slot: Slot) -> Option<GpuWeight> {
         let w = self.src.uploaded(slot)?;
         self.bytes += w.buf.size();
         self.pre += w.buf.size();
         self.buffers.push(w.buf.clone());
         Some(w)
-    }
-
-    /// The buffer for `slot` if the source assembled it on the GPU already.
-    pub fn slot_uploaded(&mut self, slot: Slot) -> Option<GpuWeight> {
-        self.uploaded(slot)
     }
 
     /// The weight buffer for `slot`, if the model has one.
@@ -214,7 +209,7 @@ pub(super) fn load_layer(
 fn moe_experts(up: &mut Uploader, l: u32, host_experts: bool) -> Result<Experts> {
     if !host_experts {
         // Assembled on the GPU already (a page's packed load).
-        if let Some(a) = up.slot_uploaded(Slot::GateUp(l)) {
+        if let Some(a) = up.uploaded(Slot::GateUp(l)) {
             return Ok(Experts::Resident(a, up.need(Slot::Down(l))?));
         }
     }
